@@ -1,0 +1,77 @@
+"""mobile_api: the backend of the helpdesk mobile app."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from mobile_api import config, observability
+from mobile_api.extensions import api, db, limiter, migrate
+
+MIGRATIONS = str(Path(__file__).resolve().parent.parent / "migrations")
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the app: defaults, then environment, then `test_config`."""
+    app = Flask(__name__, instance_relative_config=True)
+    app.config.from_object(config.Defaults)
+    app.config.update(config.from_environment())
+    if test_config:
+        app.config.update(test_config)
+
+    if not app.config["SECRET_KEY"]:
+        if not (app.debug or app.testing):
+            raise RuntimeError("SECRET_KEY must be set (see README: Configuration)")
+        app.config["SECRET_KEY"] = "insecure-development-key"  # noqa: S105 - debug/testing only
+    if not app.config["SQLALCHEMY_DATABASE_URI"]:
+        os.makedirs(app.instance_path, exist_ok=True)
+        app.config["SQLALCHEMY_DATABASE_URI"] = (
+            f"sqlite:///{os.path.join(app.instance_path, 'mobile_api.sqlite3')}"
+        )
+    if app.config["REDIS_URL"] and app.config["RATELIMIT_STORAGE_URI"] == "memory://":
+        app.config["RATELIMIT_STORAGE_URI"] = app.config["REDIS_URL"]
+    app.config["MAX_CONTENT_LENGTH"] = app.config.get("MAX_CONTENT_LENGTH") or 1024 * 1024
+
+    observability.configure_logging(app.config["LOG_LEVEL"])
+    if app.config["PROXY_FIX_X_FOR"] or app.config["PROXY_FIX_X_PROTO"]:
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app,
+            x_for=app.config["PROXY_FIX_X_FOR"],
+            x_proto=app.config["PROXY_FIX_X_PROTO"],
+        )
+
+    db.init_app(app)
+    with app.app_context():
+        _tune_engine(db.engine)
+    migrate.init_app(app, db, directory=MIGRATIONS, render_as_batch=True, compare_type=True)
+    limiter.init_app(app)
+    api.init_app(app)
+    observability.init_app(app)
+
+    from mobile_api import cli
+    from mobile_api.routes import devices, ops
+
+    for blueprint in (ops.blp, devices.blp):
+        api.register_blueprint(blueprint)
+    cli.init_app(app)
+    return app
+
+
+def _tune_engine(engine: sa.Engine) -> None:
+    """SQLite: enforce foreign keys (erasure cascades), WAL and a busy timeout."""
+    if engine.dialect.name != "sqlite":
+        return
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.close()

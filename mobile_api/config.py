@@ -1,0 +1,101 @@
+"""Configuration: defaults, then environment overrides, then test overrides."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from mobile_api.version import __version__
+
+
+class Defaults:
+    """Settings in force when nothing overrides them."""
+
+    SECRET_KEY: str | None = None
+    SQLALCHEMY_DATABASE_URI: str | None = None  # None → SQLite file under instance/
+    SQLALCHEMY_ENGINE_OPTIONS: dict[str, Any] = {"pool_pre_ping": True}
+    CELERY_BROKER_URL: str | None = None
+    REDIS_URL: str | None = None
+
+    FCM_CREDENTIALS: str | None = None
+    FCM_PROJECT_ID: str | None = None
+    FCM_ENDPOINT: str | None = None
+
+    GEOCODER_DOMAIN = "nominatim.openstreetmap.org"
+    GEOCODER_SCHEME = "https"
+    GEOCODER_USER_AGENT = f"mobile_api/{__version__}"
+    LOCATION_PRECISION_DECIMALS = 2
+
+    PURGE_AFTER_DAYS = 14
+
+    RATELIMIT_ENABLED = True
+    RATELIMIT_STORAGE_URI = "memory://"
+    RATELIMIT_HEADERS_ENABLED = True
+    RATELIMIT_REGISTRATION = "60 per minute"  # per client IP
+    RATELIMIT_DEVICE = "300 per minute"  # per device token
+
+    # Number of proxies in front of the app whose X-Forwarded-* headers are trusted.
+    PROXY_FIX_X_FOR = 0
+    PROXY_FIX_X_PROTO = 0
+
+    LOG_LEVEL = "INFO"
+
+    API_TITLE = "mobile_api"
+    API_VERSION = __version__
+    OPENAPI_VERSION = "3.0.3"
+    OPENAPI_URL_PREFIX = "/"
+    OPENAPI_JSON_PATH = "openapi.json"
+    OPENAPI_SWAGGER_UI_PATH = "docs"
+    OPENAPI_SWAGGER_UI_URL = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/"
+    API_SPEC_OPTIONS = {
+        "components": {
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key (role-bearing) or a device token.",
+                }
+            }
+        }
+    }
+
+
+# Environment variable → (config key, parser). Only these are read.
+def _bool(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+_ENVIRONMENT: dict[str, tuple[str, Any]] = {
+    "SECRET_KEY": ("SECRET_KEY", str),
+    "DATABASE_URL": ("SQLALCHEMY_DATABASE_URI", str),
+    "CELERY_BROKER_URL": ("CELERY_BROKER_URL", str),
+    "REDIS_URL": ("REDIS_URL", str),
+    "FCM_CREDENTIALS": ("FCM_CREDENTIALS", str),
+    "FCM_PROJECT_ID": ("FCM_PROJECT_ID", str),
+    "FCM_ENDPOINT": ("FCM_ENDPOINT", str),
+    "GEOCODER_DOMAIN": ("GEOCODER_DOMAIN", str),
+    "GEOCODER_SCHEME": ("GEOCODER_SCHEME", str),
+    "GEOCODER_USER_AGENT": ("GEOCODER_USER_AGENT", str),
+    "LOCATION_PRECISION_DECIMALS": ("LOCATION_PRECISION_DECIMALS", int),
+    "PURGE_AFTER_DAYS": ("PURGE_AFTER_DAYS", int),
+    "RATELIMIT_ENABLED": ("RATELIMIT_ENABLED", _bool),
+    "RATELIMIT_STORAGE_URI": ("RATELIMIT_STORAGE_URI", str),
+    "PROXY_FIX_X_FOR": ("PROXY_FIX_X_FOR", int),
+    "PROXY_FIX_X_PROTO": ("PROXY_FIX_X_PROTO", int),
+    "LOG_LEVEL": ("LOG_LEVEL", str),
+}
+
+
+def from_environment(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """Read the documented environment variables into config keys."""
+    environ = dict(os.environ) if environ is None else environ
+    settings: dict[str, Any] = {}
+    for variable, (key, parse) in _ENVIRONMENT.items():
+        raw = environ.get(variable)
+        if raw is None or raw == "":
+            continue
+        try:
+            settings[key] = parse(raw)
+        except ValueError as exc:
+            raise RuntimeError(f"environment variable {variable} is invalid: {exc}") from exc
+    return settings

@@ -1,0 +1,75 @@
+"""Keyset pagination with opaque cursors (`?limit=`, `?cursor=`, `next_cursor`)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import marshmallow as ma
+import sqlalchemy as sa
+from sqlalchemy.orm import InstrumentedAttribute
+
+from mobile_api.errors import InvalidCursor
+from mobile_api.services import Db
+
+T = TypeVar("T")
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
+
+
+class PageArgsSchema(ma.Schema):
+    """Query arguments of every list endpoint."""
+
+    limit = ma.fields.Integer(
+        load_default=DEFAULT_LIMIT,
+        validate=ma.validate.Range(min=1, max=MAX_LIMIT),
+        metadata={"description": f"Page size, 1–{MAX_LIMIT} (default {DEFAULT_LIMIT})"},
+    )
+    cursor = ma.fields.String(
+        load_default=None,
+        validate=ma.validate.Length(max=200),
+        metadata={"description": "Opaque cursor from the previous page's next_cursor"},
+    )
+
+
+def encode_cursor(value: Any) -> str:
+    """Wrap the last key of a page into an opaque cursor."""
+    return base64.urlsafe_b64encode(json.dumps([value]).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, kind: type) -> Any:
+    """Unwrap a cursor, refusing anything this service did not make."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        (value,) = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (ValueError, binascii.Error, TypeError) as exc:
+        raise InvalidCursor() from exc
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise InvalidCursor()
+    return value
+
+
+def paginate(
+    session: Db,
+    stmt: sa.Select[tuple[T]],
+    key: InstrumentedAttribute[Any],
+    limit: int,
+    cursor: str | None,
+    *,
+    descending: bool = False,
+) -> tuple[Sequence[T], str | None]:
+    """One page of `stmt` ordered by the unique column `key`, and the next cursor."""
+    python_type = key.type.python_type
+    if cursor is not None:
+        last = decode_cursor(cursor, python_type)
+        stmt = stmt.where(key < last if descending else key > last)
+    stmt = stmt.order_by(key.desc() if descending else key.asc()).limit(limit + 1)
+    rows = list(session.scalars(stmt).all())
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    return rows, encode_cursor(getattr(rows[-1], key.key))

@@ -1,0 +1,1 @@
+"""HTTP routes: one flask-smorest Blueprint per resource."""

@@ -1,0 +1,280 @@
+"""Device registration and the device's own endpoints (device token)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import marshmallow as ma
+from flask import current_app
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from mobile_api.auth import DEVICE, auth_required, current_device
+from mobile_api.errors import ErrorSchema
+from mobile_api.extensions import db, device_limit_key, limiter
+from mobile_api.pagination import PageArgsSchema, paginate
+from mobile_api.routes.fields import (
+    Locale,
+    StrictBoolean,
+    printable,
+    validate_time_zone,
+)
+from mobile_api.services import devices as device_service
+from mobile_api.services import export as export_service
+from models import (
+    ConsentRecord,
+    ConsentSource,
+    LocationPermission,
+    Platform,
+    PushPermission,
+    Role,
+)
+
+blp = Blueprint("devices", __name__, url_prefix="/v1/devices", description="Devices (mobile app)")
+
+_INSTALLATION_ID = ma.validate.Regexp(
+    r"^[A-Za-z0-9._:-]{8,128}$", error="8–128 characters of A-Z a-z 0-9 . _ : -"
+)
+_VERSION = ma.validate.Regexp(
+    r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,31}$", error="Up to 32 characters, e.g. 17.4.1."
+)
+_PUSH_TOKEN = ma.validate.Regexp(
+    r"^[\x21-\x7e]{1,4096}$", error="Up to 4096 printable ASCII characters."
+)
+
+
+def _registration_limit() -> str:
+    return str(current_app.config["RATELIMIT_REGISTRATION"])
+
+
+def _device_limit() -> str:
+    return str(current_app.config["RATELIMIT_DEVICE"])
+
+
+class DeviceFieldsSchema(ma.Schema):
+    """Fields the app reports about itself."""
+
+    os_version = ma.fields.String(validate=_VERSION)
+    device_model = ma.fields.String(allow_none=True, validate=printable(64))
+    app_version = ma.fields.String(allow_none=True, validate=_VERSION)
+    locale = Locale(allow_none=True, metadata={"description": "BCP 47 tag, e.g. id-ID"})
+    timezone = ma.fields.String(
+        allow_none=True,
+        validate=validate_time_zone,
+        metadata={"description": "IANA name"},
+    )
+    push_token = ma.fields.String(
+        allow_none=True,
+        validate=_PUSH_TOKEN,
+        metadata={"description": "FCM registration token"},
+    )
+    push_permission = ma.fields.String(
+        allow_none=True, validate=ma.validate.OneOf([p.value for p in PushPermission])
+    )
+    location_permission = ma.fields.String(
+        allow_none=True,
+        validate=ma.validate.OneOf([p.value for p in LocationPermission]),
+    )
+    account_id = ma.fields.String(allow_none=True, validate=printable(128))
+
+
+class DeviceRegisterSchema(DeviceFieldsSchema):
+    """Body of POST /v1/devices."""
+
+    installation_id = ma.fields.String(required=True, validate=_INSTALLATION_ID)
+    platform = ma.fields.String(
+        required=True, validate=ma.validate.OneOf([p.value for p in Platform])
+    )
+    os_version = ma.fields.String(required=True, validate=_VERSION)
+
+
+class DeviceCheckInSchema(DeviceFieldsSchema):
+    """Body of PATCH /v1/devices/me: any subset of the device fields."""
+
+
+class PreferencesSchema(ma.Schema):
+    """The user's choices on the device."""
+
+    promotional_push = ma.fields.Boolean(required=True)
+    location_services = ma.fields.Boolean(required=True)
+    analytics = ma.fields.Boolean(required=True)
+
+
+class PreferencesUpdateSchema(ma.Schema):
+    """Body of PUT /v1/devices/me/preferences: any of the three, plus the policy seen."""
+
+    promotional_push = StrictBoolean()
+    location_services = StrictBoolean()
+    analytics = StrictBoolean()
+    policy_version = ma.fields.String(
+        allow_none=True,
+        validate=printable(32),
+        metadata={"description": "Privacy-policy version the user saw"},
+    )
+
+
+class DeviceSchema(ma.Schema):
+    """A device as its own app sees it."""
+
+    id = ma.fields.String(required=True)
+    installation_id = ma.fields.String(required=True)
+    platform = ma.fields.String(required=True)
+    os_version = ma.fields.String(required=True)
+    device_model = ma.fields.String(allow_none=True)
+    app_version = ma.fields.String(allow_none=True)
+    locale = ma.fields.String(allow_none=True)
+    timezone = ma.fields.String(allow_none=True)
+    push_token = ma.fields.String(allow_none=True)
+    push_token_valid = ma.fields.Method("_push_token_valid", dump_only=True)
+    push_permission = ma.fields.String(allow_none=True)
+    location_permission = ma.fields.String(allow_none=True)
+    account_id = ma.fields.String(allow_none=True)
+    preferences = ma.fields.Method("_preferences", dump_only=True)
+    created_at = ma.fields.DateTime(required=True)
+    last_seen_at = ma.fields.DateTime(required=True)
+
+    def _push_token_valid(self, device: Any) -> bool | None:
+        if device.push_token is None:
+            return None
+        return device.push_token_invalid_at is None
+
+    def _preferences(self, device: Any) -> dict[str, bool]:
+        return dict(device.preferences())
+
+
+class RegistrationSchema(ma.Schema):
+    """Response of POST /v1/devices: the device and its token, shown only here."""
+
+    device = ma.fields.Nested(DeviceSchema, required=True)
+    device_token = ma.fields.String(required=True)
+
+
+class ConsentSchema(ma.Schema):
+    """One entry of the consent ledger."""
+
+    purpose = ma.fields.String(required=True)
+    granted = ma.fields.Boolean(required=True)
+    source = ma.fields.String(
+        required=True, validate=ma.validate.OneOf([s.value for s in ConsentSource])
+    )
+    policy_version = ma.fields.String(allow_none=True)
+    recorded_at = ma.fields.DateTime(required=True)
+
+
+class ConsentPageSchema(ma.Schema):
+    """A page of the consent ledger."""
+
+    items = ma.fields.List(ma.fields.Nested(ConsentSchema), required=True)
+    next_cursor = ma.fields.String(allow_none=True, required=True)
+
+
+class DeviceTokenHeaderSchema(ma.Schema):
+    """Headers of POST /v1/devices."""
+
+    x_device_token = ma.fields.String(
+        data_key="X-Device-Token",
+        validate=ma.validate.Length(max=200),
+        metadata={"description": "The device's own token: update and rotate instead of 409"},
+    )
+
+
+@blp.route("")
+class DeviceRegistration(MethodView):
+    """Register an installation."""
+
+    @auth_required(blp, Role.APP)
+    @limiter.limit(_registration_limit, methods=["POST"])
+    @blp.arguments(DeviceTokenHeaderSchema, location="headers")
+    @blp.arguments(DeviceRegisterSchema)
+    @blp.response(201, RegistrationSchema)
+    @blp.alt_response(200, schema=RegistrationSchema, description="Updated; token rotated")
+    @blp.alt_response(409, schema=ErrorSchema, description="installation_exists")
+    @blp.alt_response(429, schema=ErrorSchema, description="Rate limited")
+    def post(self, headers: dict[str, Any], data: dict[str, Any]) -> Any:
+        """Register this installation and receive its device token."""
+        result = device_service.register(db.session, data, headers.get("x_device_token"))
+        body = {"device": result.device, "device_token": result.device_token}
+        return body, (201 if result.created else 200)
+
+
+@blp.route("/me")
+class DeviceMe(MethodView):
+    """The calling device."""
+
+    decorators = [limiter.limit(_device_limit, key_func=device_limit_key)]
+
+    @auth_required(blp, DEVICE)
+    @blp.response(200, DeviceSchema)
+    def get(self) -> Any:
+        """The device with its current preferences."""
+        return current_device()
+
+    @auth_required(blp, DEVICE)
+    @blp.arguments(DeviceCheckInSchema)
+    @blp.response(200, DeviceSchema)
+    def patch(self, data: dict[str, Any]) -> Any:
+        """Check in: report current OS facts, permissions and push token."""
+        if "os_version" in data and data["os_version"] is None:
+            data.pop("os_version")
+        return device_service.check_in(db.session, current_device(), data)
+
+    @auth_required(blp, DEVICE)
+    @blp.response(204)
+    def delete(self) -> None:
+        """Unregister: erase this device and everything tied to it."""
+        device_service.erase(db.session, current_device().id)
+
+
+@blp.route("/me/preferences")
+class DevicePreferences(MethodView):
+    """The user's choices on this device."""
+
+    decorators = [limiter.limit(_device_limit, key_func=device_limit_key)]
+
+    @auth_required(blp, DEVICE)
+    @blp.response(200, PreferencesSchema)
+    def get(self) -> Any:
+        """Current preferences (all off until the user opts in)."""
+        return current_device().preferences()
+
+    @auth_required(blp, DEVICE)
+    @blp.arguments(PreferencesUpdateSchema)
+    @blp.response(200, PreferencesSchema)
+    def put(self, data: dict[str, Any]) -> Any:
+        """Change preferences; every change is recorded in the consent ledger."""
+        policy_version = data.pop("policy_version", None)
+        return device_service.update_preferences(db.session, current_device(), data, policy_version)
+
+
+@blp.route("/me/consents")
+class DeviceConsents(MethodView):
+    """The consent ledger of this device."""
+
+    decorators = [limiter.limit(_device_limit, key_func=device_limit_key)]
+
+    @auth_required(blp, DEVICE)
+    @blp.arguments(PageArgsSchema, location="query")
+    @blp.response(200, ConsentPageSchema)
+    def get(self, args: dict[str, Any]) -> Any:
+        """Consent history, oldest first."""
+        items, next_cursor = paginate(
+            db.session,
+            device_service.consents_query(current_device().id),
+            ConsentRecord.id,
+            args["limit"],
+            args["cursor"],
+        )
+        return {"items": items, "next_cursor": next_cursor}
+
+
+@blp.route("/me/export")
+class DeviceExport(MethodView):
+    """Everything held about this device."""
+
+    decorators = [limiter.limit(_device_limit, key_func=device_limit_key)]
+
+    @auth_required(blp, DEVICE)
+    @blp.response(200)
+    def get(self) -> Any:
+        """Export everything the service holds about this device as one JSON document."""
+        return export_service.export_device(db.session, current_device())

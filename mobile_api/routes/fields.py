@@ -1,0 +1,61 @@
+"""Field validators shared by the request schemas."""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from functools import cache
+
+import marshmallow as ma
+
+# Letters, digits and ordinary punctuation; no control characters or newlines
+# (free text must not be able to forge log lines or smuggle markup).
+_PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f]*$")
+# A pragmatic BCP 47 subset: language, optional script, region and variants.
+_BCP47 = re.compile(
+    r"^[A-Za-z]{2,3}(?:-[A-Za-z]{4})?(?:-(?:[A-Za-z]{2}|[0-9]{3}))?"
+    r"(?:-(?:[A-Za-z0-9]{5,8}|[0-9][A-Za-z0-9]{3}))*$"
+)
+
+
+@cache
+def _time_zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def printable(max_length: int, min_length: int = 1) -> list[ma.validate.Validator]:
+    """Length bounds plus no control characters."""
+    return [
+        ma.validate.Length(min=min_length, max=max_length),
+        ma.validate.Regexp(_PRINTABLE, error="Must not contain control characters."),
+    ]
+
+
+def validate_time_zone(value: str) -> None:
+    """An IANA time zone name, e.g. Asia/Jakarta."""
+    if value not in _time_zones():
+        raise ma.ValidationError("Not a known IANA time zone name.")
+
+
+class Locale(ma.fields.String):
+    """A BCP 47 language tag, returned in canonical case (id-ID, zh-Hant-TW)."""
+
+    def _deserialize(self, value: object, attr: str | None, data: object, **kwargs: object) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if len(text) > 35 or not _BCP47.match(text):
+            raise ma.ValidationError("Not a BCP 47 language tag, e.g. id-ID.")
+        parts = text.split("-")
+        canonical = [parts[0].lower()]
+        for part in parts[1:]:
+            if len(part) == 4 and part.isalpha():
+                canonical.append(part.title())
+            elif len(part) == 2 and part.isalpha():
+                canonical.append(part.upper())
+            else:
+                canonical.append(part.lower())
+        return "-".join(canonical)
+
+
+def StrictBoolean(**kwargs: object) -> ma.fields.Boolean:  # noqa: N802 - reads like a field class
+    """A JSON boolean only: "yes", 1 and "true" are refused."""
+    return ma.fields.Boolean(truthy={True}, falsy={False}, **kwargs)  # type: ignore[arg-type]

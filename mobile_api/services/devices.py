@@ -1,0 +1,245 @@
+"""Device registration, check-in, preferences, the consent ledger and self-service erasure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+
+from mobile_api.errors import InstallationExists
+from mobile_api.services import Db
+from mobile_api.services.secrets import (
+    DEVICE_TOKEN_PREFIX,
+    hash_secret,
+    matches,
+    new_secret,
+)
+from models import (
+    PREFERENCES,
+    ConsentRecord,
+    ConsentSource,
+    Device,
+    LocationPermission,
+    Purpose,
+    PushPermission,
+    new_id,
+    utcnow,
+)
+
+# Fields the app may change on check-in; None clears the optional ones.
+CHECK_IN_FIELDS = (
+    "os_version",
+    "device_model",
+    "app_version",
+    "locale",
+    "timezone",
+    "push_token",
+    "push_permission",
+    "location_permission",
+    "account_id",
+)
+_OS_PERMISSIONS = {
+    "push_permission": (Purpose.OS_PUSH_PERMISSION, PushPermission.DENIED),
+    "location_permission": (Purpose.OS_LOCATION_PERMISSION, LocationPermission.DENIED),
+}
+_ATTEMPTS = 3  # a push-token race with another registration is retried this often
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """The outcome of POST /v1/devices."""
+
+    device: Device
+    device_token: str
+    created: bool
+
+
+def _insert_or_ignore(session: Db, values: dict[str, Any]) -> str | None:
+    """INSERT the device unless its installation_id exists; the new id, or None."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = (
+        insert(Device)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=[Device.installation_id])
+        .returning(Device.id)
+    )
+    return session.execute(stmt).scalar_one_or_none()
+
+
+def _release_push_token(session: Db, push_token: str, keep_device_id: str | None) -> None:
+    """Take a push token away from whichever other device holds it."""
+    stmt = (
+        sa.update(Device)
+        .where(Device.push_token_hash == hash_secret(push_token))
+        .values(push_token=None, push_token_hash=None, push_token_invalid_at=None)
+    )
+    if keep_device_id is not None:
+        stmt = stmt.where(Device.id != keep_device_id)
+    session.execute(stmt)
+
+
+def _record(
+    session: Db,
+    device_id: str,
+    purpose: str,
+    granted: bool,
+    source: str,
+    policy_version: str | None = None,
+) -> None:
+    session.add(
+        ConsentRecord(
+            device_id=device_id,
+            purpose=purpose,
+            granted=granted,
+            source=source,
+            policy_version=policy_version,
+            recorded_at=utcnow(),
+        )
+    )
+
+
+def register(session: Db, data: Mapping[str, Any], presented_token: str | None) -> Registration:
+    """Register an installation, or update it when the caller proves it owns it."""
+    for attempt in range(_ATTEMPTS):
+        try:
+            return _register_once(session, data, presented_token)
+        except IntegrityError:
+            # Another request claimed the same push token between our release and
+            # our write; start again from a clean transaction.
+            session.rollback()
+            if attempt == _ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _register_once(
+    session: Db, data: Mapping[str, Any], presented_token: str | None
+) -> Registration:
+    token = new_secret(DEVICE_TOKEN_PREFIX)
+    now = utcnow()
+    push_token = data.get("push_token")
+    if push_token:
+        _release_push_token(session, push_token, keep_device_id=None)
+    values = {
+        "id": new_id(),
+        "installation_id": data["installation_id"],
+        "token_hash": hash_secret(token),
+        "platform": data["platform"],
+        "os_version": data["os_version"],
+        "push_token_hash": hash_secret(push_token) if push_token else None,
+        "created_at": now,
+        "updated_at": now,
+        "last_seen_at": now,
+        "promotional_push": False,
+        "location_services": False,
+        "analytics": False,
+    }
+    for field in CHECK_IN_FIELDS:
+        if field in data:
+            values[field] = data[field]
+    device_id = _insert_or_ignore(session, values)
+    if device_id is not None:
+        for field, (purpose, denied) in _OS_PERMISSIONS.items():
+            if data.get(field) is not None:
+                _record(
+                    session,
+                    device_id,
+                    purpose,
+                    data[field] != denied,
+                    ConsentSource.OS_SETTINGS,
+                )
+        session.commit()
+        device = session.get(Device, device_id)
+        assert device is not None
+        return Registration(device, token, created=True)
+
+    existing = session.scalars(
+        sa.select(Device).where(Device.installation_id == data["installation_id"])
+    ).one()
+    if presented_token is None or not matches(presented_token, existing.token_hash):
+        session.rollback()
+        raise InstallationExists()
+    changes = {field: data[field] for field in CHECK_IN_FIELDS if field in data}
+    changes["platform"] = data["platform"]
+    _apply_check_in(session, existing, changes, now)
+    existing.token_hash = hash_secret(token)  # rotation: the old token stops working now
+    session.commit()
+    return Registration(existing, token, created=False)
+
+
+def check_in(session: Db, device: Device, changes: Mapping[str, Any]) -> Device:
+    """Apply a check-in: new OS facts, permissions and push token; mark the device seen."""
+    for attempt in range(_ATTEMPTS):
+        try:
+            _apply_check_in(session, device, changes, utcnow())
+            session.commit()
+            return device
+        except IntegrityError:
+            session.rollback()
+            if attempt == _ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _apply_check_in(session: Db, device: Device, changes: Mapping[str, Any], now: Any) -> None:
+    for field, (purpose, denied) in _OS_PERMISSIONS.items():
+        if (
+            field in changes
+            and changes[field] is not None
+            and changes[field] != getattr(device, field)
+        ):
+            _record(
+                session,
+                device.id,
+                purpose,
+                changes[field] != denied,
+                ConsentSource.OS_SETTINGS,
+            )
+    if "push_token" in changes and changes["push_token"] != device.push_token:
+        new_token = changes["push_token"]
+        if new_token:
+            _release_push_token(session, new_token, keep_device_id=device.id)
+        device.push_token = new_token
+        device.push_token_hash = hash_secret(new_token) if new_token else None
+        device.push_token_invalid_at = None
+    for field, value in changes.items():
+        if field != "push_token":
+            setattr(device, field, value)
+    device.last_seen_at = now
+    device.updated_at = now
+
+
+def update_preferences(
+    session: Db,
+    device: Device,
+    choices: Mapping[str, bool],
+    policy_version: str | None,
+    source: str = ConsentSource.APP,
+) -> dict[str, bool]:
+    """Change preferences; each actual change appends one consent record."""
+    for purpose in PREFERENCES:
+        wanted = choices.get(purpose.value)
+        if wanted is None or wanted == getattr(device, purpose.value):
+            continue
+        setattr(device, purpose.value, wanted)
+        _record(session, device.id, purpose.value, wanted, source, policy_version)
+    session.commit()
+    return device.preferences()
+
+
+def consents_query(device_id: str) -> sa.Select[tuple[ConsentRecord]]:
+    """The device's consent history, oldest first (for keyset pagination on id)."""
+    return sa.select(ConsentRecord).where(ConsentRecord.device_id == device_id)
+
+
+def erase(session: Db, device_id: str) -> bool:
+    """Delete a device and, by foreign-key cascade, everything tied to it."""
+    result = session.execute(sa.delete(Device).where(Device.id == device_id))
+    deleted = result.rowcount  # type: ignore[attr-defined]
+    session.commit()
+    return bool(deleted)

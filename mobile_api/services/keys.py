@@ -1,0 +1,49 @@
+"""API keys: creation, listing, revocation and authentication."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+
+from mobile_api.services import Db
+from mobile_api.services.secrets import API_KEY_PREFIX, hash_secret, matches, new_secret
+from models import ApiKey, Role, utcnow
+
+
+def create(session: Db, role: str, name: str) -> tuple[ApiKey, str]:
+    """Create a key and return it with its secret, which is never retrievable again."""
+    role = Role(role).value
+    secret = new_secret(API_KEY_PREFIX)
+    key = ApiKey(role=role, name=name, secret_hash=hash_secret(secret))
+    session.add(key)
+    session.commit()
+    return key, secret
+
+
+def list_keys(session: Db) -> Sequence[ApiKey]:
+    """Every key, oldest first."""
+    return session.scalars(sa.select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)).all()
+
+
+def revoke(session: Db, key_id: str) -> ApiKey | None:
+    """Revoke a key at once; None when no such key exists."""
+    key = session.get(ApiKey, key_id)
+    if key is None:
+        return None
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+        session.commit()
+    return key
+
+
+def authenticate(session: Db, secret: str) -> ApiKey | None:
+    """The active key whose secret this is, or None."""
+    if not secret.startswith(API_KEY_PREFIX):
+        return None
+    key = session.scalars(
+        sa.select(ApiKey).where(ApiKey.secret_hash == hash_secret(secret))
+    ).first()
+    if key is None or not key.active or not matches(secret, key.secret_hash):
+        return None
+    return key

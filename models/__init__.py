@@ -1,0 +1,33 @@
+"""SQLAlchemy models: one module per aggregate, no Flask imports."""
+
+from models.auth import ApiKey, Role
+from models.base import Base, new_id, utcnow
+from models.device import (
+    PREFERENCES,
+    ConsentRecord,
+    ConsentSource,
+    Device,
+    LocationPermission,
+    Platform,
+    Purpose,
+    PushPermission,
+)
+from models.privacy import AccountTermination, AuditEvent
+
+__all__ = [
+    "PREFERENCES",
+    "AccountTermination",
+    "ApiKey",
+    "AuditEvent",
+    "Base",
+    "ConsentRecord",
+    "ConsentSource",
+    "Device",
+    "LocationPermission",
+    "Platform",
+    "Purpose",
+    "PushPermission",
+    "Role",
+    "new_id",
+    "utcnow",
+]
