@@ -23,7 +23,7 @@ def test_routing_errors_have_the_one_shape(client, method, path, status):
     assert response.status_code == status
     assert response.is_json
     body = response.get_json()
-    assert ERROR_KEYS <= set(body)
+    assert set(body) >= ERROR_KEYS
     assert body["code"] == status
     if status == 405:
         assert response.headers["Allow"]
@@ -49,7 +49,7 @@ def test_non_object_bodies_are_refused(client, app_key, payload):
         headers={**bearer(app_key), "Content-Type": "application/json"},
     )
     assert response.status_code in (400, 422)
-    assert ERROR_KEYS <= set(response.get_json())
+    assert set(response.get_json()) >= ERROR_KEYS
 
 
 def test_unknown_fields_are_rejected_not_ignored(client, app_key):
