@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 import flask_smorest
 import marshmallow as ma
+from apispec import BasePlugin
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 log = logging.getLogger(__name__)
@@ -96,10 +97,29 @@ _DEFAULT_MESSAGES = {
 }
 
 
+class BodyRefusalsPlugin(BasePlugin):
+    """Document, on every operation that takes a body, the refusals of any body."""
+
+    def operation_helper(
+        self, path: str | None = None, operations: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
+        """Add 400 (not JSON) and 413 (over MAX_CONTENT_LENGTH) beside the schema's 422."""
+        for operation in (operations or {}).values():
+            if "requestBody" in operation:
+                responses = operation.setdefault("responses", {})
+                responses.setdefault("400", "BAD_REQUEST")
+                responses.setdefault("413", "REQUEST_ENTITY_TOO_LARGE")
+
+
 class Api(flask_smorest.Api):
     """flask-smorest's Api with the error body of API.md."""
 
     ERROR_SCHEMA = ErrorSchema
+
+    def __init__(self, *args: Any, spec_kwargs: dict[str, Any] | None = None, **kwargs: Any):
+        spec_kwargs = dict(spec_kwargs or {})
+        spec_kwargs["extra_plugins"] = [*spec_kwargs.get("extra_plugins", ()), BodyRefusalsPlugin()]
+        super().__init__(*args, spec_kwargs=spec_kwargs, **kwargs)
 
     def handle_http_exception(self, error: HTTPException) -> Any:
         """Turn any HTTPException (and unhandled errors) into the one error shape."""

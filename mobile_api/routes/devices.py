@@ -44,6 +44,10 @@ _PUSH_TOKEN = ma.validate.Regexp(
 )
 
 
+# Documents the 429 of an endpoint under a rate limit.
+_RATE_LIMITED = blp.alt_response(429, schema=ErrorSchema, description="Rate limited")
+
+
 def _registration_limit() -> str:
     return str(current_app.config["RATELIMIT_REGISTRATION"])
 
@@ -205,13 +209,15 @@ class DeviceMe(MethodView):
     decorators = [limiter.limit(_device_limit, key_func=device_limit_key)]
 
     @auth_required(blp, DEVICE)
+    @_RATE_LIMITED
     @blp.response(200, DeviceSchema)
     def get(self) -> Any:
         """The device with its current preferences."""
         return current_device()
 
     @auth_required(blp, DEVICE)
-    @blp.arguments(DeviceCheckInSchema)
+    @_RATE_LIMITED
+    @blp.arguments(DeviceCheckInSchema, required=False)
     @blp.response(200, DeviceSchema)
     def patch(self, data: dict[str, Any]) -> Any:
         """Check in: report current OS facts, permissions and push token."""
@@ -220,6 +226,7 @@ class DeviceMe(MethodView):
         return device_service.check_in(db.session, current_device(), data)
 
     @auth_required(blp, DEVICE)
+    @_RATE_LIMITED
     @blp.response(204)
     def delete(self) -> None:
         """Unregister: erase this device and everything tied to it."""
@@ -233,13 +240,15 @@ class DevicePreferences(MethodView):
     decorators = [limiter.limit(_device_limit, key_func=device_limit_key)]
 
     @auth_required(blp, DEVICE)
+    @_RATE_LIMITED
     @blp.response(200, PreferencesSchema)
     def get(self) -> Any:
         """Current preferences (all off until the user opts in)."""
         return current_device().preferences()
 
     @auth_required(blp, DEVICE)
-    @blp.arguments(PreferencesUpdateSchema)
+    @_RATE_LIMITED
+    @blp.arguments(PreferencesUpdateSchema, required=False)
     @blp.response(200, PreferencesSchema)
     def put(self, data: dict[str, Any]) -> Any:
         """Change preferences; every change is recorded in the consent ledger."""
@@ -254,6 +263,7 @@ class DeviceConsents(MethodView):
     decorators = [limiter.limit(_device_limit, key_func=device_limit_key)]
 
     @auth_required(blp, DEVICE)
+    @_RATE_LIMITED
     @blp.arguments(PageArgsSchema, location="query")
     @blp.response(200, ConsentPageSchema)
     def get(self, args: dict[str, Any]) -> Any:
@@ -275,6 +285,7 @@ class DeviceExport(MethodView):
     decorators = [limiter.limit(_device_limit, key_func=device_limit_key)]
 
     @auth_required(blp, DEVICE)
+    @_RATE_LIMITED
     @blp.response(200)
     def get(self) -> Any:
         """Export everything the service holds about this device as one JSON document."""
