@@ -1,0 +1,47 @@
+# syntax=docker/dockerfile:1
+# mobile_api: the web server image (the dispatcher runs from the same image).
+#
+#   docker build -t mobile_api .
+#   docker run --rm -e DATABASE_URL=... -e SECRET_KEY=... mobile_api flask --app wsgi db upgrade
+#   docker run -d -p 8000:8000 -e DATABASE_URL=... -e SECRET_KEY=... -e WEB_CONCURRENCY=4 mobile_api
+#   docker run -d -e DATABASE_URL=... -e SECRET_KEY=... mobile_api flask --app wsgi dispatch worker
+#
+# Migrations are an explicit step (the first `docker run` above), run once per
+# release before the new web servers start; the web server never migrates.
+
+ARG PYTHON_IMAGE=python:3.11-slim
+
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+RUN python -m venv /opt/venv
+COPY requirements.txt /tmp/requirements.txt
+# Every runtime dependency ships a manylinux wheel (psycopg[binary] included),
+# so no compiler is needed even here.
+RUN /opt/venv/bin/pip install -r /tmp/requirements.txt
+
+FROM ${PYTHON_IMAGE} AS runtime
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    WEB_CONCURRENCY=2 \
+    PORT=8000
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid app --home-dir /app --no-create-home --shell /usr/sbin/nologin app
+COPY --from=builder /opt/venv /opt/venv
+WORKDIR /app
+COPY --chown=root:root wsgi.py ./
+COPY --chown=root:root mobile_api ./mobile_api
+COPY --chown=root:root models ./models
+COPY --chown=root:root migrations ./migrations
+# The code is read-only for the app user; only instance/ (the embedded SQLite
+# default) is writable. Use DATABASE_URL (PostgreSQL) in production.
+RUN python -m compileall -q mobile_api models migrations wsgi.py \
+    && mkdir -p /app/instance && chown app:app /app/instance
+USER 10001:10001
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import os, sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8000'), timeout=4).status == 200 else 1)"]
+# exec: gunicorn becomes PID 1 and receives SIGTERM from `docker stop`.
+# The app writes its own JSON access log to stderr, so gunicorn's is left off.
+CMD ["sh", "-c", "exec gunicorn --bind 0.0.0.0:${PORT} --workers ${WEB_CONCURRENCY} wsgi:app"]
