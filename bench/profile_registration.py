@@ -18,11 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from flask_migrate import upgrade  # noqa: E402
+from flask_migrate import upgrade
 
-from mobile_api import create_app  # noqa: E402
-from mobile_api.extensions import db  # noqa: E402
-from mobile_api.services import keys as key_service  # noqa: E402
+from mobile_api import create_app
+from mobile_api.extensions import db
+from mobile_api.services import keys as key_service
 
 
 def main() -> None:

@@ -103,7 +103,8 @@ def postgres_database() -> Any:
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield PG_ADMIN.replace("postgresql://", "postgresql+psycopg://").rsplit("/", 1)[0] + f"/{name}"
+        server = PG_ADMIN.replace("postgresql://", "postgresql+psycopg://").rsplit("/", 1)[0]
+        yield f"{server}/{name}"
     finally:
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -127,10 +128,9 @@ SELECT
     '5.' || (i % 10)::text || '.0',
     (ARRAY['id-ID', 'en-US', 'en-GB', 'ms-MY', 'th-TH'])[1 + i % 5],
     (ARRAY['Asia/Jakarta', 'Asia/Makassar', 'Europe/London', 'Asia/Bangkok'])[1 + i % 4],
-    CASE WHEN i % 5 < 3 THEN 'fcm:seed-' || i || ':' || md5(i::text) || md5('p' || i) END,
+    CASE WHEN i % 5 < 3 THEN 'fcm:seed-' || i || ':' || md5(i::text) END,
     CASE WHEN i % 5 < 3
-        THEN encode(sha256(('fcm:seed-' || i || ':' || md5(i::text) || md5('p' || i))::bytea), 'hex')
-    END,
+        THEN encode(sha256(('fcm:seed-' || i || ':' || md5(i::text))::bytea), 'hex') END,
     (ARRAY['granted', 'denied', 'not_determined', 'provisional'])[1 + i % 4],
     (ARRAY['precise', 'approximate', 'denied', 'not_determined'])[1 + i % 4],
     CASE WHEN i % 2 = 0 THEN 'acct-' || (i / 2)::text END,
@@ -280,9 +280,7 @@ def gunicorn(env: dict[str, str], port: int, log: Path) -> Any:
             server.wait(timeout=30)
 
 
-def wrk(
-    url: str, seconds: float, connections: int, args: list[str], workers: list[int]
-) -> Run:
+def wrk(url: str, seconds: float, connections: int, args: list[str], workers: list[int]) -> Run:
     """One wrk run with the Lua script; its own CPU and the workers' CPU are measured."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     worker_cpu = cpu_seconds(workers)
@@ -367,7 +365,8 @@ def scenario(backend: str, rows: int, options: argparse.Namespace, workdir: Path
             for name, (mode, credential) in modes.items():
                 prefix = secrets.token_hex(4)
                 # Warm-up: imports, connection pools, caches.
-                wrk(base, options.warmup, options.connections, [mode, prefix + "w", credential], workers)
+                warmup = [mode, prefix + "w", credential]
+                wrk(base, options.warmup, options.connections, warmup, workers)
                 runs = []
                 for n in range(options.runs):
                     run = wrk(
@@ -478,9 +477,7 @@ def main() -> None:
     stamp = time.strftime("%Y%m%dT%H%M%S")
     saved = OUT / f"registration-{stamp}.json"
     saved.write_text(
-        json.dumps(
-            {"options": vars(options), "results": [asdict(r) for r in results]}, indent=2
-        )
+        json.dumps({"options": vars(options), "results": [asdict(r) for r in results]}, indent=2)
     )
     print(f"\nraw results: {saved.relative_to(ROOT)}")
 
