@@ -140,9 +140,7 @@ def test_retry_after_delta_seconds_is_parsed(transport: FcmTransport) -> None:
     assert result == SendResult(Outcome.RETRY, "quota_exceeded", 7.0, None)
 
 
-def test_retry_after_http_date_is_parsed(
-    transport: FcmTransport, fake: FakeFcmServer
-) -> None:
+def test_retry_after_http_date_is_parsed(transport: FcmTransport, fake: FakeFcmServer) -> None:
     fake.quota_retry_after = format_datetime(
         datetime.now(UTC) + timedelta(seconds=120), usegmt=True
     )
@@ -153,9 +151,7 @@ def test_retry_after_http_date_is_parsed(
     assert 110 <= result.retry_after <= 120
 
 
-def test_no_retry_after_header_gives_none(
-    transport: FcmTransport, fake: FakeFcmServer
-) -> None:
+def test_no_retry_after_header_gives_none(transport: FcmTransport, fake: FakeFcmServer) -> None:
     fake.quota_retry_after = None
 
     [result] = transport.send([msg("quota-device")])
@@ -265,9 +261,7 @@ def test_normal_priority_message_without_options(
     assert "data" not in body
 
 
-def test_zero_ttl_means_now_or_never(
-    transport: FcmTransport, fake: FakeFcmServer
-) -> None:
+def test_zero_ttl_means_now_or_never(transport: FcmTransport, fake: FakeFcmServer) -> None:
     transport.send([msg("device-a", ttl_seconds=0)])
 
     body = fake.received[0].body["message"]
@@ -336,9 +330,7 @@ def test_fails_loudly_when_the_http_client_changed(
 ) -> None:
     original_init = messaging._MessagingService.__init__
 
-    def other_client(
-        self: messaging._MessagingService, app: firebase_admin.App
-    ) -> None:
+    def other_client(self: messaging._MessagingService, app: firebase_admin.App) -> None:
         original_init(self, app)
         self._client = object()
 
@@ -359,9 +351,7 @@ def test_fail_n_times_then_succeed_needs_the_caller_to_retry(
     assert fake.attempts["flaky"] == 3
 
 
-def test_timeout_is_a_retryable_transport_error(
-    credentials_path: str, fake: FakeFcmServer
-) -> None:
+def test_timeout_is_a_retryable_transport_error(credentials_path: str, fake: FakeFcmServer) -> None:
     fake.delay = 1.0
     fcm = FcmTransport(credentials_path, endpoint=fake.url, timeout=0.2)
     try:
@@ -385,26 +375,20 @@ def test_connection_refused_is_a_retryable_transport_error(
     finally:
         fcm.close()
 
-    assert {(r.outcome, r.error) for r in results} == {
-        (Outcome.RETRY, "transport_error")
-    }
+    assert {(r.outcome, r.error) for r in results} == {(Outcome.RETRY, "transport_error")}
 
 
 def test_unreachable_token_endpoint_fails_the_batch_as_retryable(
     tmp_path: Path, fake: FakeFcmServer
 ) -> None:
-    path = write_service_account(
-        tmp_path / "sa.json", f"http://127.0.0.1:{free_port()}/token"
-    )
+    path = write_service_account(tmp_path / "sa.json", f"http://127.0.0.1:{free_port()}/token")
     fcm = FcmTransport(str(path), endpoint=fake.url)
     try:
         results = fcm.send([msg("a"), msg("b")])
     finally:
         fcm.close()
 
-    assert {(r.outcome, r.error) for r in results} == {
-        (Outcome.RETRY, "transport_error")
-    }
+    assert {(r.outcome, r.error) for r in results} == {(Outcome.RETRY, "transport_error")}
     assert fake.request_count == 0
 
 
@@ -418,9 +402,7 @@ def test_one_token_request_per_batch_and_refresh_after_a_rejected_token(
     rejected = transport.send([msg(f"d{i}") for i in range(50)])
     again = transport.send([msg(f"d{i}") for i in range(50)])
 
-    assert {(r.outcome, r.error) for r in rejected} == {
-        (Outcome.RETRY, "unauthenticated")
-    }
+    assert {(r.outcome, r.error) for r in rejected} == {(Outcome.RETRY, "unauthenticated")}
     assert {r.outcome for r in again} == {Outcome.SENT}
     assert fake.rejected_auth == 50  # google-auth's refresh-and-resend is off
     assert fake.token_requests == 2
@@ -453,9 +435,7 @@ def test_batch_above_500_is_a_programming_error(
     assert fake.request_count == 0
 
 
-def test_close_deletes_the_named_app(
-    credentials_path: str, fake: FakeFcmServer
-) -> None:
+def test_close_deletes_the_named_app(credentials_path: str, fake: FakeFcmServer) -> None:
     first = FcmTransport(credentials_path, endpoint=fake.url)
     second = FcmTransport(credentials_path, endpoint=fake.url)
     assert first._app.name != second._app.name
@@ -508,9 +488,7 @@ def test_make_transport_without_credentials_is_the_log_transport(
     assert "not configured" in warning.getMessage()
 
 
-def test_make_transport_with_credentials_is_fcm(
-    credentials_path: str, fake: FakeFcmServer
-) -> None:
+def test_make_transport_with_credentials_is_fcm(credentials_path: str, fake: FakeFcmServer) -> None:
     transport = make_transport(credentials_path, "made-project", fake.url, timeout=5.0)
     try:
         assert isinstance(transport, FcmTransport)

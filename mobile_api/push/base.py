@@ -34,7 +34,7 @@ class Outcome(StrEnum):
 
     SENT = "sent"
     # The token is dead (UNREGISTERED, SENDER_ID_MISMATCH): prune it.
-    INVALID_TOKEN = "invalid_token"
+    INVALID_TOKEN = "invalid_token"  # noqa: S105 - an outcome name, not a secret
     # Transient: quota, unavailable, internal, transport errors and timeouts.
     RETRY = "retry"
     # Permanent for this message: invalid argument, APNs/web-push auth, anything else.
@@ -73,9 +73,7 @@ class PushTransport(Protocol):
 def check_batch(messages: Sequence[PushMessage], max_batch: int) -> None:
     """Raise ValueError when a batch is larger than the transport accepts."""
     if len(messages) > max_batch:
-        raise ValueError(
-            f"batch of {len(messages)} messages exceeds max_batch={max_batch}"
-        )
+        raise ValueError(f"batch of {len(messages)} messages exceeds max_batch={max_batch}")
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:

@@ -63,9 +63,7 @@ def classify(error: BaseException) -> SendResult:
     retry_after = None
     if http_response is not None:
         retry_after = parse_retry_after(http_response.headers.get("Retry-After"))
-    elif isinstance(
-        error, exceptions.UnavailableError | exceptions.DeadlineExceededError
-    ):
+    elif isinstance(error, exceptions.UnavailableError | exceptions.DeadlineExceededError):
         # No HTTP response: the connection failed or timed out.
         return SendResult(Outcome.RETRY, "transport_error")
     if isinstance(error, exceptions.FirebaseError):
@@ -84,9 +82,7 @@ def classify(error: BaseException) -> SendResult:
 def _no_retry_adapter(pool_maxsize: int, pool_block: bool = False) -> HTTPAdapter:
     # total=0 turns off urllib3's connect/read/status retries alike; a read retry
     # could even deliver a push twice, since messages:send is not idempotent.
-    retry = Retry(
-        total=0, connect=0, read=0, status=0, redirect=0, raise_on_status=False
-    )
+    retry = Retry(total=0, connect=0, read=0, status=0, redirect=0, raise_on_status=False)
     return HTTPAdapter(
         pool_connections=1,
         pool_maxsize=pool_maxsize,
@@ -129,7 +125,7 @@ def _configure_messaging_service(
         raise FcmSetupError("firebase-admin's messaging HTTP client has changed shape")
 
     base = (endpoint or GOOGLE_FCM_BASE).rstrip("/")
-    session: requests.Session = google_auth_requests.AuthorizedSession(
+    session: requests.Session = google_auth_requests.AuthorizedSession(  # type: ignore[no-untyped-call]
         app.credential.get_credential(), refresh_status_codes=()
     )
     # requests re-reads proxy variables from os.environ on every request (a quarter
@@ -149,9 +145,7 @@ def _configure_messaging_service(
     client._session = session
     old_session.close()
     if client.session is not session:
-        raise FcmSetupError(
-            "firebase-admin's HttpClient ignores its _session attribute"
-        )
+        raise FcmSetupError("firebase-admin's HttpClient ignores its _session attribute")
     if endpoint:
         service._fcm_url = f"{base}/v1/projects/{project_id}/messages:send"
     return session
@@ -185,9 +179,7 @@ def _to_fcm_message(message: PushMessage) -> messaging.Message:
         apns=messaging.APNSConfig(
             headers=apns_headers,
             payload=messaging.APNSPayload(
-                aps=messaging.Aps(
-                    alert=messaging.ApsAlert(title=message.title, body=message.body)
-                )
+                aps=messaging.Aps(alert=messaging.ApsAlert(title=message.title, body=message.body))
             ),
         ),
     )
@@ -219,9 +211,7 @@ class FcmTransport:
         app_name = f"mobile_api.push-{os.getpid()}-{next(_app_ids)}"
         self._app = firebase_admin.initialize_app(cert, options, name=app_name)
         try:
-            self._session = _configure_messaging_service(
-                self._app, endpoint, FCM_CONNECTIONS
-            )
+            self._session = _configure_messaging_service(self._app, endpoint, FCM_CONNECTIONS)
         except BaseException:
             firebase_admin.delete_app(self._app)
             raise
@@ -245,9 +235,7 @@ class FcmTransport:
             try:
                 to_send.append((index, _to_fcm_message(message)))
             except ValueError as error:  # firebase-admin validates while building
-                logger.warning(
-                    "push to %s refused locally: %s", mask_token(message.token), error
-                )
+                logger.warning("push to %s refused locally: %s", mask_token(message.token), error)
                 results[index] = SendResult(Outcome.FAILED, "invalid_argument")
         if to_send:
             for index, result in zip(
@@ -270,9 +258,7 @@ class FcmTransport:
             return [SendResult(Outcome.FAILED, "invalid_argument")] * len(fcm_messages)
         except exceptions.FirebaseError as error:
             # send_each raises only when a worker thread itself blew up.
-            logger.error(
-                "FCM batch of %s failed as a whole: %s", len(fcm_messages), error
-            )
+            logger.error("FCM batch of %s failed as a whole: %s", len(fcm_messages), error)
             return [classify(error.cause or error)] * len(fcm_messages)
         # send_each keeps the order of messages, so response i is message i.
         results = [
@@ -303,6 +289,4 @@ class FcmTransport:
         self._token_session.close()
 
     def __repr__(self) -> str:
-        return (
-            f"FcmTransport(project_id={self.project_id!r}, endpoint={self.endpoint!r})"
-        )
+        return f"FcmTransport(project_id={self.project_id!r}, endpoint={self.endpoint!r})"

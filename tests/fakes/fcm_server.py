@@ -250,9 +250,7 @@ class FakeFcmServer:
         with self._lock:
             self.rejected_auth += 1
 
-    def _answer(
-        self, project: str, token: str, body: dict[str, Any]
-    ) -> tuple[str, str | None]:
+    def _answer(self, project: str, token: str, body: dict[str, Any]) -> tuple[str, str | None]:
         with self._lock:
             self.request_count += 1
             answer = self._planned_failure(token) or self._behaviour(token)
@@ -261,9 +259,7 @@ class FakeFcmServer:
                 message_id = f"projects/{project}/messages/{next(self._ids)}"
             if self.record:
                 self.attempts[token] += 1
-                self.received.append(
-                    ReceivedMessage(project, token, body, answer, message_id)
-                )
+                self.received.append(ReceivedMessage(project, token, body, answer, message_id))
         return answer, message_id
 
     def _planned_failure(self, token: str) -> str | None:
