@@ -38,6 +38,7 @@ from mobile_api.geo import (
     make_gateway,
     make_limiter,
 )
+from mobile_api.geo.gateway import _distance_m
 from mobile_api.geo.provider import AreaRecord, MinimalRequestsAdapter, PlaceRecord
 from tests.fakes.nominatim_server import FakeNominatim, RecordedRequest
 
@@ -329,9 +330,10 @@ def test_results_are_sorted_by_distance_from_the_exact_point(
 
     assert len(places) == 8
     for place in places:
-        assert place.distance_m == round(
-            geodesic((EXACT_LAT, EXACT_LON), (place.lat, place.lon)).m
-        )
+        expected = geodesic((EXACT_LAT, EXACT_LON), (place.lat, place.lon)).m
+        assert (
+            abs(place.distance_m - expected) <= 0.5 + 0.05
+        )  # whole metres, cm-accurate
         assert isinstance(place.distance_m, int)
         assert place.category == "cafe"
         assert re.fullmatch(r"Teststraße \d+, Berlin", place.address), place.address
@@ -340,6 +342,22 @@ def test_results_are_sorted_by_distance_from_the_exact_point(
     provider_order = [f"Cafe {n}" for n in ("Alpha", "Bravo", "Charlie", "Delta")]
     assert [p.name for p in places][:4] != provider_order
     assert gateways(fake).attribution.startswith("Data © OpenStreetMap contributors")
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [
+        ((52.520008, 13.404954), (52.5245, 13.4120)),  # a few hundred metres
+        ((-33.8688, 151.2093), (-33.9300, 151.2600)),  # ~8 km, southern hemisphere
+        ((69.6492, 18.9553), (69.7000, 19.1000)),  # high latitude
+        ((0.0, 179.99), (0.0, -179.99)),  # across the antimeridian
+        ((48.8566, 2.3522), (51.5072, -0.1276)),  # far: the geodesic itself
+    ],
+)
+def test_distances_match_the_geodesic_to_the_metre(
+    start: tuple[float, float], end: tuple[float, float]
+) -> None:
+    assert abs(_distance_m(*start, *end) - geodesic(start, end).m) <= 0.55
 
 
 def test_reverse_returns_only_the_coarse_area(
@@ -730,21 +748,12 @@ def test_make_gateway_builds_a_working_gateway(fake: FakeNominatim) -> None:
 
 
 class _InstantProvider:
-    """A provider answering from memory, to time the gateway's own work."""
+    """A provider answering from memory (40 places spread over the box), to time the gateway."""
 
     attribution = "test"
 
     def __init__(self, **settings: Any) -> None:
-        self.records = [
-            PlaceRecord(
-                name=f"P{i}",
-                category="cafe",
-                lat=52.5 + i / 1000,
-                lon=13.4,
-                address="Somewhere",
-            )
-            for i in range(40)
-        ]
+        pass
 
     def search(
         self,
@@ -753,7 +762,17 @@ class _InstantProvider:
         limit: int,
         timeout: float,
     ) -> list[PlaceRecord]:
-        return self.records[:limit]
+        south, west, north, east = box
+        return [
+            PlaceRecord(
+                name=f"P{i}",
+                category=term,
+                lat=south + (north - south) * ((i * 7) % 40) / 40,
+                lon=west + (east - west) * ((i * 13) % 40) / 40,
+                address="Somewhere",
+            )
+            for i in range(limit)
+        ]
 
     def reverse(self, lat: float, lon: float, timeout: float) -> AreaRecord:
         raise NotImplementedError
@@ -770,10 +789,8 @@ def test_the_gateway_adds_little_to_each_search() -> None:
         provider_factory=_InstantProvider,
     )
     durations = []
-    for i in range(50):
+    for i in range(100):  # 50 misses (distinct cells), then 50 hits
         started = time.perf_counter()
-        gateway.search(
-            EXACT_LAT + i / 10, EXACT_LON, category="cafe", limit=40
-        )  # all misses
+        gateway.search(EXACT_LAT + (i % 50) / 10, EXACT_LON, category="cafe", limit=40)
         durations.append(time.perf_counter() - started)
     assert statistics.median(durations) < 0.005
