@@ -142,15 +142,11 @@ class PlacesGateway:
             raise ValueError("precision_decimals must be between 0 and 6")
         if timeout <= 0:
             raise ValueError("timeout must be positive")
-        self._provider = provider_factory(
-            domain=domain, scheme=scheme, user_agent=user_agent
-        )
+        self._provider = provider_factory(domain=domain, scheme=scheme, user_agent=user_agent)
         self._decimals = precision_decimals
         self._timeout = timeout
         self._cache: Cache = cache if cache is not None else MemoryCache()
-        self._limiter: Limiter = (
-            limiter if limiter is not None else InProcessLimiter(1.0)
-        )
+        self._limiter: Limiter = limiter if limiter is not None else InProcessLimiter(1.0)
         self._cache_ttl = cache_ttl
         self._on_lookup = on_lookup
 
@@ -176,11 +172,7 @@ class PlacesGateway:
         started = time.monotonic()
         _check_point(lat, lon)
         term = normalise_term(category, query)
-        if (
-            isinstance(limit, bool)
-            or not isinstance(limit, int)
-            or not 1 <= limit <= MAX_LIMIT
-        ):
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
             raise ValueError(f"limit must be an integer from 1 to {MAX_LIMIT}")
         cell_lat, cell_lon = self._coarsen(lat, lon)
         # The term goes last: the fields before it have fixed formats, so keys cannot collide.
@@ -239,9 +231,7 @@ class PlacesGateway:
     def _fmt(self, value: float) -> str:
         return f"{value:.{self._decimals}f}"
 
-    def _box(
-        self, cell_lat: float, cell_lon: float
-    ) -> tuple[float, float, float, float]:
+    def _box(self, cell_lat: float, cell_lon: float) -> tuple[float, float, float, float]:
         """Return (south, west, north, east) around the coarse cell, derived from it alone."""
         half_lat = SEARCH_RADIUS_M / _METRES_PER_DEGREE + 0.5 * 10.0**-self._decimals
         # Degrees of longitude shrink towards the poles; cap the widening near them.
