@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from mobile_api.extensions import db
+from models import AccountTermination, Device
 from tests.conftest import bearer
 
 
@@ -62,3 +64,24 @@ def audit_events(client: FlaskClient, headers: dict[str, str], **filters: str) -
     assert response.status_code == 200, response.get_json()
     items: list[Any] = response.get_json()["items"]
     return items
+
+
+def seed_terminated_accounts(
+    session: Any, accounts: int, devices_each: int, terminated_at: datetime
+) -> list[str]:
+    """Terminated accounts with devices, written directly; returns the account ids."""
+    ids = [unique("acct") for _ in range(accounts)]
+    for account_id in ids:
+        session.add(AccountTermination(account_id=account_id, terminated_at=terminated_at))
+        for _ in range(devices_each):
+            session.add(
+                Device(
+                    installation_id=unique("inst"),
+                    token_hash=uuid.uuid4().hex + uuid.uuid4().hex,
+                    platform="android",
+                    os_version="14",
+                    account_id=account_id,
+                )
+            )
+    session.commit()
+    return ids
