@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -45,16 +45,20 @@ def _canonical_time(value: datetime) -> str:
 
 def compute_hash(event: Any, prev_hash: str) -> str:
     """SHA-256 over the previous hash and the canonical JSON of the event's fields."""
-    fields = {
-        "id": event.id,
-        "recorded_at": _canonical_time(event.recorded_at),
-        "actor": event.actor,
-        "action": event.action,
-        "target": event.target,
-        "request_id": event.request_id,
-        "details": event.details,
-    }
-    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    fields = {name: getattr(event, name) for name in _HASHED}
+    return _digest(fields, prev_hash)
+
+
+_HASHED = ("id", "recorded_at", "actor", "action", "target", "request_id", "details")
+
+
+def _digest(fields: Mapping[str, Any], prev_hash: str) -> str:
+    canonical = json.dumps(
+        {**fields, "recorded_at": _canonical_time(fields["recorded_at"])},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
     return hashlib.sha256((prev_hash + canonical).encode()).hexdigest()
 
 
@@ -68,8 +72,8 @@ def record(
     request_id: str | None = None,
 ) -> AuditEvent:
     """Append one event to the caller's transaction (the caller commits)."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(sa.select(sa.func.pg_advisory_xact_lock(_CHAIN_LOCK)))
+    if _postgresql(session):
+        _lock_chain(session)
     # Insert first, then link: on SQLite the INSERT takes the database's single
     # write lock, so no other writer can append between reading the parent and
     # writing this row. The placeholder keeps the unique hash column satisfied.
@@ -85,16 +89,61 @@ def record(
     )
     session.add(event)
     session.flush()
-    parent = session.scalars(
-        sa.select(AuditEvent.hash)
-        .where(AuditEvent.id < event.id)
-        .order_by(AuditEvent.id.desc())
-        .limit(1)
-    ).first()
-    event.prev_hash = parent or GENESIS
+    event.prev_hash = _last_hash(session, before=event.id)
     event.hash = compute_hash(event, event.prev_hash)
     session.flush()
     return event
+
+
+def record_many(session: Db, events: Sequence[Mapping[str, Any]]) -> None:
+    """Append many events (each given as `record`'s keyword arguments) at once; no commit."""
+    if not _postgresql(session):
+        for event in events:
+            record(session, **event)
+        return
+    _lock_chain(session)
+    parent = _last_hash(session)
+    # Ids drawn while holding the lock come after every committed event.
+    ids = sorted(
+        session.scalars(
+            sa.text(
+                "SELECT nextval(pg_get_serial_sequence('audit_events', 'id')) "
+                "FROM generate_series(1, :n)"
+            ),
+            {"n": len(events)},
+        ).all()
+    )
+    now = utcnow()
+    rows = []
+    for event_id, event in zip(ids, events, strict=True):
+        row: dict[str, Any] = {
+            "id": event_id,
+            "recorded_at": now,
+            "actor": event["actor"],
+            "action": event["action"],
+            "target": event.get("target"),
+            "request_id": event.get("request_id"),
+            "details": dict(event.get("details") or {}),
+            "prev_hash": parent,
+        }
+        row["hash"] = parent = _digest({k: row[k] for k in _HASHED}, row["prev_hash"])
+        rows.append(row)
+    session.execute(sa.insert(AuditEvent), rows)
+
+
+def _postgresql(session: Db) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _lock_chain(session: Db) -> None:
+    session.execute(sa.select(sa.func.pg_advisory_xact_lock(_CHAIN_LOCK)))
+
+
+def _last_hash(session: Db, before: int | None = None) -> str:
+    stmt = sa.select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)
+    if before is not None:
+        stmt = stmt.where(AuditEvent.id < before)
+    return session.scalars(stmt).first() or GENESIS
 
 
 def _events(session: Db, batch: int) -> Iterator[sa.Row[Any]]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import current_app
+from sqlalchemy.dialects import postgresql, sqlite
 
 from mobile_api.errors import AccountTerminated
 from mobile_api.extensions import db
@@ -100,12 +101,20 @@ def _delete_devices(session: Db, account_ids: Sequence[str]) -> dict[str, int]:
     return counts
 
 
-def _forget_termination(session: Db, termination: AccountTermination, now: datetime) -> None:
-    """Drop the raw account id; a keyed-hash tombstone keeps later registrations refused."""
-    account_hash = subject(termination.account_id)
-    if session.get(AccountTombstone, account_hash) is None:
-        session.add(AccountTombstone(account_hash=account_hash, purged_at=now))
-    session.delete(termination)
+def _forget_terminations(session: Db, account_ids: Sequence[str], now: datetime) -> None:
+    """Drop the raw account ids; keyed-hash tombstones keep later registrations refused."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    session.execute(
+        insert(AccountTombstone)
+        .values([{"account_hash": subject(a), "purged_at": now} for a in account_ids])
+        .on_conflict_do_nothing(index_elements=[AccountTombstone.account_hash])
+    )
+    session.execute(
+        sa.delete(AccountTermination)
+        .where(AccountTermination.account_id.in_(account_ids))
+        .execution_options(synchronize_session=False)
+    )
 
 
 def erase_device(
@@ -149,7 +158,7 @@ def erase_account(
         session.rollback()
         return None
     if termination is not None:
-        _forget_termination(session, termination, utcnow())
+        _forget_terminations(session, [account_id], utcnow())
     audit.record(
         session,
         actor=actor,
@@ -283,7 +292,7 @@ def purge(
     purge_after_days: int,
     retention_days: Mapping[str, int] | None = None,
     actor: str = SYSTEM_ACTOR,
-    batch_size: int = 100,
+    batch_size: int = 500,
     rules: Sequence[RetentionRule] | None = None,
     metadata: sa.MetaData | None = None,
 ) -> PurgeResult:
@@ -297,7 +306,7 @@ def purge(
     cutoff = now - timedelta(days=purge_after_days)
     while True:
         due = session.scalars(
-            sa.select(AccountTermination)
+            sa.select(AccountTermination.account_id)
             .where(AccountTermination.terminated_at <= cutoff)
             .order_by(AccountTermination.terminated_at, AccountTermination.account_id)
             .limit(batch_size)
@@ -306,16 +315,20 @@ def purge(
         if not due:
             session.rollback()
             break
-        counts = _delete_devices(session, [t.account_id for t in due])
-        for termination in due:
-            audit.record(
-                session,
-                actor=actor,
-                action="account.purged",
-                target=subject(termination.account_id),
-                details={"devices": counts.get(termination.account_id, 0)},
-            )
-            _forget_termination(session, termination, now)
+        counts = _delete_devices(session, due)
+        audit.record_many(
+            session,
+            [
+                {
+                    "actor": actor,
+                    "action": "account.purged",
+                    "target": subject(account_id),
+                    "details": {"devices": counts.get(account_id, 0)},
+                }
+                for account_id in due
+            ],
+        )
+        _forget_terminations(session, due, now)
         session.commit()
         result.accounts += len(due)
         result.devices += sum(counts.values())
