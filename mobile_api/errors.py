@@ -141,3 +141,9 @@ class Api(flask_smorest.Api):
             payload["error"] = "rate_limited"
             payload["message"] = _DEFAULT_MESSAGES[429]
         return payload, code, headers
+
+
+class AccountTerminated(DomainError):
+    code = 403
+    error = "account_terminated"
+    description = "This account has been terminated; devices cannot be registered to it."
