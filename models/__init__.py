@@ -13,6 +13,7 @@ from models.device import (
     PushPermission,
 )
 from models.privacy import AccountTermination, AuditEvent
+from models.telemetry import DeviceVersionChange, TelemetryEvent, VersionField
 
 __all__ = [
     "PREFERENCES",
@@ -23,11 +24,14 @@ __all__ = [
     "ConsentRecord",
     "ConsentSource",
     "Device",
+    "DeviceVersionChange",
     "LocationPermission",
     "Platform",
     "Purpose",
     "PushPermission",
     "Role",
+    "TelemetryEvent",
+    "VersionField",
     "new_id",
     "utcnow",
 ]

@@ -7,7 +7,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from mobile_api.services import Db
+from mobile_api.services import Db, telemetry
 from models import ConsentRecord, Device, utcnow
 
 _DEVICE_FIELDS = (
@@ -58,4 +58,5 @@ def export_device(session: Db, device: Device) -> dict[str, Any]:
             }
             for c in consents
         ],
+        "telemetry": telemetry.export_section(session, device.id),
     }

@@ -1,0 +1,137 @@
+"""Telemetry: bulk, idempotent storage of app events, and the device version history."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from mobile_api.services import Db
+from models import (
+    AccountTermination,
+    Device,
+    DeviceVersionChange,
+    TelemetryEvent,
+    VersionField,
+    utcnow,
+)
+
+CONSENT_OFF = "analytics_consent_off"
+ACCOUNT_TERMINATED = "account_terminated"
+
+
+@dataclass(frozen=True, slots=True)
+class Ingestion:
+    """The reply to a batch: how many events the service holds, how many it refused."""
+
+    accepted: int
+    dropped: int
+    reason: str | None
+
+
+def ingest(session: Db, device: Device, events: Sequence[Mapping[str, Any]]) -> Ingestion:
+    """Store a validated batch in one statement, all or nothing.
+
+    An event whose event_id this device already sent is not stored again but
+    counts as accepted: the service holds it, so a client retrying a batch after
+    a timeout gets the same answer as the first attempt.
+    """
+    if not device.analytics:
+        return Ingestion(0, len(events), CONSENT_OFF)
+    if device.account_id is not None and _terminated(session, device.account_id):
+        # The account's data is about to be erased: collect nothing new about it.
+        return Ingestion(0, len(events), ACCOUNT_TERMINATED)
+    now = utcnow()
+    rows = [
+        {
+            "device_id": device.id,
+            "event_id": event.get("event_id"),
+            "name": event["name"],
+            "occurred_at": event["occurred_at"],
+            "received_at": now,
+            "properties": event.get("properties") or {},
+        }
+        for event in events
+    ]
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(TelemetryEvent).on_conflict_do_nothing(
+        index_elements=[TelemetryEvent.device_id, TelemetryEvent.event_id]
+    )
+    try:
+        session.execute(stmt, rows)
+        session.commit()
+    except Exception:
+        session.rollback()
+        raise
+    return Ingestion(len(events), 0, None)
+
+
+def _terminated(session: Db, account_id: str) -> bool:
+    return session.get(AccountTermination, account_id) is not None
+
+
+def record_version_change(
+    session: Db, device: Device, changes: Mapping[str, Any], now: datetime
+) -> None:
+    """Append a history row for each OS or app version that `changes` alters."""
+    for field in VersionField:
+        if field.value not in changes:
+            continue
+        new_value = changes[field.value]
+        old_value = getattr(device, field.value)
+        if new_value is None or new_value == old_value:
+            # A cleared app version is no upgrade; the device keeps reporting it later.
+            continue
+        session.add(
+            DeviceVersionChange(
+                device_id=device.id,
+                field=field.value,
+                old_value=old_value,
+                new_value=new_value,
+                changed_at=now,
+            )
+        )
+
+
+def _json(value: Any) -> Any:
+    return value.isoformat().replace("+00:00", "Z") if isinstance(value, datetime) else value
+
+
+def export_section(session: Db, device_id: str) -> dict[str, list[dict[str, Any]]]:
+    """The device's stored app events and version history, oldest first."""
+    events = session.scalars(
+        sa.select(TelemetryEvent)
+        .where(TelemetryEvent.device_id == device_id)
+        .order_by(TelemetryEvent.id)
+    )
+    changes = session.scalars(
+        sa.select(DeviceVersionChange)
+        .where(DeviceVersionChange.device_id == device_id)
+        .order_by(DeviceVersionChange.id)
+    )
+    return {
+        "events": [
+            {
+                "event_id": e.event_id,
+                "name": e.name,
+                "occurred_at": _json(e.occurred_at),
+                "received_at": _json(e.received_at),
+                "properties": e.properties,
+            }
+            for e in events
+        ],
+        "version_history": [
+            {
+                "field": c.field,
+                "old_value": c.old_value,
+                "new_value": c.new_value,
+                "changed_at": _json(c.changed_at),
+            }
+            for c in changes
+        ],
+    }
