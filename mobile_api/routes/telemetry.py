@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import marshmallow as ma
@@ -82,10 +82,66 @@ class TelemetryEventSchema(ma.Schema):
     )
 
 
+_EVENT_FIELDS = frozenset(TelemetryEventSchema().fields)
+_EVENT_ID = printable(64)
+
+
+def _plainly_valid(event: Any, earliest: datetime, latest: datetime) -> dict[str, Any] | None:
+    """The event as the schema would load it, if it passes every rule; else None."""
+    if type(event) is not dict or not event.keys() <= _EVENT_FIELDS:
+        return None
+    name, occurred_at = event.get("name"), event.get("occurred_at")
+    if type(name) is not str or type(occurred_at) is not str:
+        return None
+    _NAME(name)
+    when = datetime.fromisoformat(occurred_at)  # as marshmallow's AwareDateTime parses
+    if when.tzinfo is None or not earliest <= when <= latest:
+        return None
+    loaded = {"name": name, "occurred_at": when}
+    if "event_id" in event:
+        if type(event["event_id"]) is not str:
+            return None
+        for validator in _EVENT_ID:
+            validator(event["event_id"])
+        loaded["event_id"] = event["event_id"]
+    if "properties" in event:
+        properties = event["properties"]
+        if type(properties) is not dict:
+            return None
+        for key in properties:
+            if type(key) is not str:
+                return None
+            _PROPERTY_KEY(key)
+        _validate_properties(properties)
+        loaded["properties"] = dict(properties)
+    return loaded
+
+
+class EventList(ma.fields.List[Any]):
+    """A list of events, checked without marshmallow's per-field machinery when plainly valid.
+
+    Ingestion is the hottest path of the service and a 100-event batch costs
+    marshmallow several milliseconds. Valid batches pass the same rules here in
+    a fraction of that; any doubt falls back to the schema, which stays the one
+    authority on what is valid and what the errors say.
+    """
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> list[Any]:
+        if isinstance(value, list) and 0 < len(value) <= MAX_BATCH:
+            now = utcnow()
+            try:
+                events = [_plainly_valid(e, now - MAX_PAST, now + MAX_FUTURE) for e in value]
+            except (ma.ValidationError, ValueError, TypeError):
+                events = [None]
+            if None not in events:
+                return events
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 class TelemetryBatchSchema(ma.Schema):
     """Body of POST /v1/telemetry/events."""
 
-    events = ma.fields.List(
+    events = EventList(
         ma.fields.Nested(TelemetryEventSchema),
         required=True,
         validate=ma.validate.Length(min=1, max=MAX_BATCH),

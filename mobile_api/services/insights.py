@@ -69,12 +69,9 @@ def _breakdown(
     ]
 
 
-def device_insights(session: Db, now: datetime | None = None) -> dict[str, Any]:
-    """Active devices by platform, OS and app version; opt-in rates; recency; version changes."""
-    now = now or utcnow()
-    # One pass over the devices, grouped as finely as any breakdown needs; the
-    # coarser breakdowns and the totals are summed from these rows in Python.
-    stmt = (
+def device_aggregate_statement(now: datetime) -> sa.Select[Any]:
+    """One pass over the active devices, grouped by platform, OS and app version."""
+    return (
         sa.select(
             Device.platform,
             Device.os_version,
@@ -93,6 +90,14 @@ def device_insights(session: Db, now: datetime | None = None) -> dict[str, Any]:
         .where(active_devices())
         .group_by(Device.platform, Device.os_version, Device.app_version)
     )
+
+
+def device_insights(session: Db, now: datetime | None = None) -> dict[str, Any]:
+    """Active devices by platform, OS and app version; opt-in rates; recency; version changes."""
+    now = now or utcnow()
+    # One pass over the devices, grouped as finely as any breakdown needs; the
+    # coarser breakdowns and the totals are summed from these rows in Python.
+    stmt = device_aggregate_statement(now)
     rows = list(session.execute(stmt))
     total = sum(row.devices for row in rows)
 
@@ -128,21 +133,25 @@ def device_insights(session: Db, now: datetime | None = None) -> dict[str, Any]:
 
 def _version_changes(session: Db, now: datetime) -> dict[str, Any]:
     since = now - timedelta(days=VERSION_CHANGE_WINDOW_DAYS)
-    stmt = (
-        sa.select(
-            DeviceVersionChange.field,
-            sa.func.count().label("changes"),
-            sa.func.count(sa.distinct(DeviceVersionChange.device_id)).label("devices"),
-        )
+    # Per device first, then per field: PostgreSQL sorts for count(DISTINCT …) but
+    # can hash a GROUP BY, which is several times faster over a month of changes.
+    per_device = (
+        sa.select(DeviceVersionChange.field, sa.func.count().label("changes"))
         .where(DeviceVersionChange.changed_at >= since)
-        .group_by(DeviceVersionChange.field)
+        .group_by(DeviceVersionChange.field, DeviceVersionChange.device_id)
+        .subquery()
     )
+    stmt = sa.select(
+        per_device.c.field,
+        sa.func.sum(per_device.c.changes).label("changes"),
+        sa.func.count().label("devices"),
+    ).group_by(per_device.c.field)
     found = {row.field: row for row in session.execute(stmt)}
     result: dict[str, Any] = {"days": VERSION_CHANGE_WINDOW_DAYS}
     for field in VersionField:
         row = found.get(field.value)
         result[field.value] = {
-            "changes": row.changes if row else 0,
+            "changes": int(row.changes) if row else 0,
             "devices": row.devices if row else 0,
         }
     return result

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 
 from mobile_api.services import Db
 from models import (
@@ -45,30 +46,74 @@ def ingest(session: Db, device: Device, events: Sequence[Mapping[str, Any]]) -> 
     if device.account_id is not None and _terminated(session, device.account_id):
         # The account's data is about to be erased: collect nothing new about it.
         return Ingestion(0, len(events), ACCOUNT_TERMINATED)
-    now = utcnow()
-    rows = [
-        {
-            "device_id": device.id,
-            "event_id": event.get("event_id"),
-            "name": event["name"],
-            "occurred_at": event["occurred_at"],
-            "received_at": now,
-            "properties": event.get("properties") or {},
-        }
-        for event in events
-    ]
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(TelemetryEvent).on_conflict_do_nothing(
-        index_elements=[TelemetryEvent.device_id, TelemetryEvent.event_id]
-    )
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = _postgresql_insert(device.id, events, utcnow())
+    else:
+        stmt = _sqlite_insert(device.id, events, utcnow())
     try:
-        session.execute(stmt, rows)
+        session.execute(stmt)
         session.commit()
     except Exception:
         session.rollback()
         raise
     return Ingestion(len(events), 0, None)
+
+
+_TABLE: sa.Table = TelemetryEvent.__table__  # type: ignore[assignment]
+
+# The hot path of ingestion. SQLAlchemy compiles PostgreSQL's ON CONFLICT
+# afresh on every execution (the construct is not cacheable), and a multi-row
+# VALUES list of 100 events carries 600 parameters that psycopg re-parses each
+# time. Here the SQL text is constant and the batch travels as one JSON
+# parameter that the server unpacks.
+_POSTGRESQL_INSERT = sa.text(
+    "INSERT INTO telemetry_events"
+    " (device_id, event_id, name, occurred_at, received_at, properties)"
+    " SELECT :device_id, e.event_id, e.name, e.occurred_at, :received_at, e.properties"
+    " FROM json_to_recordset(CAST(:events AS json))"
+    " AS e(event_id varchar, name varchar, occurred_at timestamptz, properties json)"
+    " ON CONFLICT (device_id, event_id) DO NOTHING"
+).bindparams(sa.bindparam("received_at", type_=sa.DateTime(timezone=True)))
+
+
+def _postgresql_insert(
+    device_id: str, events: Sequence[Mapping[str, Any]], now: datetime
+) -> sa.Executable:
+    """INSERT … SELECT FROM json_to_recordset(batch) ON CONFLICT DO NOTHING."""
+    batch = [
+        {
+            "event_id": e.get("event_id"),
+            "name": e["name"],
+            "occurred_at": e["occurred_at"].isoformat(),
+            "properties": e.get("properties") or {},
+        }
+        for e in events
+    ]
+    return _POSTGRESQL_INSERT.bindparams(
+        device_id=device_id, received_at=now, events=json.dumps(batch)
+    )
+
+
+def _sqlite_insert(
+    device_id: str, events: Sequence[Mapping[str, Any]], now: datetime
+) -> sa.Executable:
+    """INSERT … VALUES (…), (…) ON CONFLICT DO NOTHING: one multi-row statement."""
+    rows = [
+        {
+            "device_id": device_id,
+            "event_id": e.get("event_id"),
+            "name": e["name"],
+            "occurred_at": e["occurred_at"],
+            "received_at": now,
+            "properties": e.get("properties") or {},
+        }
+        for e in events
+    ]
+    return (
+        sqlite.insert(_TABLE)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=[_TABLE.c.device_id, _TABLE.c.event_id])
+    )
 
 
 def _terminated(session: Db, account_id: str) -> bool:
