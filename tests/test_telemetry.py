@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import marshmallow as ma
 import pytest
 import sqlalchemy as sa
 from flask import Flask
@@ -14,6 +15,7 @@ from flask.testing import FlaskClient
 from sqlalchemy.exc import IntegrityError
 
 from mobile_api.extensions import db
+from mobile_api.routes.telemetry import TelemetryBatchSchema, TelemetryEventSchema
 from mobile_api.services import telemetry
 from models import AccountTermination, Device, TelemetryEvent
 from tests.conftest import bearer, device_body
@@ -200,6 +202,7 @@ def _now_minus(**delta: float) -> str:
         ({"name": "n" * 65}, "name"),
         ({"name": 7}, "name"),
         ({"event_id": "e" * 65}, "event_id"),
+        ({"event_id": 5}, "event_id"),
         ({"event_id": "line\nbreak"}, "event_id"),
         ({"occurred_at": None}, "occurred_at"),
         ({"occurred_at": "yesterday"}, "occurred_at"),
@@ -230,6 +233,45 @@ def test_an_invalid_event_refuses_the_whole_batch(
     assert list(body["errors"]["json"]["events"]) == ["3"]
     assert field in body["errors"]["json"]["events"]["3"]
     assert _stored(app, device["id"]) == []
+
+
+@pytest.mark.parametrize("field", ["event_id", "properties", "name"])
+def test_null_is_not_a_value(client: FlaskClient, analytics_device: Maker, field: str) -> None:
+    _, token = analytics_device()
+    bad = event()
+    bad[field] = None
+
+    response = client.post(EVENTS, json={"events": [bad]}, headers=bearer(token))
+
+    assert response.status_code == 422
+    assert field in response.get_json()["errors"]["json"]["events"]["0"]
+
+
+def test_an_event_that_is_not_an_object_refuses_the_batch(
+    client: FlaskClient, analytics_device: Maker
+) -> None:
+    _, token = analytics_device()
+
+    response = client.post(EVENTS, json={"events": [event(), "app_open"]}, headers=bearer(token))
+
+    assert response.status_code == 422
+    assert "1" in response.get_json()["errors"]["json"]["events"]
+
+
+def test_the_fast_path_loads_what_the_schema_loads(app: Flask) -> None:
+    batch = {
+        "events": [
+            event(),
+            event(event_id=None, properties=None),
+            event(occurred_at="2026-11-24T08:15:00.5+07:00", properties={"a": None, "b": 1.5}),
+        ]
+    }
+    batch["events"][2]["occurred_at"] = _now_minus(hours=1).replace("Z", "+07:00")
+
+    class PlainBatch(ma.Schema):
+        events = ma.fields.List(ma.fields.Nested(TelemetryEventSchema), required=True)
+
+    assert TelemetryBatchSchema().load(batch) == PlainBatch().load(batch)
 
 
 def test_edge_values_are_accepted(client: FlaskClient, analytics_device: Maker) -> None:

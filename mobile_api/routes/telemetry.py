@@ -109,9 +109,7 @@ def _plainly_valid(event: Any, earliest: datetime, latest: datetime) -> dict[str
         if type(properties) is not dict:
             return None
         for key in properties:
-            if type(key) is not str:
-                return None
-            _PROPERTY_KEY(key)
+            _PROPERTY_KEY(key)  # JSON object keys are always strings
         _validate_properties(properties)
         loaded["properties"] = dict(properties)
     return loaded
