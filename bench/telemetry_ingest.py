@@ -5,7 +5,7 @@ Run from the repository root:
     /work/main/.venv/bin/python bench/telemetry_ingest.py \\
         --clients 16 --workers 2 --worker-class gthread --threads 4 --seconds 20 --runs 3
 
-Each run starts gunicorn (sync workers, RATELIMIT_ENABLED=false) on a scratch
+Each run starts gunicorn (--workers, --worker-class, RATELIMIT_ENABLED=false) on a scratch
 database, registers one analytics-consenting device per client, then has every
 client thread POST pre-built batches of 100 unique events over its own HTTP
 connection for --seconds. The rate is the number of rows that are in
