@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from mobile_api.extensions import db
 from mobile_api.routes.telemetry import TelemetryBatchSchema, TelemetryEventSchema
-from mobile_api.services import telemetry
+from mobile_api.services import keys, telemetry
 from models import AccountTermination, Device, TelemetryEvent
 from tests.conftest import bearer, device_body
 from tests.telemetry_fixtures import EVENTS, analytics_device, event, rfc3339
@@ -346,8 +346,6 @@ def test_sending_is_rate_limited_per_device(app_factory: Callable[..., Flask]) -
     app = app_factory(RATELIMIT_DEVICE="2 per minute")
     client = app.test_client()
     with app.app_context():
-        from mobile_api.services import keys
-
         _, app_secret = keys.create(db.session, "app", "rate test")
     tokens = []
     for _ in range(2):
