@@ -54,9 +54,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     observability.init_app(app)
 
     from mobile_api import cli
-    from mobile_api.routes import admin, devices, ops
+    from mobile_api.routes import admin, devices, ops, telemetry
 
-    for blueprint in (ops.blp, devices.blp, admin.blp):
+    for blueprint in (ops.blp, devices.blp, admin.blp, telemetry.blp):
         api.register_blueprint(blueprint)
     cli.init_app(app)
     return app

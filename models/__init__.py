@@ -13,6 +13,7 @@ from models.device import (
     PushPermission,
 )
 from models.privacy import AccountTermination, AccountTombstone, AuditEvent
+from models.telemetry import DeviceVersionChange, TelemetryEvent, VersionField
 
 __all__ = [
     "PREFERENCES",
@@ -24,11 +25,14 @@ __all__ = [
     "ConsentRecord",
     "ConsentSource",
     "Device",
+    "DeviceVersionChange",
     "LocationPermission",
     "Platform",
     "Purpose",
     "PushPermission",
     "Role",
+    "TelemetryEvent",
+    "VersionField",
     "new_id",
     "utcnow",
 ]

@@ -533,27 +533,57 @@ def _spacing_run(
     return [b - a for a, b in itertools.pairwise(arrivals)]
 
 
-def test_in_process_limiter_spaces_requests_across_gateways(
+def _reserved_waits(make: Callable[[Callable[[float], None]], list[Limiter]]) -> list[float]:
+    """Six back-to-back reservations alternating over the limiters; the waits they were given.
+
+    The sleep is recorded instead of taken, so the assertion is about the slots the
+    limiters hand out, not about how late a loaded machine wakes a thread.
+    """
+    waits: list[float] = []
+    limiters = make(waits.append)
+    for i in range(6):
+        limiters[i % 2].acquire(max_wait=5.0)
+    return waits
+
+
+def _assert_spaced(waits: list[float]) -> None:
+    # The first caller goes at once (no sleep); each later one waits one interval more
+    # than the one before, less the few milliseconds between the calls.
+    assert len(waits) == 5, waits
+    steps = [b - a for a, b in itertools.pairwise([0.0, *waits])]
+    assert all(0.15 <= step <= 0.2 + 1e-3 for step in steps), waits
+
+
+def test_in_process_limiter_spaces_requests_across_gateways() -> None:
+    def make(sleep: Callable[[float], None]) -> list[Limiter]:
+        shared = InProcessLimiter(0.2, sleep=sleep)
+        return [shared, shared]
+
+    _assert_spaced(_reserved_waits(make))
+
+
+def test_redis_limiter_spaces_requests_across_processes(
+    redis_prefix: tuple[redis.Redis, str],
+) -> None:
+    client, prefix = redis_prefix
+
+    # Two limiters on two connections, as two worker processes would have, sharing one key.
+    def make(sleep: Callable[[float], None]) -> list[Limiter]:
+        return [
+            RedisLimiter(client, prefix + "slot", 0.2, sleep=sleep),
+            RedisLimiter(redis.Redis.from_url(REDIS_URL), prefix + "slot", 0.2, sleep=sleep),
+        ]
+
+    _assert_spaced(_reserved_waits(make))
+
+
+def test_limited_searches_reach_the_provider_spaced_out(
     fake: FakeNominatim, gateways: Callable[..., PlacesGateway]
 ) -> None:
     shared = InProcessLimiter(0.2)
     gaps = _spacing_run(fake, gateways, [shared, shared])
-    assert min(gaps) >= 0.2 - 0.02, gaps
-
-
-def test_redis_limiter_spaces_requests_across_processes(
-    fake: FakeNominatim,
-    gateways: Callable[..., PlacesGateway],
-    redis_prefix: tuple[redis.Redis, str],
-) -> None:
-    client, prefix = redis_prefix
-    # Two limiters on two connections, as two worker processes would have, sharing one key.
-    limiters: list[Limiter] = [
-        RedisLimiter(client, prefix + "slot", 0.2),
-        RedisLimiter(redis.Redis.from_url(REDIS_URL), prefix + "slot", 0.2),
-    ]
-    gaps = _spacing_run(fake, gateways, limiters)
-    assert min(gaps) >= 0.2 - 0.02, gaps
+    # Wall-clock arrivals carry scheduler jitter: only the overall span is checked.
+    assert sum(gaps) >= 5 * 0.2 - 0.3, gaps
 
 
 @pytest.mark.parametrize("backend", ["memory", "redis"])

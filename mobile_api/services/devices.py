@@ -11,7 +11,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from mobile_api.errors import InstallationExists
-from mobile_api.services import Db, privacy
+from mobile_api.services import Db, privacy, telemetry
 from mobile_api.services.secrets import (
     DEVICE_TOKEN_PREFIX,
     hash_secret,
@@ -197,6 +197,7 @@ def check_in(session: Db, device: Device, changes: Mapping[str, Any]) -> Device:
 
 
 def _apply_check_in(session: Db, device: Device, changes: Mapping[str, Any], now: Any) -> None:
+    telemetry.record_version_change(session, device, changes, now)
     for field, (purpose, denied) in _OS_PERMISSIONS.items():
         if (
             field in changes

@@ -49,6 +49,7 @@ class RetentionRule:
 # Tables owned by other modules; a rule whose table is not in the schema is skipped.
 RETENTION: list[RetentionRule] = [
     RetentionRule("telemetry_events", "received_at", "TELEMETRY_RETENTION_DAYS"),
+    RetentionRule("device_version_changes", "changed_at", "TELEMETRY_RETENTION_DAYS"),
     RetentionRule("deliveries", "updated_at", "DELIVERY_RETENTION_DAYS"),
 ]
 
