@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import bearer
+from mobile_api.services import places as places_service
+from tests.conftest import REDIS_DEFAULT, bearer
 from tests.fakes.nominatim_server import FakeNominatim
 from tests.places_fixtures import (
     APP_USER_AGENT,
@@ -490,3 +494,68 @@ def test_the_openapi_document_describes_places(client: FlaskClient) -> None:
     assert "/v1/places/reverse" in spec["paths"]
     categories = spec["components"]["schemas"]["PlaceSearch"]["properties"]["category"]
     assert "cafe" in categories["enum"]
+
+
+# --- deployment-wide state in Redis ---------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_settings(places_settings: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Places settings on the local Redis, under a key prefix of this test's own."""
+    url = os.environ.get("TEST_REDIS_URL", REDIS_DEFAULT)
+    prefix = f"mobile_api_test:{uuid.uuid4().hex[:12]}:geo:"
+    connection = redis.Redis.from_url(url)
+    try:
+        connection.ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"Redis not reachable at {url}: {exc}")
+    yield {**places_settings, "REDIS_URL": url, "PLACES_REDIS_PREFIX": prefix}
+    keys = list(connection.scan_iter(match=f"{prefix}*"))
+    if keys:
+        connection.delete(*keys)
+    connection.close()
+
+
+@pytest.mark.redis
+def test_with_redis_the_cache_is_shared_by_every_process(
+    app_factory: Callable[..., Flask],
+    redis_settings: dict[str, Any],
+    nominatim: FakeNominatim,
+    device_token: str,
+) -> None:
+    first = app_factory(**redis_settings).test_client()
+    second = app_factory(**redis_settings).test_client()  # another worker of the deployment
+
+    assert search(first, device_token).status_code == 200
+    response = search(second, device_token, lat=48.1402, lon=11.5833)
+
+    assert response.status_code == 200
+    assert len(response.get_json()["places"]) > 0
+    assert len(nominatim.recorded) == 1
+
+
+@pytest.mark.redis
+def test_with_redis_the_provider_budget_is_shared_by_every_process(
+    app_factory: Callable[..., Flask],
+    redis_settings: dict[str, Any],
+    nominatim: FakeNominatim,
+    device_token: str,
+) -> None:
+    settings = {**redis_settings, "GEOCODER_TIMEOUT": 0.4}
+    first = app_factory(**settings).test_client()
+    second = app_factory(**settings).test_client()
+
+    assert search(first, device_token).status_code == 200
+    response = search(second, device_token, category="bank")  # a miss within the same second
+
+    assert response.status_code == 503
+    assert response.get_json()["error"] == "mapping_provider_unavailable"
+    assert len(nominatim.recorded) == 1
+
+
+@pytest.mark.parametrize(
+    ("hint", "header"),
+    [(None, 30), (float("inf"), 30), (0.0, 1), (0.2, 1), (7.0, 7), (7.1, 8), (1e9, 3600)],
+)
+def test_retry_after_is_whole_bounded_seconds(hint: float | None, header: int) -> None:
+    assert places_service._retry_after(hint) == header
