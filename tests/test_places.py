@@ -61,7 +61,8 @@ def test_search_returns_places_nearest_first_with_attribution(
     [sent] = nominatim.recorded
     assert sent.path == "/search"
     assert sent.param("q") == "cafe"
-    assert sent.param("limit") == "5"
+    # The most the provider gives, whatever the app asked: ranked and cut here.
+    assert sent.param("limit") == "40"
 
 
 def test_category_is_searched_by_its_phrase(
@@ -286,6 +287,18 @@ def test_a_cache_hit_sends_nothing_and_ranks_from_the_exact_point(
     assert names == {p["name"] for p in second.get_json()["places"]}
     # Same places, distances measured from each user's own exact point.
     assert first.get_json()["places"] != second.get_json()["places"]
+
+
+def test_one_cache_entry_serves_every_limit(
+    client: FlaskClient, device_token: str, nominatim: FakeNominatim
+) -> None:
+    three = search(client, device_token, limit=3).get_json()["places"]
+    seven = search(client, device_token, limit=7).get_json()["places"]
+
+    assert len(three) == 3
+    assert len(seven) == 7
+    assert seven[:3] == three
+    assert len(nominatim.recorded) == 1
 
 
 def test_reverse_is_cached_per_cell_too(

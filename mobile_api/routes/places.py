@@ -28,9 +28,6 @@ blp = Blueprint(
     ),
 )
 
-MAX_LIMIT = 40
-
-
 def _places_limit() -> str:
     return str(current_app.config["RATELIMIT_PLACES"])
 
@@ -76,8 +73,8 @@ class PlaceSearchSchema(PointSchema):
     limit = ma.fields.Integer(
         strict=True,
         load_default=20,
-        validate=ma.validate.Range(min=1, max=MAX_LIMIT),
-        metadata={"description": f"1–{MAX_LIMIT}, default 20"},
+        validate=ma.validate.Range(min=1, max=places_service.MAX_LIMIT),
+        metadata={"description": f"1–{places_service.MAX_LIMIT}, default 20"},
     )
 
     @ma.validates_schema

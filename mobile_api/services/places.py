@@ -23,6 +23,7 @@ from mobile_api.errors import (
     MappingProviderUnavailable,
 )
 from mobile_api.geo import (
+    MAX_LIMIT,
     Area,
     Place,
     PlacesGateway,
@@ -151,8 +152,10 @@ def search(
     require_location_consent(device, "search")
     term = CATEGORIES[category] if category is not None else None
     with _provider_faults():
-        places = gateway.search(lat, lon, category=term, query=query, limit=limit)
-    return SearchResult(places=places, attribution=gateway.attribution)
+        # Always ask for the most the provider gives: one cache entry per cell and term serves
+        # every limit, and ranking the larger set locally finds the truly nearest ones.
+        places = gateway.search(lat, lon, category=term, query=query, limit=MAX_LIMIT)
+    return SearchResult(places=places[:limit], attribution=gateway.attribution)
 
 
 def reverse(gateway: PlacesGateway, device: Device, lat: float, lon: float) -> Area:
