@@ -28,6 +28,7 @@ blp = Blueprint(
     ),
 )
 
+
 def _places_limit() -> str:
     return str(current_app.config["RATELIMIT_PLACES"])
 

@@ -23,7 +23,9 @@ from mobile_api.errors import (
     MappingProviderUnavailable,
 )
 from mobile_api.geo import (
-    MAX_LIMIT,
+    MAX_LIMIT as PROVIDER_MAX_LIMIT,
+)
+from mobile_api.geo import (
     Area,
     Place,
     PlacesGateway,
@@ -63,6 +65,9 @@ CATEGORIES: dict[str, str] = {
 }
 
 _PERMITTED = frozenset({LocationPermission.PRECISE.value, LocationPermission.APPROXIMATE.value})
+
+# The most places one search returns (and always asks the provider for).
+MAX_LIMIT = PROVIDER_MAX_LIMIT
 
 # The public Nominatim's usage policy: at most one request a second from the whole deployment.
 PROVIDER_MIN_INTERVAL = 1.0
