@@ -75,7 +75,8 @@ def _authenticate(roles: tuple[str, ...]) -> Principal:
         if secret.startswith(DEVICE_TOKEN_PREFIX) and device_for_token(secret) is not None:
             raise Forbidden()
         raise Unauthenticated()
-    if key.role != Role.ADMIN and key.role not in roles:
+    staff_roles = [role for role in roles if role != DEVICE]
+    if not staff_roles or (key.role != Role.ADMIN and key.role not in staff_roles):
         raise Forbidden()
     return Principal(key=key)
 

@@ -70,6 +70,12 @@ class InstallationExists(DomainError):
     )
 
 
+class DatabaseUnavailable(DomainError):
+    code = 503
+    error = "database_unavailable"
+    description = "The database is not reachable."
+
+
 class InvalidCursor(DomainError):
     code = 422
     error = "invalid_cursor"

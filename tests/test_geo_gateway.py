@@ -38,6 +38,7 @@ from mobile_api.geo import (
     make_gateway,
     make_limiter,
 )
+from mobile_api.geo.gateway import _distance_m
 from mobile_api.geo.provider import AreaRecord, MinimalRequestsAdapter, PlaceRecord
 from tests.fakes.nominatim_server import FakeNominatim, RecordedRequest
 
@@ -106,9 +107,7 @@ def numbers_in(text: str) -> set[str]:
 
 def sent_text(request: RecordedRequest) -> str:
     """Everything of a request that could carry a coordinate: path, query and headers."""
-    return " ".join(
-        [request.path, request.query, *(f"{k}: {v}" for k, v in request.headers)]
-    )
+    return " ".join([request.path, request.query, *(f"{k}: {v}" for k, v in request.headers)])
 
 
 # --- minimisation on the wire ---------------------------------------------------------
@@ -142,9 +141,7 @@ def test_search_sends_only_the_rounded_point(
     assert request.param("limit") == "7"
     assert request.param("bounded") == "1"
     assert request.param("addressdetails") == "1"
-    west, south, east, north = (
-        float(v) for v in (request.param("viewbox") or "").split(",")
-    )
+    west, south, east, north = (float(v) for v in (request.param("viewbox") or "").split(","))
     assert (south + north) / 2 == pytest.approx(cell[0], abs=1e-9)
     assert (west + east) / 2 == pytest.approx(cell[1], abs=1e-3)  # widened for latitude
     assert south < EXACT_LAT < north and west < EXACT_LON < east
@@ -216,13 +213,9 @@ def test_same_cell_is_served_from_cache_and_other_cells_are_not(
     gateway = gateways(fake, on_lookup=lambda *args: lookups.append(args))
 
     first = gateway.search(EXACT_LAT, EXACT_LON, category="cafe")
-    second = gateway.search(
-        52.5151, 13.3951, category="CAFE"
-    )  # same cell, another exact point
+    second = gateway.search(52.5151, 13.3951, category="CAFE")  # same cell, another exact point
     assert len(fake.recorded) == 1
-    assert [p.name for p in first] != [] and {p.name for p in first} == {
-        p.name for p in second
-    }
+    assert [p.name for p in first] != [] and {p.name for p in first} == {p.name for p in second}
     # Distances are not cached: they are recomputed from each exact point.
     assert [p.distance_m for p in first] != [p.distance_m for p in second]
 
@@ -267,9 +260,7 @@ def test_cache_holds_provider_results_per_cell_but_never_the_exact_point(
     gateway.reverse(EXACT_LAT, EXACT_LON)
 
     assert len(cache.stored) == 2
-    (search_key, records, ttl), (reverse_key, area, _) = (
-        json.loads(s) for s in cache.stored
-    )
+    (search_key, records, ttl), (reverse_key, area, _) = (json.loads(s) for s in cache.stored)
     assert ttl == 60
     assert "52.52" in search_key and "13.40" in search_key and "cafe" in search_key
     assert "52.52" in reverse_key and "13.40" in reverse_key
@@ -300,9 +291,7 @@ def test_redis_cache_is_shared_between_gateways(
 ) -> None:
     client, prefix = redis_prefix
     one = gateways(fake, cache=RedisCache(client, prefix + "cache:"), cache_ttl=30)
-    other = gateways(
-        fake, cache=RedisCache(redis.Redis.from_url(REDIS_URL), prefix + "cache:")
-    )
+    other = gateways(fake, cache=RedisCache(redis.Redis.from_url(REDIS_URL), prefix + "cache:"))
 
     first = one.search(EXACT_LAT, EXACT_LON, category="cafe")
     assert other.search(EXACT_LAT, EXACT_LON, category="cafe") == first
@@ -329,9 +318,8 @@ def test_results_are_sorted_by_distance_from_the_exact_point(
 
     assert len(places) == 8
     for place in places:
-        assert place.distance_m == round(
-            geodesic((EXACT_LAT, EXACT_LON), (place.lat, place.lon)).m
-        )
+        expected = geodesic((EXACT_LAT, EXACT_LON), (place.lat, place.lon)).m
+        assert abs(place.distance_m - expected) <= 0.5 + 0.05  # whole metres, cm-accurate
         assert isinstance(place.distance_m, int)
         assert place.category == "cafe"
         assert re.fullmatch(r"Teststraße \d+, Berlin", place.address), place.address
@@ -340,6 +328,22 @@ def test_results_are_sorted_by_distance_from_the_exact_point(
     provider_order = [f"Cafe {n}" for n in ("Alpha", "Bravo", "Charlie", "Delta")]
     assert [p.name for p in places][:4] != provider_order
     assert gateways(fake).attribution.startswith("Data © OpenStreetMap contributors")
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [
+        ((52.520008, 13.404954), (52.5245, 13.4120)),  # a few hundred metres
+        ((-33.8688, 151.2093), (-33.9300, 151.2600)),  # ~8 km, southern hemisphere
+        ((69.6492, 18.9553), (69.7000, 19.1000)),  # high latitude
+        ((0.0, 179.99), (0.0, -179.99)),  # across the antimeridian
+        ((48.8566, 2.3522), (51.5072, -0.1276)),  # far: the geodesic itself
+    ],
+)
+def test_distances_match_the_geodesic_to_the_metre(
+    start: tuple[float, float], end: tuple[float, float]
+) -> None:
+    assert abs(_distance_m(*start, *end) - geodesic(start, end).m) <= 0.55
 
 
 def test_reverse_returns_only_the_coarse_area(
@@ -430,9 +434,7 @@ def test_redirects_are_not_followed(
 ) -> None:
     # A redirect could carry the query to another host; here it points back at the fake, so
     # following it would show up as a second recorded request.
-    fake.behave(
-        status=302, extra_headers={"Location": f"http://{fake.domain}/search?q=x"}
-    )
+    fake.behave(status=302, extra_headers={"Location": f"http://{fake.domain}/search?q=x"})
     with pytest.raises(ProviderError):
         gateways(fake).search(EXACT_LAT, EXACT_LON, category="cafe")
     assert len(fake.recorded) == 1
@@ -447,9 +449,7 @@ def test_the_transport_keeps_no_cookies_and_never_retries() -> None:
     prepared = requests.Request("GET", "https://example.org/").prepare()
     cookie = requests.cookies.create_cookie("id", "1", domain="example.org")
     # MockRequest is requests' own stand-in for the urllib request a cookie policy expects.
-    session.cookies.set_cookie_if_ok(
-        cookie, cast(Any, requests.cookies.MockRequest(prepared))
-    )
+    session.cookies.set_cookie_if_ok(cookie, cast(Any, requests.cookies.MockRequest(prepared)))
     assert len(session.cookies) == 0
     assert dict(session.headers) == {"Accept": "application/json"}
     assert session.trust_env is False
@@ -474,9 +474,7 @@ def test_a_trickling_body_is_cut_at_the_total_deadline(
     fake: FakeNominatim, gateways: Callable[..., PlacesGateway]
 ) -> None:
     gateway = gateways(fake, timeout=0.5)
-    fake.behave(
-        trickle=0.01
-    )  # ~3 KB one byte at a time: each read is quick, the whole is not
+    fake.behave(trickle=0.01)  # ~3 KB one byte at a time: each read is quick, the whole is not
 
     started = time.monotonic()
     with pytest.raises(ProviderTimeout):
@@ -506,9 +504,7 @@ def test_errors_quote_neither_urls_nor_coordinates(
         {"delay": 1.0},
     ):
         fake.behave(**behaviour)
-        with pytest.raises(
-            (ProviderError, ProviderUnavailable, ProviderTimeout)
-        ) as info:
+        with pytest.raises((ProviderError, ProviderUnavailable, ProviderTimeout)) as info:
             gateway.search(EXACT_LAT, EXACT_LON, category="cafe")
         # What a later layer would log with logger.exception(): message and whole traceback.
         rendered = "".join(traceback.format_exception(info.value))
@@ -528,8 +524,7 @@ def _spacing_run(
     pair = [gateways(fake, limiter=limiter, timeout=3.0) for limiter in limiters]
     with ThreadPoolExecutor(max_workers=6) as pool:
         futures = [
-            pool.submit(pair[i % 2].search, 10.0 + i, 20.0, category="cafe")
-            for i in range(6)
+            pool.submit(pair[i % 2].search, 10.0 + i, 20.0, category="cafe") for i in range(6)
         ]
         for future in futures:
             future.result()  # re-raises a failed search here
@@ -575,9 +570,7 @@ def test_limiter_refuses_when_the_next_slot_is_beyond_the_deadline(
     else:
         limiter = InProcessLimiter(10.0)
     lookups: list[tuple[str, str, str]] = []
-    gateway = gateways(
-        fake, limiter=limiter, timeout=1.0, on_lookup=lambda *a: lookups.append(a)
-    )
+    gateway = gateways(fake, limiter=limiter, timeout=1.0, on_lookup=lambda *a: lookups.append(a))
     gateway.search(EXACT_LAT, EXACT_LON, category="cafe")
 
     started = time.monotonic()
@@ -628,14 +621,11 @@ def test_no_coordinates_reach_any_log_record(
     texts = [r.getMessage() + " " + (r.exc_text or "") for r in records] + [caplog.text]
     # The loggers really were talking: urllib3's request lines and geopy's URLs are there...
     assert any(
-        r.name == "urllib3.connectionpool" and "GET /search" in r.getMessage()
-        for r in records
+        r.name == "urllib3.connectionpool" and "GET /search" in r.getMessage() for r in records
     )
     assert any(r.name == "geopy" and "/reverse" in r.getMessage() for r in records)
     # ...but no coordinate, exact or as sent (every number of every request), is.
-    sent_numbers = set().union(
-        *(numbers_in(r.query.replace("%2C", ",")) for r in fake.recorded)
-    )
+    sent_numbers = set().union(*(numbers_in(r.query.replace("%2C", ",")) for r in fake.recorded))
     assert "52.52" in sent_numbers
     for text in texts:
         for forbidden in (*EXACT_STRINGS, *sent_numbers):
@@ -680,9 +670,7 @@ def test_a_failing_metrics_hook_does_not_break_lookups(
     def broken(kind: str, cache: str, outcome: str) -> None:
         raise RuntimeError("metrics backend down")
 
-    assert gateways(fake, on_lookup=broken).search(
-        EXACT_LAT, EXACT_LON, category="cafe"
-    )
+    assert gateways(fake, on_lookup=broken).search(EXACT_LAT, EXACT_LON, category="cafe")
 
 
 def test_an_app_user_agent_is_required() -> None:
@@ -730,21 +718,12 @@ def test_make_gateway_builds_a_working_gateway(fake: FakeNominatim) -> None:
 
 
 class _InstantProvider:
-    """A provider answering from memory, to time the gateway's own work."""
+    """A provider answering from memory (40 places spread over the box), to time the gateway."""
 
     attribution = "test"
 
     def __init__(self, **settings: Any) -> None:
-        self.records = [
-            PlaceRecord(
-                name=f"P{i}",
-                category="cafe",
-                lat=52.5 + i / 1000,
-                lon=13.4,
-                address="Somewhere",
-            )
-            for i in range(40)
-        ]
+        pass
 
     def search(
         self,
@@ -753,7 +732,17 @@ class _InstantProvider:
         limit: int,
         timeout: float,
     ) -> list[PlaceRecord]:
-        return self.records[:limit]
+        south, west, north, east = box
+        return [
+            PlaceRecord(
+                name=f"P{i}",
+                category=term,
+                lat=south + (north - south) * ((i * 7) % 40) / 40,
+                lon=west + (east - west) * ((i * 13) % 40) / 40,
+                address="Somewhere",
+            )
+            for i in range(limit)
+        ]
 
     def reverse(self, lat: float, lon: float, timeout: float) -> AreaRecord:
         raise NotImplementedError
@@ -770,10 +759,8 @@ def test_the_gateway_adds_little_to_each_search() -> None:
         provider_factory=_InstantProvider,
     )
     durations = []
-    for i in range(50):
+    for i in range(100):  # 50 misses (distinct cells), then 50 hits
         started = time.perf_counter()
-        gateway.search(
-            EXACT_LAT + i / 10, EXACT_LON, category="cafe", limit=40
-        )  # all misses
+        gateway.search(EXACT_LAT + (i % 50) / 10, EXACT_LON, category="cafe", limit=40)
         durations.append(time.perf_counter() - started)
     assert statistics.median(durations) < 0.005

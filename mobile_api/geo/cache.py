@@ -100,9 +100,7 @@ class RedisCache:
     Redis faults degrade to cache misses (logged): the cache is an optimisation, not a dependency.
     """
 
-    def __init__(
-        self, redis_client: redis.Redis, prefix: str = DEFAULT_CACHE_PREFIX
-    ) -> None:
+    def __init__(self, redis_client: redis.Redis, prefix: str = DEFAULT_CACHE_PREFIX) -> None:
         self._redis = redis_client
         self._prefix = prefix
 
@@ -111,9 +109,7 @@ class RedisCache:
         try:
             raw = self._redis.get(self._prefix + key)
         except redis.RedisError as exc:
-            log.warning(
-                "places cache read failed, treating as a miss: %s", type(exc).__name__
-            )
+            log.warning("places cache read failed, treating as a miss: %s", type(exc).__name__)
             return None
         if raw is None:
             return None
@@ -163,9 +159,7 @@ class InProcessLimiter:
             start = max(now, self._next_free)
             wait = start - now
             if wait > max_wait:
-                raise ProviderUnavailable(
-                    wait, "mapping provider request budget exhausted"
-                )
+                raise ProviderUnavailable(wait, "mapping provider request budget exhausted")
             self._next_free = start + self._interval
         if wait > 0:
             self._sleep(wait)
@@ -222,9 +216,7 @@ class RedisLimiter:
             )
         except redis.RedisError as exc:
             log.warning("provider rate limiter unavailable: %s", type(exc).__name__)
-            raise ProviderUnavailable(
-                None, "mapping provider rate limiter unavailable"
-            ) from None
+            raise ProviderUnavailable(None, "mapping provider rate limiter unavailable") from None
         wait = int(wait_ms) / 1000
         if not reserved:
             raise ProviderUnavailable(wait, "mapping provider request budget exhausted")

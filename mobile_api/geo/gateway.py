@@ -43,6 +43,9 @@ _METRES_PER_DEGREE = 111_320.0
 _MIN_REQUEST_BUDGET = 1.0
 
 _WGS84 = Geodesic.WGS84
+_WGS84_A = 6_378_137.0  # semi-major axis, metres
+_WGS84_E2 = 6.69437999014e-3  # first eccentricity squared
+_PLANAR_LIMIT_M = 10_000.0
 _T = TypeVar("_T")
 
 # on_lookup(kind, cache, outcome): kind is search|reverse, cache hit|miss, and outcome
@@ -76,8 +79,23 @@ class Area:
 
 
 def _distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> int:
-    """Return the geodesic (WGS84) distance between two points in whole metres."""
-    return round(_WGS84.Inverse(lat1, lon1, lat2, lon2, Geodesic.DISTANCE)["s12"])
+    """Return the WGS84 distance between two points in whole metres."""
+    # Near places (all of a bounded search) are measured on the plane tangent at their mean
+    # latitude, scaled by the ellipsoid's radii of curvature there: within 10 km this is a few
+    # centimetres from the geodesic and about a hundred times cheaper. Farther, the geodesic.
+    phi = math.radians((lat1 + lat2) / 2)
+    sin_phi = math.sin(phi)
+    w = 1.0 - _WGS84_E2 * sin_phi * sin_phi
+    prime_vertical = _WGS84_A / math.sqrt(w)
+    meridional = prime_vertical * (1.0 - _WGS84_E2) / w
+    dlon = (lon2 - lon1 + 180.0) % 360.0 - 180.0
+    distance = math.hypot(
+        math.radians(dlon) * prime_vertical * math.cos(phi),
+        math.radians(lat2 - lat1) * meridional,
+    )
+    if distance > _PLANAR_LIMIT_M:
+        distance = _WGS84.Inverse(lat1, lon1, lat2, lon2, Geodesic.DISTANCE)["s12"]
+    return round(distance)
 
 
 def _check_point(lat: float, lon: float) -> None:
@@ -124,15 +142,11 @@ class PlacesGateway:
             raise ValueError("precision_decimals must be between 0 and 6")
         if timeout <= 0:
             raise ValueError("timeout must be positive")
-        self._provider = provider_factory(
-            domain=domain, scheme=scheme, user_agent=user_agent
-        )
+        self._provider = provider_factory(domain=domain, scheme=scheme, user_agent=user_agent)
         self._decimals = precision_decimals
         self._timeout = timeout
         self._cache: Cache = cache if cache is not None else MemoryCache()
-        self._limiter: Limiter = (
-            limiter if limiter is not None else InProcessLimiter(1.0)
-        )
+        self._limiter: Limiter = limiter if limiter is not None else InProcessLimiter(1.0)
         self._cache_ttl = cache_ttl
         self._on_lookup = on_lookup
 
@@ -158,11 +172,7 @@ class PlacesGateway:
         started = time.monotonic()
         _check_point(lat, lon)
         term = normalise_term(category, query)
-        if (
-            isinstance(limit, bool)
-            or not isinstance(limit, int)
-            or not 1 <= limit <= MAX_LIMIT
-        ):
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
             raise ValueError(f"limit must be an integer from 1 to {MAX_LIMIT}")
         cell_lat, cell_lon = self._coarsen(lat, lon)
         # The term goes last: the fields before it have fixed formats, so keys cannot collide.
@@ -221,9 +231,7 @@ class PlacesGateway:
     def _fmt(self, value: float) -> str:
         return f"{value:.{self._decimals}f}"
 
-    def _box(
-        self, cell_lat: float, cell_lon: float
-    ) -> tuple[float, float, float, float]:
+    def _box(self, cell_lat: float, cell_lon: float) -> tuple[float, float, float, float]:
         """Return (south, west, north, east) around the coarse cell, derived from it alone."""
         half_lat = SEARCH_RADIUS_M / _METRES_PER_DEGREE + 0.5 * 10.0**-self._decimals
         # Degrees of longitude shrink towards the poles; cap the widening near them.

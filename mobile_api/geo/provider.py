@@ -37,9 +37,7 @@ from mobile_api.geo.errors import (
 
 log = logging.getLogger(__name__)
 
-OSM_ATTRIBUTION = (
-    "Data © OpenStreetMap contributors, ODbL 1.0. https://osm.org/copyright"
-)
+OSM_ATTRIBUTION = "Data © OpenStreetMap contributors, ODbL 1.0. https://osm.org/copyright"
 
 # Nominatim zoom 12 is "town / borough": the answer names the city and district, and Nominatim
 # does not resolve a street or building at this level.
@@ -126,9 +124,7 @@ class MinimalSession(requests.Session):
         self.trust_env = False
         self.max_redirects = 0
 
-    def send(
-        self, request: requests.PreparedRequest, **kwargs: Any
-    ) -> requests.Response:
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
         """Send without following redirects, reading the body within the timeout as a deadline."""
         kwargs["allow_redirects"] = False
         timeout = kwargs.get("timeout")
@@ -164,13 +160,11 @@ class MinimalSession(requests.Session):
         except urllib3.exceptions.ReadTimeoutError:
             raise requests.ReadTimeout("response exceeded its deadline") from None
         except urllib3.exceptions.HTTPError as exc:
-            raise requests.RequestException(
-                f"unreadable response: {type(exc).__name__}"
-            ) from None
+            raise requests.RequestException(f"unreadable response: {type(exc).__name__}") from None
         return bytes(body)
 
 
-class MinimalRequestsAdapter(RequestsAdapter):  # type: ignore[misc]
+class MinimalRequestsAdapter(RequestsAdapter):
     """geopy's requests adapter on a MinimalSession, without hidden retries (max_retries=0)."""
 
     def __init__(
@@ -259,9 +253,7 @@ def translate_geopy_error(exc: Exception) -> ProviderFailure:
     http_error = cause if isinstance(cause, AdapterHTTPError) else None
     status = http_error.status_code if http_error is not None else None
     if isinstance(exc, GeocoderRateLimited):
-        return ProviderUnavailable(
-            exc.retry_after, "mapping provider rate-limited the request"
-        )
+        return ProviderUnavailable(exc.retry_after, "mapping provider rate-limited the request")
     if http_error is not None and status == 503:
         return ProviderUnavailable(
             get_retry_after(http_error.headers),
@@ -321,9 +313,7 @@ class NominatimProvider:
         self, *, domain: str, scheme: str, user_agent: str, pool_maxsize: int = 10
     ) -> None:
         if not user_agent or not user_agent.strip():
-            raise ValueError(
-                "an app-level user agent is required by the provider's usage policy"
-            )
+            raise ValueError("an app-level user agent is required by the provider's usage policy")
         redact_location_logging()
         self._geocoder = Nominatim(
             domain=domain,
@@ -353,9 +343,7 @@ class NominatimProvider:
                 bounded=True,
                 timeout=timeout,
             )
-            return [
-                record for loc in locations or () if (record := self._place(loc.raw))
-            ]
+            return [record for loc in locations or () if (record := self._place(loc.raw))]
         except _LOOKUP_ERRORS as exc:
             failure = translate_geopy_error(exc)
         # Raised outside the handler, so it has no __context__: geopy's exception quotes the URL.
@@ -416,9 +404,7 @@ class NominatimProvider:
             parts = [display.split(",", 1)[1].strip()]
         return PlaceRecord(
             name=str(name),
-            category=str(
-                raw.get("type") or raw.get("category") or raw.get("class") or ""
-            ),
+            category=str(raw.get("type") or raw.get("category") or raw.get("class") or ""),
             lat=lat,
             lon=lon,
             address=", ".join(parts),

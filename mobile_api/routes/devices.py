@@ -16,6 +16,7 @@ from mobile_api.pagination import PageArgsSchema, paginate
 from mobile_api.routes.fields import (
     Locale,
     StrictBoolean,
+    Timestamp,
     printable,
     validate_time_zone,
 )
@@ -130,8 +131,8 @@ class DeviceSchema(ma.Schema):
     location_permission = ma.fields.String(allow_none=True)
     account_id = ma.fields.String(allow_none=True)
     preferences = ma.fields.Method("_preferences", dump_only=True)
-    created_at = ma.fields.DateTime(required=True)
-    last_seen_at = ma.fields.DateTime(required=True)
+    created_at = Timestamp(required=True)
+    last_seen_at = Timestamp(required=True)
 
     def _push_token_valid(self, device: Any) -> bool | None:
         if device.push_token is None:
@@ -158,7 +159,7 @@ class ConsentSchema(ma.Schema):
         required=True, validate=ma.validate.OneOf([s.value for s in ConsentSource])
     )
     policy_version = ma.fields.String(allow_none=True)
-    recorded_at = ma.fields.DateTime(required=True)
+    recorded_at = Timestamp(required=True)
 
 
 class ConsentPageSchema(ma.Schema):

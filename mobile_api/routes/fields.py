@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 import zoneinfo
+from datetime import UTC
 from functools import cache
+from typing import Any
 
 import marshmallow as ma
 
@@ -56,6 +58,19 @@ class Locale(ma.fields.String):
         return "-".join(canonical)
 
 
-def StrictBoolean(**kwargs: object) -> ma.fields.Boolean:  # noqa: N802 - reads like a field class
+class StrictBoolean(ma.fields.Boolean):
     """A JSON boolean only: "yes", 1 and "true" are refused."""
-    return ma.fields.Boolean(truthy={True}, falsy={False}, **kwargs)  # type: ignore[arg-type]
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
+
+
+class Timestamp(ma.fields.DateTime):
+    """An RFC 3339 UTC timestamp written with a `Z` suffix."""
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        if value is None:
+            return None
+        return str(value.astimezone(UTC).isoformat().replace("+00:00", "Z"))

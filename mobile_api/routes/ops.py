@@ -11,7 +11,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from sqlalchemy.exc import SQLAlchemyError
 
-from mobile_api.errors import ErrorSchema
+from mobile_api.errors import DatabaseUnavailable, ErrorSchema
 from mobile_api.extensions import db
 from mobile_api.observability import metrics_response
 
@@ -44,14 +44,9 @@ class Ready(MethodView):
         """The database answers."""
         try:
             db.session.execute(sa.text("SELECT 1"))
-        except SQLAlchemyError:
+        except SQLAlchemyError as exc:
             db.session.rollback()
-            return {
-                "code": 503,
-                "status": "Service Unavailable",
-                "message": "The database is not reachable.",
-                "error": "database_unavailable",
-            }, 503
+            raise DatabaseUnavailable() from exc
         return {"status": "ready"}
 
 

@@ -73,9 +73,17 @@ def _insert_or_ignore(session: Db, values: dict[str, Any]) -> str | None:
 
 def _release_push_token(session: Db, push_token: str, keep_device_id: str | None) -> None:
     """Take a push token away from whichever other device holds it."""
+    token_hash = hash_secret(push_token)
+    if session.get_bind().dialect.name == "postgresql":
+        # Concurrent claims of one token queue up here until the claimant's
+        # commit, so the last writer holds it and nobody hits the unique index.
+        session.execute(
+            sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+            {"key": "push_token:" + token_hash},
+        )
     stmt = (
         sa.update(Device)
-        .where(Device.push_token_hash == hash_secret(push_token))
+        .where(Device.push_token_hash == token_hash)
         .values(push_token=None, push_token_hash=None, push_token_invalid_at=None)
     )
     if keep_device_id is not None:
