@@ -30,6 +30,9 @@ class Defaults:
     PLACES_REDIS_PREFIX = "mobile_api:geo:"  # Redis keys of the places cache and provider limiter
 
     PURGE_AFTER_DAYS = 14
+    # Rows older than this are deleted by the purge run (see services/privacy.RETENTION).
+    TELEMETRY_RETENTION_DAYS = 90
+    DELIVERY_RETENTION_DAYS = 180
 
     RATELIMIT_ENABLED = True
     RATELIMIT_STORAGE_URI = "memory://"
@@ -85,6 +88,8 @@ _ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "PLACES_CACHE_TTL": ("PLACES_CACHE_TTL", int),
     "PLACES_REDIS_PREFIX": ("PLACES_REDIS_PREFIX", str),
     "PURGE_AFTER_DAYS": ("PURGE_AFTER_DAYS", int),
+    "TELEMETRY_RETENTION_DAYS": ("TELEMETRY_RETENTION_DAYS", int),
+    "DELIVERY_RETENTION_DAYS": ("DELIVERY_RETENTION_DAYS", int),
     "RATELIMIT_ENABLED": ("RATELIMIT_ENABLED", _bool),
     "RATELIMIT_STORAGE_URI": ("RATELIMIT_STORAGE_URI", str),
     "PROXY_FIX_X_FOR": ("PROXY_FIX_X_FOR", int),

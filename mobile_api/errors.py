@@ -143,6 +143,12 @@ class Api(flask_smorest.Api):
         return payload, code, headers
 
 
+class AccountTerminated(DomainError):
+    code = 403
+    error = "account_terminated"
+    description = "This account has been terminated; devices cannot be registered to it."
+
+
 class LocationConsentRequired(DomainError):
     code = 403
     error = "location_consent_required"

@@ -12,11 +12,12 @@ from models.device import (
     Purpose,
     PushPermission,
 )
-from models.privacy import AccountTermination, AuditEvent
+from models.privacy import AccountTermination, AccountTombstone, AuditEvent
 
 __all__ = [
     "PREFERENCES",
     "AccountTermination",
+    "AccountTombstone",
     "ApiKey",
     "AuditEvent",
     "Base",
