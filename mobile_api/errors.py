@@ -147,3 +147,30 @@ class AccountTerminated(DomainError):
     code = 403
     error = "account_terminated"
     description = "This account has been terminated; devices cannot be registered to it."
+
+
+class LocationConsentRequired(DomainError):
+    code = 403
+    error = "location_consent_required"
+    description = (
+        "Places need the location_services preference on and the OS location permission "
+        "precise or approximate on this device."
+    )
+
+
+class MappingProviderUnavailable(DomainError):
+    code = 503
+    error = "mapping_provider_unavailable"
+    description = "The mapping provider is busy or unavailable; retry after the given delay."
+
+
+class MappingProviderTimeout(DomainError):
+    code = 504
+    error = "mapping_provider_timeout"
+    description = "The mapping provider did not answer in time."
+
+
+class MappingProviderError(DomainError):
+    code = 502
+    error = "mapping_provider_error"
+    description = "The mapping provider answered with an error."
