@@ -36,7 +36,9 @@ class Defaults:
 
     RATELIMIT_ENABLED = True
     RATELIMIT_STORAGE_URI = "memory://"
-    RATELIMIT_HEADERS_ENABLED = True
+    # Flask-Limiter would stamp X-RateLimit-* and Retry-After on every response of a
+    # limited endpoint; Retry-After belongs on a 429 only (errors.py sets it there).
+    RATELIMIT_HEADERS_ENABLED = False
     RATELIMIT_REGISTRATION = "60 per minute"  # per client IP
     RATELIMIT_DEVICE = "300 per minute"  # per device token
     RATELIMIT_PLACES = "60 per minute"  # per device token, on each places endpoint

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import time
 from typing import Any, ClassVar
 
 import flask_smorest
@@ -96,6 +98,16 @@ _DEFAULT_MESSAGES = {
 }
 
 
+def _seconds_until_reset() -> int:
+    """Whole seconds until the limit that was just exceeded lets the caller in again."""
+    from mobile_api.extensions import limiter  # extensions imports this module
+
+    current = limiter.current_limit
+    if current is None:
+        return 60
+    return max(1, math.ceil(current.reset_at - time.time()))
+
+
 class Api(flask_smorest.Api):
     """flask-smorest's Api with the error body of API.md."""
 
@@ -140,6 +152,7 @@ class Api(flask_smorest.Api):
         if code == 429:
             payload["error"] = "rate_limited"
             payload["message"] = _DEFAULT_MESSAGES[429]
+            headers.setdefault("Retry-After", str(_seconds_until_reset()))
         return payload, code, headers
 
 

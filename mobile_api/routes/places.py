@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import marshmallow as ma
-from flask import Flask, Response, current_app, g
+from flask import Flask, current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from mobile_api.auth import DEVICE, auth_required, current_device
-from mobile_api.errors import ErrorSchema, MappingProviderUnavailable
+from mobile_api.errors import ErrorSchema
 from mobile_api.extensions import device_limit_key, limiter
 from mobile_api.routes.fields import printable
 from mobile_api.services import places as places_service
@@ -127,16 +126,8 @@ class ReverseResultSchema(ma.Schema):
 
 
 def _provider_faults(func: Any) -> Any:
-    """Document the provider faults and the rate limit, and keep the provider's Retry-After."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except MappingProviderUnavailable as exc:
-            g.provider_retry_after = exc.extra_headers["Retry-After"]
-            raise
-
+    """Document the provider faults and the rate limit."""
+    wrapper = func
     for code, description in (
         (429, "Rate limited"),
         (502, "mapping_provider_error"),
@@ -147,21 +138,9 @@ def _provider_faults(func: Any) -> Any:
     return wrapper
 
 
-def _restore_retry_after(response: Response) -> Response:
-    hint = g.pop("provider_retry_after", None)
-    if hint is not None:
-        response.headers["Retry-After"] = hint
-    return response
-
-
 def init_app(app: Flask) -> None:
-    """Create the app's places gateway and keep the provider's Retry-After on 503s."""
+    """Create the app's places gateway."""
     places_service.init_app(app)
-    # Flask-Limiter's after_request sets Retry-After on every rate-limited endpoint's response to
-    # when the device's window resets (a minute), overwriting the provider's shorter hint on a
-    # 503. Flask runs after_request functions last-registered first, so one put at the front of
-    # the list runs after the limiter's and restores the hint.
-    app.after_request_funcs.setdefault(None, []).insert(0, _restore_retry_after)
 
 
 @blp.route("/search")
