@@ -54,9 +54,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     observability.init_app(app)
 
     from mobile_api import cli
-    from mobile_api.routes import devices, ops
+    from mobile_api.routes import admin, devices, ops, places, telemetry
 
-    for blueprint in (ops.blp, devices.blp):
+    places.init_app(app)
+    for blueprint in (ops.blp, devices.blp, admin.blp, telemetry.blp, places.blp):
         api.register_blueprint(blueprint)
     cli.init_app(app)
     return app

@@ -25,14 +25,23 @@ class Defaults:
     GEOCODER_SCHEME = "https"
     GEOCODER_USER_AGENT = f"mobile_api/{__version__}"
     LOCATION_PRECISION_DECIMALS = 2
+    GEOCODER_TIMEOUT = 5.0  # seconds, a total deadline per lookup (rate-limit wait included)
+    PLACES_CACHE_TTL = 24 * 3600  # seconds a coarse cell's answer is reused
+    PLACES_REDIS_PREFIX = "mobile_api:geo:"  # Redis keys of the places cache and provider limiter
 
     PURGE_AFTER_DAYS = 14
+    # Rows older than this are deleted by the purge run (see services/privacy.RETENTION).
+    TELEMETRY_RETENTION_DAYS = 90
+    DELIVERY_RETENTION_DAYS = 180
 
     RATELIMIT_ENABLED = True
     RATELIMIT_STORAGE_URI = "memory://"
-    RATELIMIT_HEADERS_ENABLED = True
+    # Flask-Limiter would stamp X-RateLimit-* and Retry-After on every response of a
+    # limited endpoint; Retry-After belongs on a 429 only (errors.py sets it there).
+    RATELIMIT_HEADERS_ENABLED = False
     RATELIMIT_REGISTRATION = "60 per minute"  # per client IP
     RATELIMIT_DEVICE = "300 per minute"  # per device token
+    RATELIMIT_PLACES = "60 per minute"  # per device token, on each places endpoint
 
     # Number of proxies in front of the app whose X-Forwarded-* headers are trusted.
     PROXY_FIX_X_FOR = 0
@@ -77,7 +86,12 @@ _ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "GEOCODER_SCHEME": ("GEOCODER_SCHEME", str),
     "GEOCODER_USER_AGENT": ("GEOCODER_USER_AGENT", str),
     "LOCATION_PRECISION_DECIMALS": ("LOCATION_PRECISION_DECIMALS", int),
+    "GEOCODER_TIMEOUT": ("GEOCODER_TIMEOUT", float),
+    "PLACES_CACHE_TTL": ("PLACES_CACHE_TTL", int),
+    "PLACES_REDIS_PREFIX": ("PLACES_REDIS_PREFIX", str),
     "PURGE_AFTER_DAYS": ("PURGE_AFTER_DAYS", int),
+    "TELEMETRY_RETENTION_DAYS": ("TELEMETRY_RETENTION_DAYS", int),
+    "DELIVERY_RETENTION_DAYS": ("DELIVERY_RETENTION_DAYS", int),
     "RATELIMIT_ENABLED": ("RATELIMIT_ENABLED", _bool),
     "RATELIMIT_STORAGE_URI": ("RATELIMIT_STORAGE_URI", str),
     "PROXY_FIX_X_FOR": ("PROXY_FIX_X_FOR", int),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import time
 from typing import Any, ClassVar
 
 import flask_smorest
@@ -97,6 +99,16 @@ _DEFAULT_MESSAGES = {
 }
 
 
+def _seconds_until_reset() -> int:
+    """Whole seconds until the limit that was just exceeded lets the caller in again."""
+    from mobile_api.extensions import limiter  # extensions imports this module
+
+    current = limiter.current_limit
+    if current is None:
+        return 60
+    return max(1, math.ceil(current.reset_at - time.time()))
+
+
 class BodyRefusalsPlugin(BasePlugin):
     """Document, on every operation that takes a body, the refusals of any body."""
 
@@ -160,4 +172,38 @@ class Api(flask_smorest.Api):
         if code == 429:
             payload["error"] = "rate_limited"
             payload["message"] = _DEFAULT_MESSAGES[429]
+            headers.setdefault("Retry-After", str(_seconds_until_reset()))
         return payload, code, headers
+
+
+class AccountTerminated(DomainError):
+    code = 403
+    error = "account_terminated"
+    description = "This account has been terminated; devices cannot be registered to it."
+
+
+class LocationConsentRequired(DomainError):
+    code = 403
+    error = "location_consent_required"
+    description = (
+        "Places need the location_services preference on and the OS location permission "
+        "precise or approximate on this device."
+    )
+
+
+class MappingProviderUnavailable(DomainError):
+    code = 503
+    error = "mapping_provider_unavailable"
+    description = "The mapping provider is busy or unavailable; retry after the given delay."
+
+
+class MappingProviderTimeout(DomainError):
+    code = 504
+    error = "mapping_provider_timeout"
+    description = "The mapping provider did not answer in time."
+
+
+class MappingProviderError(DomainError):
+    code = 502
+    error = "mapping_provider_error"
+    description = "The mapping provider answered with an error."

@@ -12,22 +12,27 @@ from models.device import (
     Purpose,
     PushPermission,
 )
-from models.privacy import AccountTermination, AuditEvent
+from models.privacy import AccountTermination, AccountTombstone, AuditEvent
+from models.telemetry import DeviceVersionChange, TelemetryEvent, VersionField
 
 __all__ = [
     "PREFERENCES",
     "AccountTermination",
+    "AccountTombstone",
     "ApiKey",
     "AuditEvent",
     "Base",
     "ConsentRecord",
     "ConsentSource",
     "Device",
+    "DeviceVersionChange",
     "LocationPermission",
     "Platform",
     "Purpose",
     "PushPermission",
     "Role",
+    "TelemetryEvent",
+    "VersionField",
     "new_id",
     "utcnow",
 ]

@@ -45,6 +45,8 @@ class Purpose(StrEnum):
     ANALYTICS = "analytics"
     OS_PUSH_PERMISSION = "os_push_permission"
     OS_LOCATION_PERMISSION = "os_location_permission"
+    # Whether staff or the system let pushes reach the device (disable, termination).
+    PUSH_DELIVERY = "push_delivery"
 
 
 class ConsentSource(StrEnum):

@@ -44,3 +44,12 @@ class AuditEvent(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class AccountTombstone(Base):
+    """A purged terminated account, named only by a keyed hash so it stays refused."""
+
+    __tablename__ = "account_tombstones"
+
+    account_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    purged_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -127,8 +127,11 @@ def test_device_endpoints_are_limited_per_device(app_factory):
         ]
         for _ in range(2)
     ]
-    codes = [client.get("/v1/devices/me", headers=bearer(tokens[0])).status_code for _ in range(4)]
-    assert codes == [200, 200, 200, 429]
+    responses = [client.get("/v1/devices/me", headers=bearer(tokens[0])) for _ in range(4)]
+    assert [r.status_code for r in responses] == [200, 200, 200, 429]
+    # Retry-After only where it means something: on the refusal.
+    assert "Retry-After" not in responses[0].headers
+    assert 0 < int(responses[3].headers["Retry-After"]) <= 61  # whole seconds, rounded up
     # The other device, same IP, still gets through.
     assert client.get("/v1/devices/me", headers=bearer(tokens[1])).status_code == 200
 

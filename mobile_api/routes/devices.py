@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import marshmallow as ma
-from flask import current_app
+from flask import current_app, g
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -230,7 +230,7 @@ class DeviceMe(MethodView):
     @blp.response(204)
     def delete(self) -> None:
         """Unregister: erase this device and everything tied to it."""
-        device_service.erase(db.session, current_device().id)
+        device_service.erase(db.session, current_device().id, g.get("request_id"))
 
 
 @blp.route("/me/preferences")

@@ -11,7 +11,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from mobile_api.errors import InstallationExists
-from mobile_api.services import Db
+from mobile_api.services import Db, privacy, telemetry
 from mobile_api.services.secrets import (
     DEVICE_TOKEN_PREFIX,
     hash_secret,
@@ -113,6 +113,7 @@ def _record(
 
 def register(session: Db, data: Mapping[str, Any], presented_token: str | None) -> Registration:
     """Register an installation, or update it when the caller proves it owns it."""
+    privacy.ensure_account_open(session, data.get("account_id"))
     for attempt in range(_ATTEMPTS):
         try:
             return _register_once(session, data, presented_token)
@@ -182,6 +183,7 @@ def _register_once(
 
 def check_in(session: Db, device: Device, changes: Mapping[str, Any]) -> Device:
     """Apply a check-in: new OS facts, permissions and push token; mark the device seen."""
+    privacy.ensure_account_open(session, changes.get("account_id"))
     for attempt in range(_ATTEMPTS):
         try:
             _apply_check_in(session, device, changes, utcnow())
@@ -195,6 +197,7 @@ def check_in(session: Db, device: Device, changes: Mapping[str, Any]) -> Device:
 
 
 def _apply_check_in(session: Db, device: Device, changes: Mapping[str, Any], now: Any) -> None:
+    telemetry.record_version_change(session, device, changes, now)
     for field, (purpose, denied) in _OS_PERMISSIONS.items():
         if (
             field in changes
@@ -245,9 +248,8 @@ def consents_query(device_id: str) -> sa.Select[tuple[ConsentRecord]]:
     return sa.select(ConsentRecord).where(ConsentRecord.device_id == device_id)
 
 
-def erase(session: Db, device_id: str) -> bool:
-    """Delete a device and, by foreign-key cascade, everything tied to it."""
-    result = session.execute(sa.delete(Device).where(Device.id == device_id))
-    deleted = result.rowcount  # type: ignore[attr-defined]
-    session.commit()
-    return bool(deleted)
+def erase(session: Db, device_id: str, request_id: str | None = None) -> bool:
+    """The app unregisters: erase the device through the one privacy erasure path."""
+    return privacy.erase_device(
+        session, device_id, actor="device", reason="unregistered", request_id=request_id
+    )

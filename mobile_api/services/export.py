@@ -1,14 +1,29 @@
-"""Export: everything the service holds about a device, as one readable document."""
+"""Export: everything the service holds about a device or account, as one readable document.
+
+Modules that keep more data about a device add a section without touching this file:
+
+    @export.device_section("telemetry_events")
+    def _telemetry(session: Db, device: Device) -> list[dict[str, Any]]: ...
+
+The section appears under that key in every device export (self-service, support
+and per account), in the order the sections were registered.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
 from mobile_api.services import Db
-from models import ConsentRecord, Device, utcnow
+from models import AccountTermination, ConsentRecord, Device, utcnow
+
+DeviceSection = Callable[[Db, Device], Any]
+S = TypeVar("S", bound=DeviceSection)
+
+_DEVICE_SECTIONS: dict[str, DeviceSection] = {}
 
 _DEVICE_FIELDS = (
     "id",
@@ -33,29 +48,68 @@ _DEVICE_FIELDS = (
 )
 
 
-def _json(value: Any) -> Any:
+def device_section(name: str) -> Callable[[S], S]:
+    """Register a provider of one more section of every device export."""
+
+    def decorator(provider: S) -> S:
+        if name in _DEVICE_SECTIONS or name in {"exported_at", "device", "preferences"}:
+            raise ValueError(f"export section {name!r} is already defined")
+        _DEVICE_SECTIONS[name] = provider
+        return provider
+
+    return decorator
+
+
+def to_json(value: Any) -> Any:
+    """An RFC 3339 UTC string for a datetime; anything else unchanged."""
     return value.isoformat().replace("+00:00", "Z") if isinstance(value, datetime) else value
 
 
-def export_device(session: Db, device: Device) -> dict[str, Any]:
-    """Device fields, preferences and the full consent history of one device."""
+@device_section("consents")
+def _consents(session: Db, device: Device) -> list[dict[str, Any]]:
     consents = session.scalars(
         sa.select(ConsentRecord)
         .where(ConsentRecord.device_id == device.id)
         .order_by(ConsentRecord.id)
     )
-    return {
-        "exported_at": _json(utcnow()),
-        "device": {field: _json(getattr(device, field)) for field in _DEVICE_FIELDS},
+    return [
+        {
+            "purpose": c.purpose,
+            "granted": c.granted,
+            "source": c.source,
+            "policy_version": c.policy_version,
+            "recorded_at": to_json(c.recorded_at),
+        }
+        for c in consents
+    ]
+
+
+def _device_document(session: Db, device: Device) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "device": {field: to_json(getattr(device, field)) for field in _DEVICE_FIELDS},
         "preferences": device.preferences(),
-        "consents": [
-            {
-                "purpose": c.purpose,
-                "granted": c.granted,
-                "source": c.source,
-                "policy_version": c.policy_version,
-                "recorded_at": _json(c.recorded_at),
-            }
-            for c in consents
-        ],
+    }
+    for name, provider in _DEVICE_SECTIONS.items():
+        document[name] = provider(session, device)
+    return document
+
+
+def export_device(session: Db, device: Device) -> dict[str, Any]:
+    """Device fields, preferences, the full consent history and every registered section."""
+    return {"exported_at": to_json(utcnow()), **_device_document(session, device)}
+
+
+def export_account(session: Db, account_id: str) -> dict[str, Any] | None:
+    """Every device of an account as in `export_device`, plus its termination; None if unknown."""
+    devices = session.scalars(
+        sa.select(Device).where(Device.account_id == account_id).order_by(Device.id)
+    ).all()
+    termination = session.get(AccountTermination, account_id)
+    if not devices and termination is None:
+        return None
+    return {
+        "exported_at": to_json(utcnow()),
+        "account_id": account_id,
+        "terminated_at": to_json(termination.terminated_at) if termination else None,
+        "devices": [_device_document(session, device) for device in devices],
     }

@@ -1,0 +1,253 @@
+"""Shared state of the gateway: result caches and the provider rate limiter, in-process or in Redis.
+
+Without ``REDIS_URL`` both live in the process, which is right for one worker and for tests; with
+several workers or hosts, Redis makes the cache shared and the one-request-a-second limit hold
+across the whole deployment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from mobile_api.geo.errors import ProviderUnavailable
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CACHE_PREFIX = "mobile_api:geo:cache:"
+DEFAULT_LIMITER_KEY = "mobile_api:geo:provider-slot"
+
+
+class Cache(Protocol):
+    """A key/value store for JSON-compatible values that expire after a TTL."""
+
+    def get(self, key: str) -> Any | None:
+        """Return the value stored under key, or None when absent or expired."""
+        ...
+
+    def set(self, key: str, value: Any, ttl: float) -> None:
+        """Store value under key for ttl seconds."""
+        ...
+
+
+class Limiter(Protocol):
+    """Spaces upstream requests at least a minimum interval apart."""
+
+    def acquire(self, max_wait: float) -> float:
+        """Wait for the next request slot and return the seconds waited.
+
+        Raises ProviderUnavailable (with retry_after) when that slot is more than max_wait away.
+        """
+        ...
+
+
+class MemoryCache:
+    """An in-process, thread-safe LRU cache with per-entry TTL and a bounded number of entries.
+
+    Values are kept by reference, not copied: callers must not mutate what they store or get.
+    """
+
+    def __init__(
+        self, max_entries: int = 10_000, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self._max_entries = max_entries
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+
+    def get(self, key: str) -> Any | None:
+        """Return the live value under key (marking it recently used), or None."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            expires_at, value = entry
+            if expires_at <= self._clock():
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+            return value
+
+    def set(self, key: str, value: Any, ttl: float) -> None:
+        """Store value under key for ttl seconds, evicting the least recently used."""
+        if ttl <= 0:
+            return
+        with self._lock:
+            self._entries[key] = (self._clock() + ttl, value)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+
+class RedisCache:
+    """A cache in Redis: values as JSON under ``prefix + key``, expiring with Redis' own TTL.
+
+    Redis faults degrade to cache misses (logged): the cache is an optimisation, not a dependency.
+    """
+
+    def __init__(self, redis_client: redis.Redis, prefix: str = DEFAULT_CACHE_PREFIX) -> None:
+        self._redis = redis_client
+        self._prefix = prefix
+
+    def get(self, key: str) -> Any | None:
+        """Return the decoded value under key, or None when absent, expired or unreadable."""
+        try:
+            raw = self._redis.get(self._prefix + key)
+        except redis.RedisError as exc:
+            log.warning("places cache read failed, treating as a miss: %s", type(exc).__name__)
+            return None
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            log.warning("places cache entry is not valid JSON, treating as a miss")
+            return None
+
+    def set(self, key: str, value: Any, ttl: float) -> None:
+        """Store value as JSON under key for ttl seconds."""
+        if ttl <= 0:
+            return
+        payload = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        try:
+            self._redis.set(self._prefix + key, payload, px=max(1, round(ttl * 1000)))
+        except redis.RedisError as exc:
+            log.warning("places cache write failed: %s", type(exc).__name__)
+
+
+class InProcessLimiter:
+    """A thread-safe limiter for one process, on the monotonic clock.
+
+    Each caller reserves the next free slot under the lock and sleeps outside it, so waiting callers
+    are served in arrival order and never hold the lock while asleep.
+    """
+
+    def __init__(
+        self,
+        min_interval: float = 1.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if min_interval < 0:
+            raise ValueError("min_interval must not be negative")
+        self._interval = min_interval
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._next_free = float("-inf")
+
+    def acquire(self, max_wait: float) -> float:
+        """Reserve the next slot and sleep until it; raise ProviderUnavailable if it is too far."""
+        with self._lock:
+            now = self._clock()
+            start = max(now, self._next_free)
+            wait = start - now
+            if wait > max_wait:
+                raise ProviderUnavailable(wait, "mapping provider request budget exhausted")
+            self._next_free = start + self._interval
+        if wait > 0:
+            self._sleep(wait)
+        return wait
+
+
+# Reserves the next free slot atomically on the Redis server's clock, so processes on different
+# hosts agree on time. KEYS[1] holds the next free slot (ms since the epoch) and expires with it;
+# ARGV[1] is the interval and ARGV[2] the longest acceptable wait, both in ms.
+# Returns {1, wait_ms} when reserved or {0, wait_ms} when the slot is too far away.
+_RESERVE_SLOT = """
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
+local next_free = tonumber(redis.call('GET', KEYS[1])) or 0
+local start = math.max(now, next_free)
+local wait = start - now
+if wait > tonumber(ARGV[2]) then
+  return {0, wait}
+end
+local interval = tonumber(ARGV[1])
+redis.call('SET', KEYS[1], start + interval, 'PX', wait + interval)
+return {1, wait}
+"""
+
+
+class RedisLimiter:
+    """A limiter shared by every process using the same Redis key (one Lua script per acquire).
+
+    If Redis cannot be reached the limit cannot be guaranteed, so the lookup is refused
+    (ProviderUnavailable) rather than sent unthrottled.
+    """
+
+    def __init__(
+        self,
+        redis_client: redis.Redis,
+        key: str = DEFAULT_LIMITER_KEY,
+        min_interval: float = 1.0,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if min_interval < 0:
+            raise ValueError("min_interval must not be negative")
+        self._key = key
+        self._interval_ms = round(min_interval * 1000)
+        self._sleep = sleep
+        self._script = redis_client.register_script(_RESERVE_SLOT)
+
+    def acquire(self, max_wait: float) -> float:
+        """Reserve the next deployment-wide slot and sleep until it; raise if it is too far."""
+        max_wait_ms = max(0, int(max_wait * 1000))
+        try:
+            reserved, wait_ms = self._script(
+                keys=[self._key], args=[self._interval_ms, max_wait_ms]
+            )
+        except redis.RedisError as exc:
+            log.warning("provider rate limiter unavailable: %s", type(exc).__name__)
+            raise ProviderUnavailable(None, "mapping provider rate limiter unavailable") from None
+        wait = int(wait_ms) / 1000
+        if not reserved:
+            raise ProviderUnavailable(wait, "mapping provider request budget exhausted")
+        if wait > 0:
+            self._sleep(wait)
+        return wait
+
+
+def _redis_client(redis_url: str) -> redis.Redis:
+    # Both the cache and the limiter sit inside a lookup's deadline: short socket timeouts and a
+    # single immediate retry (for a pooled connection Redis dropped), not redis-py's default
+    # retries with exponential backoff.
+    return redis.Redis.from_url(
+        redis_url,
+        socket_timeout=0.5,
+        socket_connect_timeout=0.5,
+        retry=Retry(NoBackoff(), 1),
+    )
+
+
+def make_cache(redis_url: str | None, *, prefix: str = DEFAULT_CACHE_PREFIX) -> Cache:
+    """Return a RedisCache when a Redis URL is configured, else an in-process MemoryCache."""
+    if redis_url:
+        return RedisCache(_redis_client(redis_url), prefix)
+    return MemoryCache()
+
+
+def make_limiter(
+    redis_url: str | None, min_interval: float = 1.0, *, key: str = DEFAULT_LIMITER_KEY
+) -> Limiter:
+    """Return a RedisLimiter (deployment-wide) given a Redis URL, else an in-process one."""
+    if redis_url:
+        return RedisLimiter(_redis_client(redis_url), key, min_interval)
+    return InProcessLimiter(min_interval)

@@ -1,0 +1,279 @@
+"""The places gateway: what the app may ask of the mapping provider, and how little it tells it.
+
+The user's exact position enters ``search``/``reverse`` and goes no further than this module:
+it is rounded to ``precision_decimals`` before anything is cached, rate-limited or sent, and it
+is used afterwards only to compute distances locally.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from geographiclib.geodesic import Geodesic
+
+from mobile_api.geo.cache import Cache, InProcessLimiter, Limiter, MemoryCache
+from mobile_api.geo.errors import (
+    ProviderError,
+    ProviderFailure,
+    ProviderTimeout,
+    ProviderUnavailable,
+)
+from mobile_api.geo.provider import (
+    AreaRecord,
+    NominatimProvider,
+    PlaceRecord,
+    PlacesProvider,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_LIMIT = 40  # Nominatim returns at most 40 results; the API allows the same.
+DEFAULT_CACHE_TTL = 24 * 3600.0
+# Half the height of the searched box around the coarse cell; the box also covers the cell
+# itself, so every place within about this distance of the user's exact point is inside it.
+SEARCH_RADIUS_M = 2_500.0
+_METRES_PER_DEGREE = 111_320.0
+
+# The least time an upstream request is given after waiting for its rate-limit slot.
+_MIN_REQUEST_BUDGET = 1.0
+
+_WGS84 = Geodesic.WGS84
+_WGS84_A = 6_378_137.0  # semi-major axis, metres
+_WGS84_E2 = 6.69437999014e-3  # first eccentricity squared
+_PLANAR_LIMIT_M = 10_000.0
+_T = TypeVar("_T")
+
+# on_lookup(kind, cache, outcome): kind is search|reverse, cache hit|miss, and outcome
+# ok|unavailable|timeout|error. It never receives coordinates.
+LookupHook = Callable[[str, str, str], None]
+
+ProviderFactory = Callable[..., PlacesProvider]
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """A place near the user, with its distance from the user's exact point."""
+
+    name: str
+    category: str
+    lat: float
+    lon: float
+    address: str
+    distance_m: int
+
+
+@dataclass(frozen=True, slots=True)
+class Area:
+    """The coarse area around a point: never a street or a house number."""
+
+    city: str | None
+    district: str | None
+    region: str | None
+    country: str | None
+    country_code: str | None
+
+
+def _distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> int:
+    """Return the WGS84 distance between two points in whole metres."""
+    # Near places (all of a bounded search) are measured on the plane tangent at their mean
+    # latitude, scaled by the ellipsoid's radii of curvature there: within 10 km this is a few
+    # centimetres from the geodesic and about a hundred times cheaper. Farther, the geodesic.
+    phi = math.radians((lat1 + lat2) / 2)
+    sin_phi = math.sin(phi)
+    w = 1.0 - _WGS84_E2 * sin_phi * sin_phi
+    prime_vertical = _WGS84_A / math.sqrt(w)
+    meridional = prime_vertical * (1.0 - _WGS84_E2) / w
+    dlon = (lon2 - lon1 + 180.0) % 360.0 - 180.0
+    distance = math.hypot(
+        math.radians(dlon) * prime_vertical * math.cos(phi),
+        math.radians(lat2 - lat1) * meridional,
+    )
+    if distance > _PLANAR_LIMIT_M:
+        distance = _WGS84.Inverse(lat1, lon1, lat2, lon2, Geodesic.DISTANCE)["s12"]
+    return round(distance)
+
+
+def _check_point(lat: float, lon: float) -> None:
+    # Messages name the problem, never the value: they may end up in logs.
+    for value, bound, name in ((lat, 90.0, "latitude"), (lon, 180.0, "longitude")):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"{name} must be a number")
+        if not math.isfinite(value) or abs(value) > bound:
+            raise ValueError(f"{name} out of range")
+
+
+def normalise_term(category: str | None, query: str | None) -> str:
+    """Return the search term: the category or the query, trimmed, case-folded, spaces collapsed."""
+    if (category is None) == (query is None):
+        raise ValueError("give exactly one of category or query")
+    term = " ".join(str(category if category is not None else query).split()).casefold()
+    if not term:
+        raise ValueError("the search term is empty")
+    return term
+
+
+class PlacesGateway:
+    """Searches places and names areas through one mapping provider, minimising what it learns.
+
+    Thread-safe: share one instance per process. Every lookup runs within ``timeout`` seconds in
+    total (cache, rate-limit wait and HTTP together).
+    """
+
+    def __init__(
+        self,
+        *,
+        domain: str,
+        scheme: str = "https",
+        user_agent: str,
+        precision_decimals: int = 2,
+        timeout: float = 5.0,
+        cache: Cache | None = None,
+        limiter: Limiter | None = None,
+        cache_ttl: float = DEFAULT_CACHE_TTL,
+        on_lookup: LookupHook | None = None,
+        provider_factory: ProviderFactory = NominatimProvider,
+    ) -> None:
+        if not 0 <= precision_decimals <= 6:
+            raise ValueError("precision_decimals must be between 0 and 6")
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self._provider = provider_factory(domain=domain, scheme=scheme, user_agent=user_agent)
+        self._decimals = precision_decimals
+        self._timeout = timeout
+        self._cache: Cache = cache if cache is not None else MemoryCache()
+        self._limiter: Limiter = limiter if limiter is not None else InProcessLimiter(1.0)
+        self._cache_ttl = cache_ttl
+        self._on_lookup = on_lookup
+
+    @property
+    def attribution(self) -> str:
+        """The provider's attribution text, to be shown with its results."""
+        return self._provider.attribution
+
+    def close(self) -> None:
+        """Release the provider's connections."""
+        self._provider.close()
+
+    def search(
+        self,
+        lat: float,
+        lon: float,
+        *,
+        category: str | None = None,
+        query: str | None = None,
+        limit: int = 20,
+    ) -> list[Place]:
+        """Return up to limit places matching category or query near the point, nearest first."""
+        started = time.monotonic()
+        _check_point(lat, lon)
+        term = normalise_term(category, query)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+            raise ValueError(f"limit must be an integer from 1 to {MAX_LIMIT}")
+        cell_lat, cell_lon = self._coarsen(lat, lon)
+        # The term goes last: the fields before it have fixed formats, so keys cannot collide.
+        key = f"search|{self._fmt(cell_lat)}|{self._fmt(cell_lon)}|{limit}|{term}"
+        records: list[PlaceRecord] | None = self._cache.get(key)
+        cache_state = "miss" if records is None else "hit"
+        if records is None:
+            box = self._box(cell_lat, cell_lon)
+            records = self._forward(
+                "search", started, lambda t: self._provider.search(term, box, limit, t)
+            )
+            self._cache.set(key, records, self._cache_ttl)
+        places = [
+            Place(
+                name=r["name"],
+                category=r["category"],
+                lat=r["lat"],
+                lon=r["lon"],
+                address=r["address"],
+                distance_m=_distance_m(lat, lon, r["lat"], r["lon"]),
+            )
+            for r in records
+        ]
+        places.sort(key=lambda p: (p.distance_m, p.name))
+        self._report("search", cache_state, "ok")
+        return places
+
+    def reverse(self, lat: float, lon: float) -> Area:
+        """Return the city-level area around the point."""
+        started = time.monotonic()
+        _check_point(lat, lon)
+        cell_lat, cell_lon = self._coarsen(lat, lon)
+        key = f"reverse|{self._fmt(cell_lat)}|{self._fmt(cell_lon)}"
+        record: AreaRecord | None = self._cache.get(key)
+        cache_state = "miss" if record is None else "hit"
+        if record is None:
+            record = self._forward(
+                "reverse",
+                started,
+                lambda t: self._provider.reverse(cell_lat, cell_lon, t),
+            )
+            self._cache.set(key, record, self._cache_ttl)
+        self._report("reverse", cache_state, "ok")
+        return Area(
+            city=record.get("city"),
+            district=record.get("district"),
+            region=record.get("region"),
+            country=record.get("country"),
+            country_code=record.get("country_code"),
+        )
+
+    def _coarsen(self, lat: float, lon: float) -> tuple[float, float]:
+        # "+ 0.0" turns -0.0 into 0.0, so the sign of a point just below the equator is not sent.
+        return round(lat, self._decimals) + 0.0, round(lon, self._decimals) + 0.0
+
+    def _fmt(self, value: float) -> str:
+        return f"{value:.{self._decimals}f}"
+
+    def _box(self, cell_lat: float, cell_lon: float) -> tuple[float, float, float, float]:
+        """Return (south, west, north, east) around the coarse cell, derived from it alone."""
+        half_lat = SEARCH_RADIUS_M / _METRES_PER_DEGREE + 0.5 * 10.0**-self._decimals
+        # Degrees of longitude shrink towards the poles; cap the widening near them.
+        half_lon = half_lat / max(math.cos(math.radians(cell_lat)), 0.1)
+        places = self._decimals + 1
+        return (
+            round(max(cell_lat - half_lat, -90.0), places) + 0.0,
+            round(max(cell_lon - half_lon, -180.0), places) + 0.0,
+            round(min(cell_lat + half_lat, 90.0), places) + 0.0,
+            round(min(cell_lon + half_lon, 180.0), places) + 0.0,
+        )
+
+    def _forward(self, kind: str, started: float, call: Callable[[float], _T]) -> _T:
+        """Send one request upstream within what is left of the deadline, reporting failures."""
+        try:
+            # A slot that leaves the request less than its minimum budget is refused now:
+            # waiting for it would only end in a timeout, and would spend a provider slot.
+            budget = min(_MIN_REQUEST_BUDGET, self._timeout / 2)
+            elapsed = time.monotonic() - started
+            self._limiter.acquire(max_wait=self._timeout - elapsed - budget)
+            remaining = self._timeout - (time.monotonic() - started)
+            if remaining <= 0:
+                raise ProviderTimeout("no time left for the mapping provider request")
+            return call(remaining)
+        except ProviderFailure as exc:
+            outcome = _OUTCOMES.get(type(exc), "error")
+            log.warning("mapping provider %s failed (%s): %s", kind, outcome, exc)
+            self._report(kind, "miss", outcome)
+            raise
+
+    def _report(self, kind: str, cache_state: str, outcome: str) -> None:
+        if self._on_lookup is None:
+            return
+        try:
+            self._on_lookup(kind, cache_state, outcome)
+        except Exception:
+            # Metrics must never break a lookup.
+            log.exception("on_lookup hook failed")
+
+
+_OUTCOMES: dict[type[Any], str] = {
+    ProviderUnavailable: "unavailable",
+    ProviderTimeout: "timeout",
+    ProviderError: "error",
+}

@@ -1,0 +1,371 @@
+"""Privacy operations: export, erasure, account termination, the purge run and retention.
+
+Devices and accounts are named in the audit trail only by `audit.subject()` (an HMAC
+of the id under SECRET_KEY, read from the current app's config), so what remains
+after an erasure says that something was erased without saying whom it concerned.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from flask import current_app
+from sqlalchemy.dialects import postgresql, sqlite
+
+from mobile_api.errors import AccountTerminated
+from mobile_api.extensions import db
+from mobile_api.services import Db, audit, export
+from models import (
+    AccountTermination,
+    AccountTombstone,
+    Base,
+    ConsentRecord,
+    ConsentSource,
+    Device,
+    Purpose,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+ERASURE_REASONS = ("user_request", "child_under_13", "other")
+SYSTEM_ACTOR = "system"
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionRule:
+    """Rows of `table` whose `column` is older than config[`setting`] days are purged."""
+
+    table: str
+    column: str
+    setting: str
+
+
+# Tables owned by other modules; a rule whose table is not in the schema is skipped.
+RETENTION: list[RetentionRule] = [
+    RetentionRule("telemetry_events", "received_at", "TELEMETRY_RETENTION_DAYS"),
+    RetentionRule("device_version_changes", "changed_at", "TELEMETRY_RETENTION_DAYS"),
+    RetentionRule("deliveries", "updated_at", "DELIVERY_RETENTION_DAYS"),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Termination:
+    """An account's termination and when its data will be purged."""
+
+    account_id: str
+    terminated_at: datetime
+    purge_due_at: datetime
+    devices: int
+
+
+@dataclass(slots=True)
+class PurgeResult:
+    """What one purge run erased."""
+
+    accounts: int = 0
+    devices: int = 0
+    retention: dict[str, int] = field(default_factory=dict)
+
+
+def subject(identifier: str) -> str:
+    """The keyed hash that names a device or account in the audit trail."""
+    return audit.subject(current_app.config["SECRET_KEY"], identifier)
+
+
+def ensure_account_open(session: Db, account_id: str | None) -> None:
+    """Refuse (403 account_terminated) an account that is terminated or was purged."""
+    if not account_id:
+        return
+    if session.get(AccountTermination, account_id) is not None:
+        raise AccountTerminated()
+    if session.get(AccountTombstone, subject(account_id)) is not None:
+        raise AccountTerminated()
+
+
+def _delete_devices(session: Db, account_ids: Sequence[str]) -> dict[str, int]:
+    """Delete the accounts' devices (children go by FK cascade); devices erased per account."""
+    rows = session.execute(
+        sa.delete(Device)
+        .where(Device.account_id.in_(account_ids))
+        .returning(Device.account_id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    counts: dict[str, int] = {}
+    for (account_id,) in rows:
+        counts[account_id] = counts.get(account_id, 0) + 1
+    return counts
+
+
+def _forget_terminations(session: Db, account_ids: Sequence[str], now: datetime) -> None:
+    """Drop the raw account ids; keyed-hash tombstones keep later registrations refused."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    session.execute(
+        insert(AccountTombstone)
+        .values([{"account_hash": subject(a), "purged_at": now} for a in account_ids])
+        .on_conflict_do_nothing(index_elements=[AccountTombstone.account_hash])
+    )
+    session.execute(
+        sa.delete(AccountTermination)
+        .where(AccountTermination.account_id.in_(account_ids))
+        .execution_options(synchronize_session=False)
+    )
+
+
+def erase_device(
+    session: Db,
+    device_id: str,
+    *,
+    actor: str,
+    reason: str,
+    request_id: str | None = None,
+) -> bool:
+    """Erase a device and everything tied to it in one transaction; False if unknown."""
+    result = session.execute(sa.delete(Device).where(Device.id == device_id))
+    if not result.rowcount:  # type: ignore[attr-defined]
+        session.rollback()
+        return False
+    audit.record(
+        session,
+        actor=actor,
+        action="device.erased",
+        target=subject(device_id),
+        details={"reason": reason},
+        request_id=request_id,
+    )
+    session.commit()
+    log.info("erased a device (reason %s)", reason)
+    return True
+
+
+def erase_account(
+    session: Db,
+    account_id: str,
+    *,
+    actor: str,
+    reason: str,
+    request_id: str | None = None,
+) -> int | None:
+    """Erase every device of an account and its termination; devices erased, None if unknown."""
+    termination = session.get(AccountTermination, account_id, with_for_update=True)
+    devices = sum(_delete_devices(session, [account_id]).values())
+    if not devices and termination is None:
+        session.rollback()
+        return None
+    if termination is not None:
+        _forget_terminations(session, [account_id], utcnow())
+    audit.record(
+        session,
+        actor=actor,
+        action="account.erased",
+        target=subject(account_id),
+        details={"reason": reason, "devices": devices},
+        request_id=request_id,
+    )
+    session.commit()
+    log.info("erased an account with %s devices (reason %s)", devices, reason)
+    return devices
+
+
+def terminate(
+    session: Db,
+    account_id: str,
+    *,
+    actor: str,
+    purge_after_days: int,
+    request_id: str | None = None,
+) -> Termination:
+    """Terminate an account: its devices get no more pushes; purge is due later. Idempotent."""
+    termination = session.get(AccountTermination, account_id)
+    devices = session.scalars(sa.select(Device).where(Device.account_id == account_id)).all()
+    if termination is None:
+        now = utcnow()
+        termination = AccountTermination(account_id=account_id, terminated_at=now)
+        session.add(termination)
+        for device in devices:
+            if device.disabled_at is None:  # a disabled device was undeliverable already
+                session.add(
+                    ConsentRecord(
+                        device_id=device.id,
+                        purpose=Purpose.PUSH_DELIVERY,
+                        granted=False,
+                        source=ConsentSource.SYSTEM,
+                        recorded_at=now,
+                    )
+                )
+        audit.record(
+            session,
+            actor=actor,
+            action="account.terminated",
+            target=subject(account_id),
+            details={"devices": len(devices)},
+            request_id=request_id,
+        )
+        session.commit()
+    return Termination(
+        account_id=account_id,
+        terminated_at=termination.terminated_at,
+        purge_due_at=termination.terminated_at + timedelta(days=purge_after_days),
+        devices=len(devices),
+    )
+
+
+def _audited_export(
+    session: Db,
+    document: dict[str, Any] | None,
+    *,
+    action: str,
+    identifier: str,
+    actor: str,
+    request_id: str | None,
+) -> dict[str, Any] | None:
+    if document is None:
+        session.rollback()
+        return None
+    audit.record(
+        session, actor=actor, action=action, target=subject(identifier), request_id=request_id
+    )
+    session.commit()
+    return document
+
+
+def export_device(
+    session: Db, device_id: str, *, actor: str, request_id: str | None = None
+) -> dict[str, Any] | None:
+    """Everything held about a device, for staff (audited); None if unknown."""
+    device = session.get(Device, device_id)
+    document = export.export_device(session, device) if device is not None else None
+    return _audited_export(
+        session,
+        document,
+        action="device.exported",
+        identifier=device_id,
+        actor=actor,
+        request_id=request_id,
+    )
+
+
+def export_account(
+    session: Db, account_id: str, *, actor: str, request_id: str | None = None
+) -> dict[str, Any] | None:
+    """Everything held about an account, for staff (audited); None if unknown."""
+    return _audited_export(
+        session,
+        export.export_account(session, account_id),
+        action="account.exported",
+        identifier=account_id,
+        actor=actor,
+        request_id=request_id,
+    )
+
+
+def _apply_retention(
+    session: Db,
+    *,
+    now: datetime,
+    retention_days: Mapping[str, int],
+    rules: Sequence[RetentionRule],
+    metadata: sa.MetaData,
+) -> dict[str, int]:
+    deleted: dict[str, int] = {}
+    for rule in rules:
+        table = metadata.tables.get(rule.table)
+        days = retention_days.get(rule.setting)
+        if table is None or days is None:
+            continue
+        cutoff = now - timedelta(days=days)
+        result = session.execute(sa.delete(table).where(table.c[rule.column] < cutoff))
+        deleted[rule.table] = result.rowcount  # type: ignore[attr-defined]
+        session.commit()
+    return deleted
+
+
+def purge(
+    session: Db,
+    *,
+    now: datetime,
+    purge_after_days: int,
+    retention_days: Mapping[str, int] | None = None,
+    actor: str = SYSTEM_ACTOR,
+    batch_size: int = 500,
+    rules: Sequence[RetentionRule] | None = None,
+    metadata: sa.MetaData | None = None,
+) -> PurgeResult:
+    """Erase accounts terminated at least `purge_after_days` before `now`, then apply retention.
+
+    Safe to run concurrently: each batch of due terminations is locked with
+    SKIP LOCKED on PostgreSQL, so two runs never erase the same account; on
+    SQLite the single writer serialises them. Each batch commits on its own.
+    """
+    result = PurgeResult()
+    cutoff = now - timedelta(days=purge_after_days)
+    while True:
+        due = session.scalars(
+            sa.select(AccountTermination.account_id)
+            .where(AccountTermination.terminated_at <= cutoff)
+            .order_by(AccountTermination.terminated_at, AccountTermination.account_id)
+            .limit(batch_size)
+            .with_for_update(skip_locked=True)
+        ).all()
+        if not due:
+            session.rollback()
+            break
+        counts = _delete_devices(session, due)
+        audit.record_many(
+            session,
+            [
+                {
+                    "actor": actor,
+                    "action": "account.purged",
+                    "target": subject(account_id),
+                    "details": {"devices": counts.get(account_id, 0)},
+                }
+                for account_id in due
+            ],
+        )
+        _forget_terminations(session, due, now)
+        session.commit()
+        result.accounts += len(due)
+        result.devices += sum(counts.values())
+    result.retention = _apply_retention(
+        session,
+        now=now,
+        retention_days=retention_days or {},
+        rules=RETENTION if rules is None else rules,
+        metadata=Base.metadata if metadata is None else metadata,
+    )
+    audit.record(
+        session,
+        actor=actor,
+        action="purge.run",
+        details={
+            "accounts": result.accounts,
+            "devices": result.devices,
+            "retention": result.retention,
+        },
+    )
+    session.commit()
+    log.info("purge erased %s accounts, %s devices", result.accounts, result.devices)
+    return result
+
+
+def run_purge(now: datetime | None = None, *, actor: str = SYSTEM_ACTOR) -> PurgeResult:
+    """One purge run with the current app's settings (for the CLI, worker and Celery beat)."""
+    config = current_app.config
+    return purge(
+        db.session,
+        now=now or utcnow(),
+        purge_after_days=int(config["PURGE_AFTER_DAYS"]),
+        retention_days={
+            rule.setting: int(config[rule.setting])
+            for rule in RETENTION
+            if config.get(rule.setting) is not None
+        },
+        actor=actor,
+    )

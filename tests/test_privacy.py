@@ -1,0 +1,280 @@
+"""Termination → purge with a controllable clock, retention, concurrent purges, export sections."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from flask.testing import FlaskClient
+
+from mobile_api.extensions import db
+from mobile_api.services import audit, export, privacy
+from models import AccountTermination, AccountTombstone, AuditEvent, Device, utcnow
+from models.base import UTCDateTime
+from tests.conftest import bearer, device_body, make_app, migrate_once, wipe
+from tests.privacy_fixtures import (
+    audit_events,
+    rows_mentioning,
+    seed_terminated_accounts,
+    staff,
+    unique,
+)
+
+__all__ = ["staff"]
+
+Register = Callable[..., tuple[dict[str, Any], str]]
+Staff = Callable[[str], dict[str, str]]
+
+
+def _at(days: float) -> str:
+    """--now for a purge run `days` from the real clock."""
+    return (utcnow() + timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%S+00:00")
+
+
+def test_purge_erases_a_terminated_account_once_its_delay_has_passed(
+    app: Flask,
+    app_factory: Callable[..., Flask],
+    client: FlaskClient,
+    register: Register,
+    staff: Staff,
+    app_key: str,
+) -> None:
+    account = unique("acct")
+    devices = [register(account_id=account, push_token=unique("fcm"))[0] for _ in range(2)]
+    _, kept_token = register(account_id=unique("acct"))
+    terminated = client.post(f"/v1/admin/accounts/{account}/terminate", headers=staff("privacy"))
+    assert terminated.status_code == 200
+    runner = app.test_cli_runner()
+
+    early = runner.invoke(args=["privacy", "purge", "--now", _at(13.9)])
+    assert early.exit_code == 0, early.output
+    assert "erased 0 accounts, 0 devices" in early.output
+    assert rows_mentioning(app, account) != []
+
+    due = runner.invoke(args=["privacy", "purge", "--now", _at(14.01)])
+    assert due.exit_code == 0, due.output
+    assert "erased 1 accounts, 2 devices" in due.output
+    needles = [account] + [d[k] for d in devices for k in ("id", "installation_id", "push_token")]
+    assert rows_mentioning(app, *needles) == []
+    assert client.get("/v1/devices/me", headers=bearer(kept_token)).status_code == 200
+
+    again = runner.invoke(args=["privacy", "purge", "--now", _at(15)])
+    assert "erased 0 accounts, 0 devices" in again.output
+
+    # The purged account stays refused, though only a keyed hash of it remains.
+    refused = client.post(
+        "/v1/devices", json=device_body(account_id=account), headers=bearer(app_key)
+    )
+    assert refused.status_code == 403
+    assert refused.get_json()["error"] == "account_terminated"
+
+    (purged,) = audit_events(client, staff("privacy"), target=account, action="account.purged")
+    assert purged["details"] == {"devices": 2}
+    runs = audit_events(client, staff("privacy"), action="purge.run")
+    assert [r["details"]["accounts"] for r in runs] == [0, 1, 0]
+    assert {r["actor"] for r in runs} == {"cli"}
+
+
+def test_the_purge_delay_in_force_at_the_run_counts(
+    app_factory: Callable[..., Flask], client: FlaskClient, register: Register, staff: Staff
+) -> None:
+    account = unique("acct")
+    register(account_id=account)
+    client.post(f"/v1/admin/accounts/{account}/terminate", headers=staff("privacy"))
+    shorter = app_factory(PURGE_AFTER_DAYS=2).test_cli_runner()
+    result = shorter.invoke(args=["privacy", "purge", "--now", _at(2.01)])
+    assert "erased 1 accounts, 1 devices" in result.output
+
+
+def test_purge_on_the_real_clock_leaves_recent_terminations(
+    app: Flask, client: FlaskClient, register: Register, staff: Staff
+) -> None:
+    account = unique("acct")
+    register(account_id=account)
+    client.post(f"/v1/admin/accounts/{account}/terminate", headers=staff("privacy"))
+    result = app.test_cli_runner().invoke(args=["privacy", "purge"])
+    assert result.exit_code == 0
+    assert "erased 0 accounts, 0 devices" in result.output
+    bad = app.test_cli_runner().invoke(args=["privacy", "purge", "--now", "yesterday"])
+    assert bad.exit_code != 0
+
+
+def test_erasing_a_terminated_account_keeps_refusing_it(
+    client: FlaskClient, register: Register, staff: Staff, app_key: str
+) -> None:
+    account = unique("acct")
+    register(account_id=account)
+    client.post(f"/v1/admin/accounts/{account}/terminate", headers=staff("privacy"))
+    assert (
+        client.delete(f"/v1/admin/accounts/{account}", headers=staff("privacy")).status_code == 204
+    )
+    refused = client.post(
+        "/v1/devices", json=device_body(account_id=account), headers=bearer(app_key)
+    )
+    assert refused.status_code == 403
+    # Nothing left to erase or export.
+    assert (
+        client.delete(f"/v1/admin/accounts/{account}", headers=staff("privacy")).status_code == 404
+    )
+    assert (
+        client.get(f"/v1/admin/accounts/{account}/export", headers=staff("privacy")).status_code
+        == 404
+    )
+
+
+@pytest.fixture
+def probe_table(app: Flask) -> Iterator[sa.Table]:
+    """A throwaway telemetry-like table with a timestamp, outside the app's schema."""
+    metadata = sa.MetaData()
+    table = sa.Table(
+        f"retention_probe_{uuid.uuid4().hex[:8]}",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("received_at", UTCDateTime(), nullable=False),
+    )
+    with app.app_context():
+        metadata.create_all(db.engine)
+    yield table
+    with app.app_context():
+        metadata.drop_all(db.engine)
+
+
+def test_retention_deletes_only_rows_past_their_window(app: Flask, probe_table: sa.Table) -> None:
+    now = utcnow()
+    ages = [0, 29, 31, 400]
+    rule = privacy.RetentionRule(probe_table.name, "received_at", "PROBE_RETENTION_DAYS")
+    with app.app_context():
+        db.session.execute(
+            probe_table.insert(),
+            [{"id": i, "received_at": now - timedelta(days=d)} for i, d in enumerate(ages)],
+        )
+        db.session.commit()
+        result = privacy.purge(
+            db.session,
+            now=now,
+            purge_after_days=14,
+            retention_days={"PROBE_RETENTION_DAYS": 30},
+            rules=[rule, privacy.RetentionRule("not_in_schema", "at", "PROBE_RETENTION_DAYS")],
+            metadata=probe_table.metadata,
+        )
+        left = db.session.scalars(sa.select(probe_table.c.id).order_by(probe_table.c.id)).all()
+        # Without a configured window the rule does nothing.
+        unset = privacy.purge(
+            db.session,
+            now=now + timedelta(days=1000),
+            purge_after_days=14,
+            rules=[rule],
+            metadata=probe_table.metadata,
+        )
+    assert result.retention == {probe_table.name: 2}
+    assert left == [0, 1]
+    assert unset.retention == {}
+
+
+def test_purge_enforces_telemetry_retention_on_the_real_tables(
+    app_factory: Callable[..., Flask], register: Callable[..., Any]
+) -> None:
+    from models import DeviceVersionChange, TelemetryEvent
+
+    app = app_factory(TELEMETRY_RETENTION_DAYS=7)
+    device, _ = register()
+    now = utcnow()
+    with app.app_context():
+        for age in (8, 6):
+            db.session.add(
+                TelemetryEvent(
+                    device_id=device["id"],
+                    name=f"aged_{age}",
+                    occurred_at=now - timedelta(days=age),
+                    received_at=now - timedelta(days=age),
+                    properties={},
+                )
+            )
+            db.session.add(
+                DeviceVersionChange(
+                    device_id=device["id"],
+                    field="os_version",
+                    old_value="1",
+                    new_value="2",
+                    changed_at=now - timedelta(days=age),
+                )
+            )
+        db.session.commit()
+        result = privacy.run_purge()
+        names = db.session.scalars(sa.select(TelemetryEvent.name)).all()
+        changes = db.session.scalar(sa.select(sa.func.count()).select_from(DeviceVersionChange))
+    assert result.retention["telemetry_events"] == 1
+    assert names == ["aged_6"]
+    assert changes == 1
+    assert app.config["DELIVERY_RETENTION_DAYS"] == 180
+
+
+def test_concurrent_purge_runs_erase_each_account_once(postgres_url: str) -> None:
+    app = make_app(postgres_url)
+    migrate_once(app)
+    try:
+        with app.app_context():
+            accounts = seed_terminated_accounts(
+                db.session, 24, 2, terminated_at=utcnow() - timedelta(days=20)
+            )
+            db.session.remove()
+        results: list[privacy.PurgeResult] = []
+        errors: list[BaseException] = []
+        start = threading.Barrier(4)
+
+        def run() -> None:
+            with app.app_context():
+                try:
+                    start.wait()
+                    results.append(
+                        privacy.purge(db.session, now=utcnow(), purge_after_days=14, batch_size=2)
+                    )
+                except BaseException as exc:  # reported below; a thread cannot fail the test
+                    errors.append(exc)
+                finally:
+                    db.session.remove()
+
+        threads = [threading.Thread(target=run) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert sum(r.accounts for r in results) == 24
+        assert sum(r.devices for r in results) == 48
+        with app.app_context():
+            purged = db.session.scalars(
+                sa.select(AuditEvent.target).where(AuditEvent.action == "account.purged")
+            ).all()
+            assert sorted(purged) == sorted(privacy.subject(a) for a in accounts)
+            assert db.session.scalar(sa.select(sa.func.count()).select_from(Device)) == 0
+            assert (
+                db.session.scalar(sa.select(sa.func.count()).select_from(AccountTermination)) == 0
+            )
+            assert db.session.scalar(sa.select(sa.func.count()).select_from(AccountTombstone)) == 24
+            assert audit.verify(db.session) == (None, 24 + 4)
+    finally:
+        wipe(app)
+
+
+def test_export_sections_can_be_added_by_other_modules(
+    client: FlaskClient, register: Register, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(export, "_DEVICE_SECTIONS", dict(export._DEVICE_SECTIONS))
+
+    @export.device_section("probe_events")
+    def _probe(session: Any, device: Device) -> list[dict[str, str]]:
+        return [{"device": device.id}]
+
+    with pytest.raises(ValueError, match="already defined"):
+        export.device_section("consents")(_probe)
+    device, token = register()
+    document = client.get("/v1/devices/me/export", headers=bearer(token)).get_json()
+    assert {"exported_at", "device", "preferences", "consents", "probe_events"} <= set(document)
+    assert document["probe_events"] == [{"device": device["id"]}]
