@@ -13,7 +13,9 @@ class Defaults:
 
     SECRET_KEY: str | None = None
     SQLALCHEMY_DATABASE_URI: str | None = None  # None → SQLite file under instance/
-    SQLALCHEMY_ENGINE_OPTIONS: dict[str, Any] = {"pool_pre_ping": True}
+    # create_app adds pool_pre_ping for server databases (a dropped connection is
+    # replaced before use); a SQLite file has no connection to lose.
+    SQLALCHEMY_ENGINE_OPTIONS: dict[str, Any] = {}
     CELERY_BROKER_URL: str | None = None
     REDIS_URL: str | None = None
 
