@@ -12,6 +12,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from mobile_api import config, observability
 from mobile_api.extensions import api, db, limiter, migrate
+from mobile_api.services.audience import register_sqlite_functions
 
 MIGRATIONS = str(Path(__file__).resolve().parent.parent / "migrations")
 
@@ -48,17 +49,20 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     with app.app_context():
         _tune_engine(db.engine)
+        register_sqlite_functions(db.engine)
     migrate.init_app(app, db, directory=MIGRATIONS, render_as_batch=True, compare_type=True)
     limiter.init_app(app)
     api.init_app(app)
     observability.init_app(app)
 
     from mobile_api import cli
-    from mobile_api.routes import devices, ops
+    from mobile_api.routes import campaigns, devices, ops
+    from mobile_api.tasks import make_celery
 
-    for blueprint in (ops.blp, devices.blp):
+    for blueprint in (ops.blp, devices.blp, campaigns.blp):
         api.register_blueprint(blueprint)
     cli.init_app(app)
+    make_celery(app)
     return app
 
 

@@ -47,4 +47,7 @@ def revoke_key(key_id: str) -> None:
 
 def init_app(app: Flask) -> None:
     """Register the command groups."""
+    from mobile_api.worker import dispatch_cli
+
     app.cli.add_command(keys_cli)
+    app.cli.add_command(dispatch_cli)

@@ -135,3 +135,21 @@ class Api(flask_smorest.Api):
             payload["error"] = "rate_limited"
             payload["message"] = _DEFAULT_MESSAGES[429]
         return payload, code, headers
+
+
+class ServiceCampaignRequiresAdmin(DomainError):
+    code = 403
+    error = "service_campaign_requires_admin"
+    description = "Service campaigns can only be created, sent or cancelled with an admin key."
+
+
+class CampaignAlreadySent(DomainError):
+    code = 409
+    error = "campaign_already_sent"
+    description = "This campaign has already been sent (or cancelled); nothing was sent again."
+
+
+class CampaignFinished(DomainError):
+    code = 409
+    error = "campaign_finished"
+    description = "This campaign has already finished; there is nothing left to cancel."

@@ -2,6 +2,14 @@
 
 from models.auth import ApiKey, Role
 from models.base import Base, new_id, utcnow
+from models.campaign import (
+    ACTIVE_STATUSES,
+    Campaign,
+    CampaignCategory,
+    CampaignStatus,
+    Delivery,
+    DeliveryStatus,
+)
 from models.device import (
     PREFERENCES,
     ConsentRecord,
@@ -15,13 +23,19 @@ from models.device import (
 from models.privacy import AccountTermination, AuditEvent
 
 __all__ = [
+    "ACTIVE_STATUSES",
     "PREFERENCES",
     "AccountTermination",
     "ApiKey",
     "AuditEvent",
     "Base",
+    "Campaign",
+    "CampaignCategory",
+    "CampaignStatus",
     "ConsentRecord",
     "ConsentSource",
+    "Delivery",
+    "DeliveryStatus",
     "Device",
     "LocationPermission",
     "Platform",
