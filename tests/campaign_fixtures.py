@@ -7,7 +7,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import sqlalchemy as sa
@@ -103,11 +103,19 @@ def create_campaign(client: FlaskClient, marketing: dict[str, str]) -> Callable[
     return create
 
 
+class Made(NamedTuple):
+    """A registered device: its id, its bearer token and its FCM push token."""
+
+    id: str
+    device_token: str
+    push_token: str | None
+
+
 @pytest.fixture
 def device(
     register: Callable[..., tuple[dict[str, Any], str]], client: FlaskClient
-) -> Callable[..., tuple[str, str]]:
-    """Register a device with a push token (opted in unless told); returns (id, token)."""
+) -> Callable[..., Made]:
+    """Register a device with a push token (opted in unless told)."""
 
     def make(promotional: bool = True, prefix: str = "tok-", **overrides: Any) -> tuple[str, str]:
         overrides.setdefault("push_token", f"{prefix}{uuid.uuid4().hex}")
@@ -120,7 +128,7 @@ def device(
                 headers=bearer(device_token),
             )
             assert response.status_code == 200
-        return body["id"], device_token
+        return Made(body["id"], device_token, body["push_token"])
 
     return make
 

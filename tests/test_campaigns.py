@@ -12,6 +12,7 @@ from flask.testing import FlaskClient
 
 from models import utcnow
 from tests.campaign_fixtures import (
+    Made,
     admin,
     app,
     assert_balanced,
@@ -127,16 +128,16 @@ def test_preview_counts_exclusions_by_reason(
     marketing: Headers,
     admin: Headers,
     create_campaign: Callable[..., str],
-    device: Callable[..., tuple[str, str]],
+    device: Callable[..., Made],
 ) -> None:
     device()
     device()
     device(promotional=False)
     device(push_permission="denied")
-    disabled, _ = device()
+    disabled = device().id
     update_device(app, disabled, disabled_at=utcnow())
     device(push_token=None)
-    invalid, _ = device()
+    invalid = device().id
     update_device(app, invalid, push_token_invalid_at=utcnow())
     device(account_id="acct-gone")
     terminate_account(app, "acct-gone")
@@ -174,7 +175,7 @@ def test_min_os_version_compares_as_versions(
     client: FlaskClient,
     marketing: Headers,
     create_campaign: Callable[..., str],
-    device: Callable[..., tuple[str, str]],
+    device: Callable[..., Made],
 ) -> None:
     for version in ("9.3", "9", "10", "10.0", "10.0.1", "17.4.1", "100", "9.10-beta", "beta"):
         device(os_version=version)
@@ -191,13 +192,13 @@ def test_audience_filters_combine(
     client: FlaskClient,
     marketing: Headers,
     create_campaign: Callable[..., str],
-    device: Callable[..., tuple[str, str]],
+    device: Callable[..., Made],
 ) -> None:
-    match, _ = device(app_version="5.2", locale="id-ID", account_id="a1")
+    match = device(app_version="5.2", locale="id-ID", account_id="a1").id
     device(app_version="5.1", locale="id-ID", account_id="a1")
     device(app_version="5.2", locale="en-US", account_id="a1")
     device(app_version="5.2", locale="id-ID", account_id="a2")
-    stale, _ = device(app_version="5.2", locale="id", account_id="a1")
+    stale = device(app_version="5.2", locale="id", account_id="a1").id
     update_device(app, stale, last_seen_at=utcnow() - timedelta(days=40))
     audience = {
         "app_versions": ["5.2"],
@@ -218,7 +219,7 @@ def test_send_twice_is_refused(
     client: FlaskClient,
     marketing: Headers,
     create_campaign: Callable[..., str],
-    device: Callable[..., tuple[str, str]],
+    device: Callable[..., Made],
 ) -> None:
     device()
     campaign_id = create_campaign()
@@ -235,7 +236,7 @@ def test_cancel_before_dispatch_sends_nothing(
     client: FlaskClient,
     marketing: Headers,
     create_campaign: Callable[..., str],
-    device: Callable[..., tuple[str, str]],
+    device: Callable[..., Made],
     fcm: Any,
 ) -> None:
     device()
@@ -258,11 +259,11 @@ def test_deliveries_and_explain(
     client: FlaskClient,
     marketing: Headers,
     create_campaign: Callable[..., str],
-    device: Callable[..., tuple[str, str]],
+    device: Callable[..., Made],
 ) -> None:
-    sent_ids = [device()[0] for _ in range(3)]
-    opted_out, _ = device(promotional=False)
-    ios, _ = device(platform="ios")
+    sent_ids = [device().id for _ in range(3)]
+    opted_out = device(promotional=False).id
+    ios = device(platform="ios").id
     campaign_id = create_campaign(audience={"platforms": ["android"]})
     draft = client.get(f"/v1/campaigns/{campaign_id}/explain/{sent_ids[0]}", headers=marketing)
     assert draft.get_json()["explanation"] == "The campaign has not been sent yet."
