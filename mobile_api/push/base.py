@@ -1,0 +1,105 @@
+"""The push transport interface shared by the FCM and log transports."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Literal, Protocol
+
+MAX_BATCH = 500
+
+Priority = Literal["normal", "high"]
+
+
+@dataclass(frozen=True, slots=True)
+class PushMessage:
+    """One notification for one registration token."""
+
+    token: str
+    title: str
+    body: str
+    data: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    ttl_seconds: int | None = None
+    collapse_key: str | None = None
+    priority: Priority = "normal"
+
+
+class Outcome(StrEnum):
+    """What the dispatcher should do with a message after a send."""
+
+    SENT = "sent"
+    # The token is dead (UNREGISTERED, SENDER_ID_MISMATCH): prune it.
+    INVALID_TOKEN = "invalid_token"
+    # Transient: quota, unavailable, internal, transport errors and timeouts.
+    RETRY = "retry"
+    # Permanent for this message: invalid argument, APNs/web-push auth, anything else.
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """The fate of one message; `error` is a stable snake_case reason."""
+
+    outcome: Outcome
+    error: str | None = None
+    retry_after: float | None = None
+    message_id: str | None = None
+
+
+class PushTransport(Protocol):
+    """Hands messages to a push service, one result per message, in order.
+
+    `send` never raises for per-message errors and never retries: the dispatcher owns
+    the retry policy. It raises ValueError only for a batch larger than `max_batch`.
+    """
+
+    name: str
+    max_batch: int
+
+    def send(self, messages: Sequence[PushMessage]) -> list[SendResult]:
+        """Send a batch; results are in the same order as `messages`."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and other resources."""
+        ...
+
+
+def check_batch(messages: Sequence[PushMessage], max_batch: int) -> None:
+    """Raise ValueError when a batch is larger than the transport accepts."""
+    if len(messages) > max_batch:
+        raise ValueError(
+            f"batch of {len(messages)} messages exceeds max_batch={max_batch}"
+        )
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Parse a Retry-After header (delta-seconds or HTTP-date) into seconds from now."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return max(seconds, 0.0) if math.isfinite(seconds) else None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT; obsolete forms parse naive
+        when = when.replace(tzinfo=UTC)
+    return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
+
+
+def mask_token(token: str) -> str:
+    """Return a loggable form of a push token: never the whole token."""
+    return f"…{token[-6:]}" if len(token) > 12 else "…"

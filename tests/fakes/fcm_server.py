@@ -1,0 +1,341 @@
+"""A loopback HTTP server that speaks enough of FCM v1 and OAuth2 for firebase-admin.
+
+Answers per message are chosen by registration token: an explicit `behaviour[token]`,
+else a token prefix (see `PREFIXES`), else success. Error bodies have the real FCM v1
+shape, so firebase-admin's own parsing maps them to its typed exceptions.
+
+Run standalone for benchmarks: `python -m tests.fakes.fcm_server --port 9099`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import json
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+ACCESS_TOKEN = "fake-access-token"
+SEND_PATH_PREFIX = "/v1/projects/"
+SEND_PATH_SUFFIX = "/messages:send"
+FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
+
+# kind -> (HTTP status, canonical status, FCM errorCode)
+ERRORS: dict[str, tuple[int, str, str]] = {
+    "unregistered": (404, "NOT_FOUND", "UNREGISTERED"),
+    "sender_id_mismatch": (403, "PERMISSION_DENIED", "SENDER_ID_MISMATCH"),
+    "quota": (429, "RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED"),
+    "unavailable": (503, "UNAVAILABLE", "UNAVAILABLE"),
+    "internal": (500, "INTERNAL", "INTERNAL"),
+    "invalid_argument": (400, "INVALID_ARGUMENT", "INVALID_ARGUMENT"),
+    "third_party_auth": (401, "UNAUTHENTICATED", "THIRD_PARTY_AUTH_ERROR"),
+}
+BEHAVIOURS = frozenset(ERRORS) | {"ok"}
+PREFIXES: tuple[tuple[str, str], ...] = (
+    ("unreg-", "unregistered"),
+    ("mismatch-", "sender_id_mismatch"),
+    ("quota-", "quota"),
+    ("unavail-", "unavailable"),
+    ("internal-", "internal"),
+    ("invalid-", "invalid_argument"),
+    ("thirdparty-", "third_party_auth"),
+)
+QUOTA_RETRY_AFTER = "7"
+
+
+def _error_body(kind: str) -> bytes:
+    status, canonical, fcm_code = ERRORS[kind]
+    error = {
+        "code": status,
+        "message": f"fake FCM error: {fcm_code}",
+        "status": canonical,
+        "details": [{"@type": FCM_ERROR_TYPE, "errorCode": fcm_code}],
+    }
+    return json.dumps({"error": error}).encode()
+
+
+_REASONS = {status.value: status.phrase for status in HTTPStatus}
+_ERROR_BODIES = {kind: _error_body(kind) for kind in ERRORS}
+_UNAUTHENTICATED_BODY = json.dumps(
+    {"error": {"code": 401, "message": "bad access token", "status": "UNAUTHENTICATED"}}
+).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedMessage:
+    """One messages:send request as the fake received it."""
+
+    project: str
+    token: str
+    body: dict[str, Any]
+    answer: str
+    message_id: str | None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive
+    disable_nagle_algorithm = True
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Stay quiet: benchmarks push millions of requests through here."""
+
+    def _reply(self, status: int, body: bytes, retry_after: str | None = None) -> None:
+        # One write for status line, headers and body: split writes meet Nagle and
+        # delayed ACKs and cost ~40 ms per keep-alive request.
+        head = (
+            f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
+            "Content-Type: application/json; charset=UTF-8\r\n"
+            f"Content-Length: {len(body)}\r\n"
+        )
+        if retry_after is not None:
+            head += f"Retry-After: {retry_after}\r\n"
+        self.wfile.write(head.encode("latin-1") + b"\r\n" + body)
+
+    def do_POST(self) -> None:
+        """Serve the OAuth2 token endpoint and messages:send."""
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)
+        path = self.path
+        fake = self.server.fake
+        if path == "/token":
+            fake._count_token_request()
+            token_body = {
+                "access_token": fake.access_token,
+                "expires_in": 3600,
+                "token_type": "Bearer",
+            }
+            self._reply(200, json.dumps(token_body).encode())
+            return
+        if not (path.startswith(SEND_PATH_PREFIX) and path.endswith(SEND_PATH_SUFFIX)):
+            self._reply(404, b'{"error": {"code": 404, "status": "NOT_FOUND"}}')
+            return
+        if self.headers.get("Authorization") != f"Bearer {fake.access_token}":
+            fake._count_rejected_auth()
+            self._reply(401, _UNAUTHENTICATED_BODY)
+            return
+        body = json.loads(raw)
+        token = body["message"].get("token", "")
+        project = path[len(SEND_PATH_PREFIX) : -len(SEND_PATH_SUFFIX)]
+        answer, message_id = fake._answer(project, token, body)
+        if fake.delay:
+            time.sleep(fake.delay)
+        if message_id is not None:
+            self._reply(200, b'{"name": "%s"}' % message_id.encode())
+            return
+        retry_after = fake.quota_retry_after if answer == "quota" else None
+        self._reply(ERRORS[answer][0], _ERROR_BODIES[answer], retry_after)
+
+    def do_GET(self) -> None:
+        """Nothing is served over GET."""
+        self._reply(HTTPStatus.NOT_FOUND, b"{}")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024
+    fake: FakeFcmServer
+
+
+class FakeFcmServer:
+    """A threaded loopback FCM v1 + OAuth2 server; use as a context manager."""
+
+    def __init__(
+        self,
+        behaviour: dict[str, str] | None = None,
+        *,
+        delay: float = 0.0,
+        record: bool = True,
+        access_token: str = ACCESS_TOKEN,
+        port: int = 0,
+    ) -> None:
+        self.behaviour: dict[str, str] = dict(behaviour or {})
+        self.delay = delay
+        self.quota_retry_after: str | None = QUOTA_RETRY_AFTER
+        self.record = record
+        self.access_token = access_token
+        self.received: list[ReceivedMessage] = []
+        self.attempts: Counter[str] = Counter()
+        self.request_count = 0
+        self.token_requests = 0
+        self.rejected_auth = 0
+        self._failures: dict[str, list[Any]] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._port = port
+        self._httpd: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. http://127.0.0.1:54321 (the FCM_ENDPOINT value)."""
+        if self._httpd is None:
+            raise RuntimeError("server not started")
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    @property
+    def token_uri(self) -> str:
+        """The OAuth2 token endpoint to put in a service-account file."""
+        return f"{self.url}/token"
+
+    def start(self) -> Self:
+        """Bind to 127.0.0.1 and serve in a daemon thread."""
+        self._httpd = _Server(("127.0.0.1", self._port), _Handler)
+        self._httpd.fake = self
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},  # fast shutdown() between tests
+            name="fake-fcm",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def fail_times(self, token: str, times: int, kind: str = "unavailable") -> None:
+        """Answer `kind` for the next `times` sends to `token`, then its usual answer."""
+        if kind not in ERRORS:
+            raise ValueError(f"unknown error kind {kind!r}")
+        with self._lock:
+            self._failures[token] = [times, kind]
+
+    def messages_for(self, token: str) -> list[ReceivedMessage]:
+        """Every recorded send to `token`, oldest first."""
+        with self._lock:
+            return [m for m in self.received if m.token == token]
+
+    def reset(self) -> None:
+        """Forget recorded requests and counters (not behaviours)."""
+        with self._lock:
+            self.received.clear()
+            self.attempts.clear()
+            self.request_count = 0
+            self.token_requests = 0
+            self.rejected_auth = 0
+
+    def _count_token_request(self) -> None:
+        with self._lock:
+            self.token_requests += 1
+
+    def _count_rejected_auth(self) -> None:
+        with self._lock:
+            self.rejected_auth += 1
+
+    def _answer(
+        self, project: str, token: str, body: dict[str, Any]
+    ) -> tuple[str, str | None]:
+        with self._lock:
+            self.request_count += 1
+            answer = self._planned_failure(token) or self._behaviour(token)
+            message_id = None
+            if answer == "ok":
+                message_id = f"projects/{project}/messages/{next(self._ids)}"
+            if self.record:
+                self.attempts[token] += 1
+                self.received.append(
+                    ReceivedMessage(project, token, body, answer, message_id)
+                )
+        return answer, message_id
+
+    def _planned_failure(self, token: str) -> str | None:
+        plan = self._failures.get(token)
+        if not plan:
+            return None
+        plan[0] -= 1
+        if plan[0] <= 0:
+            del self._failures[token]
+        return str(plan[1])
+
+    def _behaviour(self, token: str) -> str:
+        answer = self.behaviour.get(token)
+        if answer is not None:
+            if answer not in BEHAVIOURS:
+                raise ValueError(f"unknown behaviour {answer!r} for a token")
+            return answer
+        for prefix, kind in PREFIXES:
+            if token.startswith(prefix):
+                return kind
+        return "ok"
+
+
+@functools.cache
+def _private_key_pem() -> str:
+    # One key per process: RSA generation is slow and the fake accepts any assertion.
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+def write_service_account(
+    path: str | Path, token_uri: str | FakeFcmServer, project_id: str = "fake-project"
+) -> Path:
+    """Write a self-made service-account JSON whose token_uri points at the fake."""
+    if isinstance(token_uri, FakeFcmServer):
+        token_uri = token_uri.token_uri
+    pem = _private_key_pem()
+    info = {
+        "type": "service_account",
+        "project_id": project_id,
+        "private_key_id": "fake-key-1",
+        "private_key": pem,
+        "client_email": f"push@{project_id}.iam.gserviceaccount.com",
+        "client_id": "1",
+        "auth_uri": "http://127.0.0.1/unused",
+        "token_uri": token_uri,
+    }
+    target = Path(path)
+    target.write_text(json.dumps(info), encoding="utf-8")
+    return target
+
+
+def main() -> None:
+    """Serve in the foreground (for benchmarks against a separate process)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=9099)
+    parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--service-account", help="also write a credentials file here")
+    args = parser.parse_args()
+    server = FakeFcmServer(port=args.port, delay=args.delay, record=False).start()
+    if args.service_account:
+        write_service_account(args.service_account, server)
+    print(f"fake FCM listening on {server.url}", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
