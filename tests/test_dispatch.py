@@ -10,10 +10,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -22,7 +24,7 @@ from mobile_api.extensions import db
 from mobile_api.push import LogTransport
 from mobile_api.services import dispatch
 from mobile_api.worker import Worker
-from models import utcnow
+from models import Campaign, utcnow
 from tests.campaign_fixtures import (
     Made,
     admin,
@@ -430,3 +432,56 @@ def _probe() -> None:
 
 def _broken() -> None:
     raise RuntimeError("boom")
+
+
+def test_celery_tasks_run_the_same_units(
+    app: Flask,
+    client: FlaskClient,
+    marketing: Headers,
+    create_campaign: Callable[..., str],
+    device: Make,
+    fcm: FakeFcmServer,
+) -> None:
+    """The chunk tasks in-process (eager); two workers on Redis: test_dispatch_celery."""
+    app.config.update(DISPATCH_CHUNK_SIZE=2, DISPATCH_ENUMERATE_BATCH=3)
+    celery = app.extensions["celery"]
+    celery.conf.task_always_eager = True
+    tokens = {device().push_token for _ in range(7)}
+    app.config["CELERY_BROKER_URL"] = "memory://"
+    queued = create_campaign()
+    body = send_and_drain(client, app, marketing, queued)  # the tasks ran during send
+    assert body["status"] == "completed"
+    assert _tokens(fcm) == collections.Counter(dict.fromkeys(tokens, 1))
+
+    # A campaign whose task was lost (queued without a broker): the sweep recovers it.
+    app.config["CELERY_BROKER_URL"] = None
+    lost = create_campaign()
+    client.post(f"/v1/campaigns/{lost}/send", headers=marketing)
+    with app.app_context():
+        db.session.execute(
+            sa.update(Campaign)
+            .where(Campaign.id == lost)
+            .values(queued_at=utcnow() - timedelta(minutes=5))
+        )
+        db.session.commit()
+    tasks.sweep.apply()
+    status = client.get(f"/v1/campaigns/{lost}", headers=marketing).get_json()["status"]
+    assert status == "completed"
+    assert _tokens(fcm) == collections.Counter(dict.fromkeys(tokens, 2))
+
+
+def test_drain_command_sends_queued_campaigns(
+    app: Flask,
+    client: FlaskClient,
+    marketing: Headers,
+    create_campaign: Callable[..., str],
+    device: Make,
+    fcm: FakeFcmServer,
+) -> None:
+    token = device().push_token
+    campaign_id = create_campaign()
+    client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
+    result = app.test_cli_runner().invoke(args=["dispatch", "drain", "--timeout", "20"])
+    assert result.exit_code == 0, result.output
+    assert "drained in" in result.output
+    assert set(_tokens(fcm)) == {token}
