@@ -39,7 +39,9 @@ def make_celery(app: Flask) -> Celery:
             "args": (job.name,),
         }
     celery.conf.update(
-        broker_url=app.config["CELERY_BROKER_URL"],
+        # No broker configured: the embedded dispatcher runs, and nothing may leak
+        # to Celery's default (a RabbitMQ on localhost) by accident.
+        broker_url=app.config["CELERY_BROKER_URL"] or "memory://",
         broker_connection_retry_on_startup=True,
         # Keys and queues of this deployment stay apart from anything else on the broker.
         broker_transport_options={"global_keyprefix": f"{queue}:"},
