@@ -70,18 +70,20 @@ def _ranges(first: int, last: int, width: int) -> list[tuple[int, int]]:
 
 @shared_task(name="mobile_api.dispatch.campaign")
 def dispatch_campaign(campaign_id: str) -> None:
-    """Enumerate a campaign's audience, enqueueing one chunk task per committed page part."""
+    """Enumerate one page of a campaign's audience and enqueue its chunk tasks.
+
+    The next page is a new task behind those chunks, so even a single worker
+    starts sending after one page instead of after the whole audience.
+    """
     settings = _settings()
-    while True:
-        batch = dispatch.enumerate_batch(db.session, campaign_id, settings)
-        if batch is None:
-            break
-        if batch.first_id is not None and batch.last_id is not None:
-            for first, last in _ranges(batch.first_id, batch.last_id, settings.chunk_size):
-                dispatch_chunk.delay(campaign_id, first, last)
-        if batch.done:
-            break
-    dispatch.finish_if_done(db.session, campaign_id)
+    batch = dispatch.enumerate_batch(db.session, campaign_id, settings)
+    if batch is not None and batch.first_id is not None and batch.last_id is not None:
+        for first, last in _ranges(batch.first_id, batch.last_id, settings.chunk_size):
+            dispatch_chunk.delay(campaign_id, first, last)
+    if batch is not None and not batch.done:
+        dispatch_campaign.delay(campaign_id)
+    else:
+        dispatch.finish_if_done(db.session, campaign_id)
 
 
 @shared_task(name="mobile_api.dispatch.chunk", bind=True)
