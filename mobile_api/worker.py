@@ -46,9 +46,16 @@ class Worker:
             for campaign_id in active:
                 if self._stop.is_set():
                     break
-                chunks += dispatch.run_campaign(
-                    db.session, push, campaign_id, self.settings, max_chunks=CHUNKS_PER_TURN
-                )
+                try:
+                    chunks += dispatch.run_campaign(
+                        db.session, push, campaign_id, self.settings, max_chunks=CHUNKS_PER_TURN
+                    )
+                except Exception:
+                    # A database hiccup must not stop the dispatcher: the campaign is
+                    # retried on the next pass (a chunk caught mid-hand-off stays
+                    # claimed and is resolved as interrupted after the lease).
+                    log.exception("campaign %s: dispatch pass failed", campaign_id)
+                    db.session.rollback()
             self.schedule.run_due()
             remaining = len(dispatch.active_campaign_ids(db.session))
             db.session.remove()
