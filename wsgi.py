@@ -1,3 +1,4 @@
 from mobile_api import create_app
 
 app = create_app()
+celery = app.extensions["celery"]

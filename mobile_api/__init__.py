@@ -12,6 +12,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from mobile_api import config, observability
 from mobile_api.extensions import api, db, limiter, migrate
+from mobile_api.services.audience import register_sqlite_functions
 
 MIGRATIONS = str(Path(__file__).resolve().parent.parent / "migrations")
 
@@ -53,18 +54,21 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     with app.app_context():
         _tune_engine(db.engine)
+        register_sqlite_functions(db.engine)
     migrate.init_app(app, db, directory=MIGRATIONS, render_as_batch=True, compare_type=True)
     limiter.init_app(app)
     api.init_app(app)
     observability.init_app(app)
 
     from mobile_api import cli
-    from mobile_api.routes import admin, devices, ops, places, telemetry
+    from mobile_api.routes import admin, campaigns, devices, ops, places, telemetry
+    from mobile_api.tasks import make_celery
 
     places.init_app(app)
-    for blueprint in (ops.blp, devices.blp, admin.blp, telemetry.blp, places.blp):
+    for blueprint in (ops.blp, devices.blp, admin.blp, telemetry.blp, places.blp, campaigns.blp):
         api.register_blueprint(blueprint)
     cli.init_app(app)
+    make_celery(app)
     return app
 
 

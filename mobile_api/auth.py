@@ -9,10 +9,10 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from flask import g, request
-from flask_smorest import Blueprint
 
 from mobile_api.errors import ErrorSchema, Forbidden, Unauthenticated
 from mobile_api.extensions import db
+from mobile_api.routes import Blueprint
 from mobile_api.services import keys
 from mobile_api.services.secrets import DEVICE_TOKEN_PREFIX, hash_secret, matches
 from models import ApiKey, Device, Role

@@ -55,7 +55,9 @@ def revoke_key(key_id: str) -> None:
 def init_app(app: Flask) -> None:
     """Register the command groups."""
     from mobile_api.cli_privacy import audit_cli, privacy_cli
+    from mobile_api.worker import dispatch_cli
 
     app.cli.add_command(keys_cli)
     app.cli.add_command(privacy_cli)
     app.cli.add_command(audit_cli)
+    app.cli.add_command(dispatch_cli)

@@ -22,6 +22,19 @@ class Defaults:
     FCM_CREDENTIALS: str | None = None
     FCM_PROJECT_ID: str | None = None
     FCM_ENDPOINT: str | None = None
+    FCM_TIMEOUT = 10.0
+
+    # Push campaigns: retries of retryable FCM errors, and the dispatcher's units of work.
+    PUSH_MAX_ATTEMPTS = 5
+    PUSH_RETRY_BASE_SECONDS = 2.0
+    PUSH_RETRY_MAX_SECONDS = 600.0
+    DISPATCH_CHUNK_SIZE = 500  # devices claimed and handed to FCM at once (≤ 500)
+    DISPATCH_ENUMERATE_BATCH = 5000  # audience devices turned into deliveries per step
+    # A chunk claimed longer ago than this belongs to a dead dispatcher: it is
+    # recorded as failed (interrupted), never re-sent. Keep it well above FCM_TIMEOUT.
+    DISPATCH_CLAIM_LEASE_SECONDS = 600.0
+    DISPATCH_POLL_SECONDS = 1.0  # embedded worker: idle wait between passes
+    CELERY_QUEUE = "mobile_api"
 
     GEOCODER_DOMAIN = "nominatim.openstreetmap.org"
     GEOCODER_SCHEME = "https"
@@ -84,6 +97,15 @@ _ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "FCM_CREDENTIALS": ("FCM_CREDENTIALS", str),
     "FCM_PROJECT_ID": ("FCM_PROJECT_ID", str),
     "FCM_ENDPOINT": ("FCM_ENDPOINT", str),
+    "FCM_TIMEOUT": ("FCM_TIMEOUT", float),
+    "PUSH_MAX_ATTEMPTS": ("PUSH_MAX_ATTEMPTS", int),
+    "PUSH_RETRY_BASE_SECONDS": ("PUSH_RETRY_BASE_SECONDS", float),
+    "PUSH_RETRY_MAX_SECONDS": ("PUSH_RETRY_MAX_SECONDS", float),
+    "DISPATCH_CHUNK_SIZE": ("DISPATCH_CHUNK_SIZE", int),
+    "DISPATCH_ENUMERATE_BATCH": ("DISPATCH_ENUMERATE_BATCH", int),
+    "DISPATCH_CLAIM_LEASE_SECONDS": ("DISPATCH_CLAIM_LEASE_SECONDS", float),
+    "DISPATCH_POLL_SECONDS": ("DISPATCH_POLL_SECONDS", float),
+    "CELERY_QUEUE": ("CELERY_QUEUE", str),
     "GEOCODER_DOMAIN": ("GEOCODER_DOMAIN", str),
     "GEOCODER_SCHEME": ("GEOCODER_SCHEME", str),
     "GEOCODER_USER_AGENT": ("GEOCODER_USER_AGENT", str),

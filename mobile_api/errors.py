@@ -207,3 +207,21 @@ class MappingProviderError(DomainError):
     code = 502
     error = "mapping_provider_error"
     description = "The mapping provider answered with an error."
+
+
+class ServiceCampaignRequiresAdmin(DomainError):
+    code = 403
+    error = "service_campaign_requires_admin"
+    description = "Service campaigns can only be created, sent or cancelled with an admin key."
+
+
+class CampaignAlreadySent(DomainError):
+    code = 409
+    error = "campaign_already_sent"
+    description = "This campaign has already been sent (or cancelled); nothing was sent again."
+
+
+class CampaignFinished(DomainError):
+    code = 409
+    error = "campaign_finished"
+    description = "This campaign has already finished; there is nothing left to cancel."

@@ -2,6 +2,14 @@
 
 from models.auth import ApiKey, Role
 from models.base import Base, new_id, utcnow
+from models.campaign import (
+    ACTIVE_STATUSES,
+    Campaign,
+    CampaignCategory,
+    CampaignStatus,
+    Delivery,
+    DeliveryStatus,
+)
 from models.device import (
     PREFERENCES,
     ConsentRecord,
@@ -16,14 +24,20 @@ from models.privacy import AccountTermination, AccountTombstone, AuditEvent
 from models.telemetry import DeviceVersionChange, TelemetryEvent, VersionField
 
 __all__ = [
+    "ACTIVE_STATUSES",
     "PREFERENCES",
     "AccountTermination",
     "AccountTombstone",
     "ApiKey",
     "AuditEvent",
     "Base",
+    "Campaign",
+    "CampaignCategory",
+    "CampaignStatus",
     "ConsentRecord",
     "ConsentSource",
+    "Delivery",
+    "DeliveryStatus",
     "Device",
     "DeviceVersionChange",
     "LocationPermission",

@@ -236,3 +236,12 @@ def test_proxy_fix_is_configurable(app_factory):
         "/_probe", headers={"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
     )
     assert seen == {"addr": "203.0.113.9", "scheme": "https"}
+
+
+def test_unknown_query_parameters_are_refused(client, register):
+    _, token = register()
+    response = client.get(
+        "/v1/devices/me/consents", headers=bearer(token), query_string={"limt": 5}
+    )
+    assert response.status_code == 422
+    assert response.get_json()["errors"]["query"] == {"limt": ["Unknown field."]}

@@ -1,1 +1,23 @@
-"""HTTP routes: one flask-smorest Blueprint per resource."""
+"""HTTP routes: one Blueprint per resource, built on the project's Blueprint below."""
+
+from __future__ import annotations
+
+import flask_smorest
+import marshmallow as ma
+from webargs.flaskparser import FlaskParser
+
+
+class _StrictParser(FlaskParser):
+    """Unknown query parameters are refused (422) like unknown body fields, not ignored."""
+
+    DEFAULT_UNKNOWN_BY_LOCATION = {
+        **FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION,
+        "query": ma.RAISE,
+        "querystring": ma.RAISE,
+    }
+
+
+class Blueprint(flask_smorest.Blueprint):
+    """flask-smorest's Blueprint with strict query parsing."""
+
+    ARGUMENTS_PARSER = _StrictParser()

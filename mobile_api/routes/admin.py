@@ -7,12 +7,12 @@ from typing import Any
 import marshmallow as ma
 from flask import current_app, g
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from mobile_api.auth import auth_required, current_principal
 from mobile_api.errors import ErrorSchema, NotFound
 from mobile_api.extensions import db
 from mobile_api.pagination import PageArgsSchema, paginate
+from mobile_api.routes import Blueprint
 from mobile_api.routes.devices import DeviceSchema
 from mobile_api.routes.fields import printable
 from mobile_api.services import audit, privacy, support

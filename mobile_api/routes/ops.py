@@ -8,12 +8,12 @@ import marshmallow as ma
 import sqlalchemy as sa
 from flask import Response
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from sqlalchemy.exc import SQLAlchemyError
 
 from mobile_api.errors import DatabaseUnavailable, ErrorSchema
 from mobile_api.extensions import db
 from mobile_api.observability import metrics_response
+from mobile_api.routes import Blueprint
 
 blp = Blueprint("ops", __name__, description="Operations")
 

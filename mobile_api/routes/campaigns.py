@@ -1,0 +1,314 @@
+"""Push campaigns (marketing; service campaigns need admin)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import marshmallow as ma
+from flask import current_app, g
+from flask.views import MethodView
+
+from mobile_api.auth import auth_required, current_principal
+from mobile_api.errors import ErrorSchema
+from mobile_api.extensions import db
+from mobile_api.pagination import PageArgsSchema, paginate
+from mobile_api.routes import Blueprint
+from mobile_api.routes.fields import Locale, printable
+from mobile_api.services import campaigns as campaign_service
+from mobile_api.services import dispatch as dispatch_service
+from models import CampaignCategory, Delivery, DeliveryStatus, Platform, Role
+
+blp = Blueprint("campaigns", __name__, url_prefix="/v1/campaigns", description="Push campaigns")
+
+_VERSION = ma.validate.Regexp(
+    r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,31}$", error="Up to 32 characters, e.g. 17.4.1."
+)
+_MIN_VERSION = ma.validate.Regexp(r"^[0-9]{1,9}(\.[0-9]{1,9}){0,4}$", error="e.g. 10.0 or 17.4.1")
+_ID = ma.validate.Regexp(r"^[0-9A-Z]{26}$", error="A device id.")
+# FCM refuses these data keys.
+_RESERVED_DATA_KEY = re.compile(r"^(from|message_type|notification|google.*|gcm.*)$")
+_MAX_DATA_BYTES = 4096
+_MAX_LIST = 1000
+
+
+def _list(
+    field: ma.fields.Field[Any], max_items: int = _MAX_LIST, **kwargs: Any
+) -> ma.fields.List[Any]:
+    return ma.fields.List(field, validate=ma.validate.Length(min=1, max=max_items), **kwargs)
+
+
+def _validate_data(data: dict[str, str]) -> None:
+    for key in data:
+        if _RESERVED_DATA_KEY.match(key):
+            raise ma.ValidationError(f"{key!r} is a key reserved by FCM.")
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in data.items())
+    if size > _MAX_DATA_BYTES:
+        raise ma.ValidationError(f"At most {_MAX_DATA_BYTES} bytes of keys and values.")
+
+
+class AudienceSchema(ma.Schema):
+    """Which devices a campaign targets; every filter set must match (none set: all)."""
+
+    platforms = _list(ma.fields.String(validate=ma.validate.OneOf([p.value for p in Platform])))
+    app_versions = _list(ma.fields.String(validate=_VERSION))
+    min_os_version = ma.fields.String(
+        validate=_MIN_VERSION,
+        metadata={"description": "Compared as a version: 10.0 > 9.3"},
+    )
+    locales = _list(
+        Locale(), metadata={"description": "BCP 47 tags; a bare language also matches regions"}
+    )
+    account_ids = _list(ma.fields.String(validate=printable(128)))
+    device_ids = _list(ma.fields.String(validate=_ID), max_items=500)
+    last_seen_within_days = ma.fields.Integer(validate=ma.validate.Range(min=1, max=3650))
+
+
+class CampaignCreateSchema(ma.Schema):
+    """Body of POST /v1/campaigns."""
+
+    name = ma.fields.String(required=True, validate=printable(200))
+    category = ma.fields.String(
+        required=True, validate=ma.validate.OneOf([c.value for c in CampaignCategory])
+    )
+    title = ma.fields.String(required=True, validate=printable(200))
+    body = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=2000))
+    data = ma.fields.Dict(
+        keys=ma.fields.String(validate=printable(64)),
+        values=ma.fields.String(validate=ma.validate.Length(max=1024)),
+        validate=_validate_data,
+    )
+    audience = ma.fields.Nested(AudienceSchema)
+    ttl_seconds = ma.fields.Integer(
+        allow_none=True, validate=ma.validate.Range(min=0, max=28 * 24 * 3600)
+    )
+    collapse_key = ma.fields.String(allow_none=True, validate=printable(64))
+    priority = ma.fields.String(validate=ma.validate.OneOf(["normal", "high"]))
+
+
+class CountsSchema(ma.Schema):
+    """Where the targeted devices stand."""
+
+    targeted = ma.fields.Integer(required=True)
+    sent = ma.fields.Integer(required=True)
+    failed = ma.fields.Integer(required=True)
+    suppressed = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Integer())
+    pending = ma.fields.Integer(required=True)
+    invalid_tokens_pruned = ma.fields.Integer(required=True)
+
+
+class CampaignSchema(ma.Schema):
+    """A campaign and its counts."""
+
+    id = ma.fields.String(required=True)
+    name = ma.fields.String(required=True)
+    category = ma.fields.String(required=True)
+    title = ma.fields.String(required=True)
+    body = ma.fields.String(required=True)
+    data = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.String())
+    audience = ma.fields.Nested(AudienceSchema)
+    ttl_seconds = ma.fields.Integer(allow_none=True)
+    collapse_key = ma.fields.String(allow_none=True)
+    priority = ma.fields.String(required=True)
+    status = ma.fields.String(required=True)
+    created_at = ma.fields.DateTime(required=True)
+    queued_at = ma.fields.DateTime(allow_none=True)
+    started_at = ma.fields.DateTime(allow_none=True)
+    finished_at = ma.fields.DateTime(allow_none=True)
+    counts = ma.fields.Nested(CountsSchema, required=True)
+
+
+class ExcludedSchema(ma.Schema):
+    """Devices matching the filters that would not get it, by reason."""
+
+    disabled = ma.fields.Integer(required=True)
+    account_terminated = ma.fields.Integer(required=True)
+    no_push_token = ma.fields.Integer(required=True)
+    invalid_push_token = ma.fields.Integer(required=True)
+    push_permission_denied = ma.fields.Integer(required=True)
+    promotional_opt_out = ma.fields.Integer(
+        required=True, metadata={"description": "Always 0 for service campaigns"}
+    )
+
+
+class PreviewSchema(ma.Schema):
+    """What sending now would reach."""
+
+    eligible = ma.fields.Integer(required=True)
+    excluded = ma.fields.Nested(ExcludedSchema, required=True)
+
+
+class DeliveryArgsSchema(PageArgsSchema):
+    """Query of the deliveries list."""
+
+    status = ma.fields.String(
+        validate=ma.validate.OneOf(
+            [DeliveryStatus.SENT, DeliveryStatus.FAILED, DeliveryStatus.SUPPRESSED, "pending"]
+        ),
+        metadata={"description": "pending also lists deliveries being handed over now"},
+    )
+
+
+class DeliverySchema(ma.Schema):
+    """One device's fate in a campaign."""
+
+    device_id = ma.fields.String(
+        allow_none=True, metadata={"description": "null once the device has been erased"}
+    )
+    status = ma.fields.String(required=True)
+    reason = ma.fields.String(allow_none=True)
+    attempts = ma.fields.Integer(required=True)
+    updated_at = ma.fields.DateTime(required=True)
+
+
+class DeliveryPageSchema(ma.Schema):
+    """A page of deliveries."""
+
+    items = ma.fields.List(ma.fields.Nested(DeliverySchema), required=True)
+    next_cursor = ma.fields.String(allow_none=True, required=True)
+
+
+class ExplainSchema(ma.Schema):
+    """Why a device did or did not get a campaign."""
+
+    device_id = ma.fields.String(required=True)
+    campaign_id = ma.fields.String(required=True)
+    campaign_status = ma.fields.String(required=True)
+    targeted = ma.fields.Boolean(required=True)
+    status = ma.fields.String(allow_none=True)
+    delivery = ma.fields.Nested(DeliverySchema, allow_none=True)
+    matches_audience_now = ma.fields.Boolean(required=True)
+    unmatched_filters = ma.fields.List(ma.fields.String(), required=True)
+    deliverable_now = ma.fields.Boolean(required=True)
+    exclusion_now = ma.fields.String(allow_none=True)
+    explanation = ma.fields.String(required=True)
+
+
+def _is_admin() -> bool:
+    key = current_principal().key
+    return key is not None and key.role == Role.ADMIN
+
+
+def _with_counts(campaign: Any) -> Any:
+    campaign.counts = campaign_service.counts(db.session, campaign)
+    return campaign
+
+
+@blp.route("")
+class Campaigns(MethodView):
+    """Create campaigns."""
+
+    @auth_required(blp, Role.MARKETING)
+    @blp.arguments(CampaignCreateSchema)
+    @blp.response(201, CampaignSchema)
+    @blp.alt_response(403, schema=ErrorSchema, description="service_campaign_requires_admin")
+    def post(self, data: dict[str, Any]) -> Any:
+        """Create a campaign in status draft."""
+        campaign = campaign_service.create(
+            db.session,
+            data,
+            actor=current_principal().actor,
+            is_admin=_is_admin(),
+            request_id=g.get("request_id"),
+        )
+        return _with_counts(campaign)
+
+
+@blp.route("/<string:campaign_id>")
+class CampaignItem(MethodView):
+    """One campaign."""
+
+    @auth_required(blp, Role.MARKETING)
+    @blp.response(200, CampaignSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such campaign")
+    def get(self, campaign_id: str) -> Any:
+        """Status and counts."""
+        return _with_counts(campaign_service.get(db.session, campaign_id))
+
+
+@blp.route("/<string:campaign_id>/preview")
+class CampaignPreview(MethodView):
+    """Preview the audience."""
+
+    @auth_required(blp, Role.MARKETING)
+    @blp.response(200, PreviewSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such campaign")
+    def post(self, campaign_id: str) -> Any:
+        """Count eligible devices and exclusions by reason, as of now; nothing is sent."""
+        return campaign_service.preview(db.session, campaign_service.get(db.session, campaign_id))
+
+
+@blp.route("/<string:campaign_id>/send")
+class CampaignSend(MethodView):
+    """Send a campaign."""
+
+    @auth_required(blp, Role.MARKETING)
+    @blp.response(202, CampaignSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such campaign")
+    @blp.alt_response(409, schema=ErrorSchema, description="campaign_already_sent")
+    def post(self, campaign_id: str) -> Any:
+        """Queue the campaign for the dispatcher (once)."""
+        campaign = campaign_service.send(
+            db.session,
+            campaign_id,
+            actor=current_principal().actor,
+            is_admin=_is_admin(),
+            request_id=g.get("request_id"),
+        )
+        # After the commit that queued it, never before.
+        dispatch_service.notify_queued(current_app, campaign.id)
+        return _with_counts(campaign)
+
+
+@blp.route("/<string:campaign_id>/cancel")
+class CampaignCancel(MethodView):
+    """Cancel a campaign."""
+
+    @auth_required(blp, Role.MARKETING)
+    @blp.response(200, CampaignSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such campaign")
+    @blp.alt_response(409, schema=ErrorSchema, description="campaign_finished")
+    def post(self, campaign_id: str) -> Any:
+        """Stop everything not yet handed to FCM."""
+        campaign = campaign_service.cancel(
+            db.session,
+            campaign_id,
+            actor=current_principal().actor,
+            is_admin=_is_admin(),
+            request_id=g.get("request_id"),
+        )
+        return _with_counts(campaign)
+
+
+@blp.route("/<string:campaign_id>/deliveries")
+class CampaignDeliveries(MethodView):
+    """Per-device deliveries."""
+
+    @auth_required(blp, Role.MARKETING)
+    @blp.arguments(DeliveryArgsSchema, location="query")
+    @blp.response(200, DeliveryPageSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such campaign")
+    def get(self, args: dict[str, Any], campaign_id: str) -> Any:
+        """Per-device rows with their reason, in targeting order."""
+        campaign_service.get(db.session, campaign_id)
+        items, next_cursor = paginate(
+            db.session,
+            campaign_service.deliveries_query(campaign_id, args.get("status")),
+            Delivery.id,
+            args["limit"],
+            args["cursor"],
+        )
+        return {"items": items, "next_cursor": next_cursor}
+
+
+@blp.route("/<string:campaign_id>/explain/<string:device_id>")
+class CampaignExplain(MethodView):
+    """Explain one device."""
+
+    @auth_required(blp, Role.MARKETING)
+    @blp.response(200, ExplainSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such campaign or device")
+    def get(self, campaign_id: str, device_id: str) -> Any:
+        """Why this device did or did not get the campaign."""
+        campaign = campaign_service.get(db.session, campaign_id)
+        return campaign_service.explain(db.session, campaign, device_id)

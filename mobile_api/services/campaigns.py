@@ -1,0 +1,262 @@
+"""Campaigns: create, preview, send, cancel, counts, deliveries and explain."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import sqlalchemy as sa
+
+from mobile_api.errors import (
+    CampaignAlreadySent,
+    CampaignFinished,
+    NotFound,
+    ServiceCampaignRequiresAdmin,
+)
+from mobile_api.services import Db, audit
+from mobile_api.services import audience as aud
+from models import (
+    Campaign,
+    CampaignCategory,
+    CampaignStatus,
+    Delivery,
+    DeliveryStatus,
+    Device,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+# FCM refusals that mean the token is dead: the device's token is marked invalid.
+PRUNED_REASONS = ("unregistered", "sender_id_mismatch")
+
+
+def _audit(
+    session: Db,
+    actor: str,
+    action: str,
+    target: str,
+    details: Mapping[str, Any] | None = None,
+    request_id: str | None = None,
+) -> None:
+    """Record a staff action in the caller's transaction (committed with it)."""
+    audit.record(
+        session,
+        actor=actor,
+        action=action,
+        target=target,
+        details=dict(details or {}),
+        request_id=request_id,
+    )
+
+
+def _require_role(campaign_category: str, is_admin: bool) -> None:
+    if campaign_category == CampaignCategory.SERVICE and not is_admin:
+        raise ServiceCampaignRequiresAdmin()
+
+
+def create(
+    session: Db,
+    data: Mapping[str, Any],
+    *,
+    actor: str,
+    is_admin: bool,
+    request_id: str | None = None,
+) -> Campaign:
+    """Create a draft campaign; service campaigns need an admin."""
+    _require_role(data["category"], is_admin)
+    campaign = Campaign(
+        name=data["name"],
+        category=data["category"],
+        title=data["title"],
+        body=data["body"],
+        data=dict(data.get("data") or {}),
+        audience=dict(data.get("audience") or {}),
+        ttl_seconds=data.get("ttl_seconds"),
+        collapse_key=data.get("collapse_key"),
+        priority=data.get("priority") or "normal",
+        status=CampaignStatus.DRAFT,
+        created_by=actor,
+    )
+    session.add(campaign)
+    session.flush()
+    _audit(
+        session, actor, "campaign.create", campaign.id, {"category": campaign.category}, request_id
+    )
+    session.commit()
+    return campaign
+
+
+def get(session: Db, campaign_id: str) -> Campaign:
+    """The campaign, or 404."""
+    campaign = session.get(Campaign, campaign_id)
+    if campaign is None:
+        raise NotFound()
+    return campaign
+
+
+def preview(session: Db, campaign: Campaign) -> dict[str, Any]:
+    """Eligible devices and exclusions by reason, as of now; one aggregate query."""
+    reason = aud.exclusion_reason(campaign.category).label("reason")
+    stmt = aud.with_terminations(sa.select(reason, sa.func.count().label("n")).select_from(Device))
+    stmt = stmt.where(aud.matches(campaign.audience, utcnow())).group_by(reason)
+    counts = {row.reason: row.n for row in session.execute(stmt)}
+    session.rollback()  # release the read snapshot (and SQLite's read lock)
+    excluded = {
+        name: counts.get(name, 0)
+        for name in aud.EXCLUSION_REASONS
+        if name != "promotional_opt_out" or campaign.category == CampaignCategory.PROMOTIONAL
+    }
+    excluded.setdefault("promotional_opt_out", 0)
+    return {"eligible": counts.get(None, 0), "excluded": excluded}
+
+
+def send(
+    session: Db, campaign_id: str, *, actor: str, is_admin: bool, request_id: str | None = None
+) -> Campaign:
+    """Queue a draft for the dispatcher; a second send is refused (409)."""
+    campaign = get(session, campaign_id)
+    _require_role(campaign.category, is_admin)
+    now = utcnow()
+    # Compare-and-set on the status: of two concurrent sends exactly one wins.
+    result = session.execute(
+        sa.update(Campaign)
+        .where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.DRAFT)
+        .values(status=CampaignStatus.QUEUED, queued_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        raise CampaignAlreadySent()
+    _audit(
+        session, actor, "campaign.send", campaign_id, {"category": campaign.category}, request_id
+    )
+    session.commit()
+    session.refresh(campaign)
+    return campaign
+
+
+def cancel(
+    session: Db, campaign_id: str, *, actor: str, is_admin: bool, request_id: str | None = None
+) -> Campaign:
+    """Stop a campaign: every delivery not yet handed to FCM is suppressed as cancelled."""
+    campaign = get(session, campaign_id)
+    _require_role(campaign.category, is_admin)
+    if campaign.status == CampaignStatus.CANCELLED:
+        return campaign  # cancelling twice is harmless
+    now = utcnow()
+    result = session.execute(
+        sa.update(Campaign)
+        .where(
+            Campaign.id == campaign_id,
+            Campaign.status.in_(
+                [CampaignStatus.DRAFT, CampaignStatus.QUEUED, CampaignStatus.SENDING]
+            ),
+        )
+        .values(status=CampaignStatus.CANCELLED, finished_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        raise CampaignFinished()
+    # Rows a dispatcher has already claimed (`sending`) are being handed over
+    # right now; their worker records their fate.
+    session.execute(
+        sa.update(Delivery)
+        .where(Delivery.campaign_id == campaign_id, Delivery.status == DeliveryStatus.PENDING)
+        .values(status=DeliveryStatus.SUPPRESSED, reason="cancelled", updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    _audit(session, actor, "campaign.cancel", campaign_id, None, request_id)
+    session.commit()
+    session.refresh(campaign)
+    return campaign
+
+
+def counts(session: Db, campaign: Campaign) -> dict[str, Any]:
+    """targeted, sent, failed, suppressed by reason, pending, invalid_tokens_pruned."""
+    stmt = (
+        sa.select(Delivery.status, Delivery.reason, sa.func.count().label("n"))
+        .where(Delivery.campaign_id == campaign.id)
+        .group_by(Delivery.status, Delivery.reason)
+    )
+    totals = {"sent": 0, "failed": 0, "pending": 0, "invalid_tokens_pruned": 0}
+    suppressed: dict[str, int] = {}
+    for status, reason, n in session.execute(stmt):
+        if status == DeliveryStatus.SUPPRESSED:
+            suppressed[reason] = suppressed.get(reason, 0) + n
+        elif status in (DeliveryStatus.PENDING, DeliveryStatus.SENDING):
+            totals["pending"] += n
+        else:
+            totals[status] += n
+            if status == DeliveryStatus.FAILED and reason in PRUNED_REASONS:
+                totals["invalid_tokens_pruned"] += n
+    return {"targeted": campaign.targeted, **totals, "suppressed": suppressed}
+
+
+def deliveries_query(campaign_id: str, status: str | None) -> sa.Select[tuple[Delivery]]:
+    """Per-device rows of a campaign (keyset-paginated on id), optionally by status."""
+    stmt = sa.select(Delivery).where(Delivery.campaign_id == campaign_id)
+    if status == DeliveryStatus.PENDING:
+        stmt = stmt.where(Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.SENDING]))
+    elif status is not None:
+        stmt = stmt.where(Delivery.status == status)
+    return stmt
+
+
+_EXPLANATIONS = {
+    "sent": "Handed to FCM, which accepted it.",
+    "failed": "FCM refused it ({reason}).",
+    "suppressed": "Not sent: {reason}.",
+    "pending": "Not decided yet: waiting for the dispatcher.",
+    "sending": "Being handed to FCM right now.",
+}
+
+
+def explain(session: Db, campaign: Campaign, device_id: str) -> dict[str, Any]:
+    """Why this device did or did not get the campaign."""
+    delivery = session.scalars(
+        sa.select(Delivery).where(
+            Delivery.campaign_id == campaign.id, Delivery.device_id == device_id
+        )
+    ).first()
+    as_of = campaign.started_at or utcnow()
+    conditions = aud.filters(campaign.audience, as_of)
+    columns = [condition.label(name) for name, condition in conditions.items()]
+    stmt = aud.with_terminations(
+        sa.select(aud.exclusion_reason(campaign.category).label("reason"), *columns)
+        .select_from(Device)
+        .where(Device.id == device_id)
+    )
+    row = session.execute(stmt).first()
+    if row is None and delivery is None:
+        raise NotFound()
+    unmatched = [name for name in conditions if row is not None and not getattr(row, name)]
+    now_reason = row.reason if row is not None else aud.ERASED
+    if delivery is not None:
+        status = delivery.status
+        explanation = _EXPLANATIONS[status].format(reason=delivery.reason)
+    elif campaign.status == CampaignStatus.DRAFT:
+        status = None
+        explanation = "The campaign has not been sent yet."
+    else:
+        status = None
+        explanation = (
+            "Not targeted: it did not match the audience filters "
+            + (", ".join(unmatched) if unmatched else "when the audience was selected")
+            + "."
+        )
+    return {
+        "device_id": device_id,
+        "campaign_id": campaign.id,
+        "campaign_status": campaign.status,
+        "targeted": delivery is not None,
+        "delivery": delivery,
+        "matches_audience_now": row is not None and not unmatched,
+        "unmatched_filters": unmatched,
+        "deliverable_now": now_reason is None,
+        "exclusion_now": now_reason,
+        "status": status,
+        "explanation": explanation,
+    }

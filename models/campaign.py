@@ -1,0 +1,120 @@
+"""Push campaigns and their per-device deliveries (one row per campaign and device)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, new_id, utcnow
+
+
+class CampaignCategory(StrEnum):
+    """Promotional pushes need the device's opt-in; service announcements do not."""
+
+    PROMOTIONAL = "promotional"
+    SERVICE = "service"
+
+
+class CampaignStatus(StrEnum):
+    """Where a campaign is in its life."""
+
+    DRAFT = "draft"
+    QUEUED = "queued"
+    SENDING = "sending"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+ACTIVE_STATUSES = (CampaignStatus.QUEUED, CampaignStatus.SENDING)
+
+
+class DeliveryStatus(StrEnum):
+    """The fate of one device in one campaign."""
+
+    PENDING = "pending"  # not decided yet (maybe waiting for a retry)
+    SENDING = "sending"  # claimed by a dispatcher and being handed to FCM
+    SENT = "sent"
+    FAILED = "failed"
+    SUPPRESSED = "suppressed"
+
+
+class Campaign(Base):
+    """A push to an audience of devices, sent once."""
+
+    __tablename__ = "campaigns"
+    __table_args__ = (Index("ix_campaigns_status", "status"),)
+
+    id: Mapped[str] = mapped_column(String(26), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200))
+    category: Mapped[str] = mapped_column(String(16))
+    title: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    audience: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    ttl_seconds: Mapped[int | None]
+    collapse_key: Mapped[str | None] = mapped_column(String(64))
+    priority: Mapped[str] = mapped_column(String(8), default="normal")
+    status: Mapped[str] = mapped_column(String(16), default=CampaignStatus.DRAFT)
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    queued_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    # Enumeration of the audience into deliveries: keyset cursor over device ids,
+    # advanced in the same transaction as the rows it inserts (resumable).
+    enumerated_through: Mapped[str | None] = mapped_column(String(26))
+    enumeration_done: Mapped[bool] = mapped_column(default=False)
+    targeted: Mapped[int] = mapped_column(default=0)
+    progress_at: Mapped[datetime | None]
+
+    @property
+    def active(self) -> bool:
+        """Whether a dispatcher still has work on it."""
+        return self.status in ACTIVE_STATUSES
+
+
+class Delivery(Base):
+    """One device in one campaign: the exactly-once ledger of the dispatch."""
+
+    __tablename__ = "campaign_deliveries"
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "device_id"),
+        Index("ix_campaign_deliveries_campaign_id_status_id", "campaign_id", "status", "id"),
+        # Erasing a device sets device_id to NULL here: the index keeps that cheap.
+        Index("ix_campaign_deliveries_device_id", "device_id"),
+        # Only chunks being handed over have claimed_at set: finding dead claims is cheap.
+        Index("ix_campaign_deliveries_claimed_at", "claimed_at"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    )
+    campaign_id: Mapped[str] = mapped_column(
+        String(26), ForeignKey("campaigns.id", ondelete="CASCADE")
+    )
+    # NULL once the device is erased: the row (no personal data) keeps the counts whole.
+    device_id: Mapped[str | None] = mapped_column(
+        String(26), ForeignKey("devices.id", ondelete="SET NULL")
+    )
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING)
+    reason: Mapped[str | None] = mapped_column(String(32))
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    claimed_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

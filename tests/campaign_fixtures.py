@@ -1,0 +1,211 @@
+"""Fixtures for campaign and dispatch tests: a loopback FCM server and an app sending to it."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from flask.testing import FlaskClient
+
+from mobile_api.extensions import db
+from mobile_api.worker import Worker
+from models import AccountTermination, Delivery, Device, utcnow
+from tests.conftest import bearer
+from tests.fakes.fcm_server import FakeFcmServer, write_service_account
+
+PROJECT = "fake-project"
+
+
+@pytest.fixture
+def fcm() -> Iterator[FakeFcmServer]:
+    """A loopback FCM server; retryable errors ask to retry after 0 s."""
+    with FakeFcmServer() as server:
+        server.quota_retry_after = "0"
+        yield server
+
+
+@pytest.fixture
+def fcm_settings(fcm: FakeFcmServer, tmp_path: Path) -> dict[str, Any]:
+    """Config pointing the real FCM transport at the loopback server, with quick retries."""
+    credentials = write_service_account(tmp_path / "service-account.json", fcm, PROJECT)
+    return {
+        "FCM_CREDENTIALS": str(credentials),
+        "FCM_ENDPOINT": fcm.url,
+        "FCM_PROJECT_ID": PROJECT,
+        "FCM_TIMEOUT": 5.0,
+        "PUSH_RETRY_BASE_SECONDS": 0.01,
+        "PUSH_RETRY_MAX_SECONDS": 0.05,
+        "PUSH_MAX_ATTEMPTS": 3,
+        "DISPATCH_POLL_SECONDS": 0.02,
+        "RATELIMIT_ENABLED": False,
+    }
+
+
+@pytest.fixture
+def app(app_factory: Callable[..., Flask], fcm_settings: dict[str, Any]) -> Iterator[Flask]:
+    """The app under test, sending through firebase-admin to the loopback server."""
+    built = app_factory(**fcm_settings)
+    yield built
+    close_transport(built)
+
+
+def close_transport(app: Flask) -> None:
+    """Release the firebase-admin app a test built."""
+    push = app.extensions.pop("push_transport", None)
+    if push is not None:
+        push.close()
+
+
+@pytest.fixture
+def marketing(make_key: Callable[[str], str]) -> dict[str, str]:
+    """Authorization header of a marketing key."""
+    return bearer(make_key("marketing"))
+
+
+@pytest.fixture
+def admin(make_key: Callable[[str], str]) -> dict[str, str]:
+    """Authorization header of an admin key."""
+    return bearer(make_key("admin"))
+
+
+def campaign_body(**overrides: Any) -> dict[str, Any]:
+    """A valid promotional campaign body."""
+    body: dict[str, Any] = {
+        "name": "spring sale",
+        "category": "promotional",
+        "title": "20% off",
+        "body": "Only this week.",
+        "data": {"screen": "offers"},
+    }
+    body.update(overrides)
+    return body
+
+
+@pytest.fixture
+def create_campaign(client: FlaskClient, marketing: dict[str, str]) -> Callable[..., str]:
+    """Create a draft campaign; returns its id."""
+
+    def create(headers: dict[str, str] | None = None, **overrides: Any) -> str:
+        response = client.post(
+            "/v1/campaigns", json=campaign_body(**overrides), headers=headers or marketing
+        )
+        assert response.status_code == 201, response.get_json()
+        campaign_id: str = response.get_json()["id"]
+        return campaign_id
+
+    return create
+
+
+class Made(NamedTuple):
+    """A registered device: its id, its bearer token and its FCM push token."""
+
+    id: str
+    device_token: str
+    push_token: str | None
+
+
+@pytest.fixture
+def device(
+    register: Callable[..., tuple[dict[str, Any], str]], client: FlaskClient
+) -> Callable[..., Made]:
+    """Register a device with a push token (opted in unless told)."""
+
+    def make(promotional: bool = True, prefix: str = "tok-", **overrides: Any) -> tuple[str, str]:
+        overrides.setdefault("push_token", f"{prefix}{uuid.uuid4().hex}")
+        overrides.setdefault("push_permission", "granted")
+        body, device_token = register(**overrides)
+        if promotional:
+            response = client.put(
+                "/v1/devices/me/preferences",
+                json={"promotional_push": True},
+                headers=bearer(device_token),
+            )
+            assert response.status_code == 200
+        return Made(body["id"], device_token, body["push_token"])
+
+    return make
+
+
+def update_device(app: Flask, device_id: str, **values: Any) -> None:
+    """Change a device's row directly (state other issues' endpoints would set)."""
+    with app.app_context():
+        db.session.execute(sa.update(Device).where(Device.id == device_id).values(**values))
+        db.session.commit()
+
+
+def terminate_account(app: Flask, account_id: str) -> None:
+    """Record an account termination."""
+    with app.app_context():
+        db.session.add(AccountTermination(account_id=account_id, terminated_at=utcnow()))
+        db.session.commit()
+
+
+def drain(app: Flask, timeout: float = 30.0) -> None:
+    """Run the embedded dispatcher until no campaign is queued or sending."""
+    worker = Worker(app)
+    timer = threading.Timer(timeout, worker.stop)
+    timer.start()
+    try:
+        worker.run(drain=True)
+    finally:
+        timer.cancel()
+    assert not worker._stop.is_set(), "dispatcher did not finish in time"
+
+
+def deliveries(app: Flask, campaign_id: str) -> dict[str | None, tuple[str, str | None]]:
+    """device id → (status, reason) of every delivery of a campaign."""
+    with app.app_context():
+        rows = db.session.execute(
+            sa.select(Delivery.device_id, Delivery.status, Delivery.reason).where(
+                Delivery.campaign_id == campaign_id
+            )
+        ).all()
+        db.session.commit()
+    return {row.device_id: (row.status, row.reason) for row in rows}
+
+
+def send_and_drain(
+    client: FlaskClient, app: Flask, headers: dict[str, str], campaign_id: str
+) -> dict[str, Any]:
+    """Send a campaign, run the dispatcher to the end, return the campaign's JSON."""
+    response = client.post(f"/v1/campaigns/{campaign_id}/send", headers=headers)
+    assert response.status_code == 202, response.get_json()
+    drain(app)
+    body: dict[str, Any] = client.get(f"/v1/campaigns/{campaign_id}", headers=headers).get_json()
+    return body
+
+
+def assert_balanced(counts: dict[str, Any]) -> None:
+    """targeted = sent + failed + sum(suppressed), nothing pending."""
+    assert counts["pending"] == 0
+    assert counts["targeted"] == counts["sent"] + counts["failed"] + sum(
+        counts["suppressed"].values()
+    )
+
+
+def subprocess_env(database_url: str, settings: dict[str, Any], **extra: str) -> dict[str, str]:
+    """Environment for a dispatcher subprocess on the test database."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "SECRET_KEY": "test-secret-key",
+            "DATABASE_URL": database_url,
+            "FCM_CREDENTIALS": settings["FCM_CREDENTIALS"],
+            "FCM_ENDPOINT": settings["FCM_ENDPOINT"],
+            "FCM_PROJECT_ID": PROJECT,
+            "PUSH_RETRY_BASE_SECONDS": "0.01",
+            "PUSH_RETRY_MAX_SECONDS": "0.05",
+            "DISPATCH_POLL_SECONDS": "0.05",
+            "LOG_LEVEL": "INFO",
+        }
+    )
+    env.pop("CELERY_BROKER_URL", None)
+    env.update(extra)
+    return env

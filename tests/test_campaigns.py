@@ -1,0 +1,316 @@
+"""Campaigns API: create, preview, send, cancel, counts, deliveries, explain."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from models import utcnow
+from tests.campaign_fixtures import (
+    Made,
+    admin,
+    app,
+    assert_balanced,
+    campaign_body,
+    create_campaign,
+    device,
+    fcm,
+    fcm_settings,
+    marketing,
+    send_and_drain,
+    terminate_account,
+    update_device,
+)
+from tests.conftest import bearer
+
+__all__ = ["admin", "app", "create_campaign", "device", "fcm", "fcm_settings", "marketing"]
+
+Headers = dict[str, str]
+
+
+def test_create_returns_a_draft(client: FlaskClient, marketing: Headers) -> None:
+    body = campaign_body(
+        audience={"platforms": ["ios"], "min_os_version": "10.0", "locales": ["id"]},
+        ttl_seconds=3600,
+        collapse_key="sale",
+        priority="high",
+    )
+    response = client.post("/v1/campaigns", json=body, headers=marketing)
+    assert response.status_code == 201
+    campaign = response.get_json()
+    assert campaign["status"] == "draft"
+    assert campaign["audience"] == body["audience"]
+    assert campaign["priority"] == "high"
+    assert campaign["counts"] == {
+        "targeted": 0,
+        "sent": 0,
+        "failed": 0,
+        "suppressed": {},
+        "pending": 0,
+        "invalid_tokens_pruned": 0,
+    }
+    fetched = client.get(f"/v1/campaigns/{campaign['id']}", headers=marketing)
+    assert fetched.get_json() == campaign
+
+
+def test_service_campaigns_need_admin(
+    client: FlaskClient, marketing: Headers, admin: Headers
+) -> None:
+    refused = client.post(
+        "/v1/campaigns", json=campaign_body(category="service"), headers=marketing
+    )
+    assert refused.status_code == 403
+    assert refused.get_json()["error"] == "service_campaign_requires_admin"
+    created = client.post("/v1/campaigns", json=campaign_body(category="service"), headers=admin)
+    assert created.status_code == 201
+    campaign_id = created.get_json()["id"]
+    send = client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
+    assert send.status_code == 403
+    assert send.get_json()["error"] == "service_campaign_requires_admin"
+
+
+@pytest.mark.parametrize("role", ["app", "support", "privacy"])
+def test_other_roles_are_forbidden(
+    client: FlaskClient, make_key: Callable[[str], str], role: str
+) -> None:
+    response = client.post("/v1/campaigns", json=campaign_body(), headers=bearer(make_key(role)))
+    assert response.status_code == 403
+    assert response.get_json()["error"] == "forbidden"
+    assert client.post("/v1/campaigns", json=campaign_body()).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"surprise": 1}, "surprise"),
+        ({"category": "spam"}, "category"),
+        ({"data": {"google.x": "1"}}, "data"),
+        ({"data": {"k": "v" * 1024, "l": "w" * 1024, "m": "x" * 1024, "n": "y" * 1024}}, "data"),
+        ({"audience": {"platforms": []}}, "audience"),
+        ({"audience": {"platforms": ["windows"]}}, "audience"),
+        ({"audience": {"min_os_version": "ten"}}, "audience"),
+        ({"audience": {"colour": "red"}}, "audience"),
+        ({"priority": "urgent"}, "priority"),
+        ({"ttl_seconds": -1}, "ttl_seconds"),
+        ({"title": "line\nbreak"}, "title"),
+    ],
+)
+def test_invalid_bodies_are_refused(
+    client: FlaskClient, marketing: Headers, overrides: dict[str, Any], field: str
+) -> None:
+    response = client.post("/v1/campaigns", json=campaign_body(**overrides), headers=marketing)
+    assert response.status_code == 422
+    assert field in response.get_json()["errors"]["json"]
+
+
+def test_unknown_campaign_is_404(client: FlaskClient, marketing: Headers) -> None:
+    for method, path in [
+        ("get", "/v1/campaigns/NOPE"),
+        ("post", "/v1/campaigns/NOPE/send"),
+        ("post", "/v1/campaigns/NOPE/cancel"),
+        ("post", "/v1/campaigns/NOPE/preview"),
+        ("get", "/v1/campaigns/NOPE/deliveries"),
+        ("get", "/v1/campaigns/NOPE/explain/X"),
+    ]:
+        response = getattr(client, method)(path, headers=marketing)
+        assert response.status_code == 404, path
+        assert response.get_json()["error"] == "not_found"
+
+
+def test_preview_counts_exclusions_by_reason(
+    app: Flask,
+    client: FlaskClient,
+    marketing: Headers,
+    admin: Headers,
+    create_campaign: Callable[..., str],
+    device: Callable[..., Made],
+) -> None:
+    device()
+    device()
+    device(promotional=False)
+    device(push_permission="denied")
+    disabled = device().id
+    update_device(app, disabled, disabled_at=utcnow())
+    device(push_token=None)
+    invalid = device().id
+    update_device(app, invalid, push_token_invalid_at=utcnow())
+    device(account_id="acct-gone")
+    terminate_account(app, "acct-gone")
+    device(platform="ios")  # filtered out by the audience
+
+    campaign_id = create_campaign(audience={"platforms": ["android"]})
+    response = client.post(f"/v1/campaigns/{campaign_id}/preview", headers=marketing)
+    assert response.status_code == 200
+    assert response.get_json() == {
+        "eligible": 2,
+        "excluded": {
+            "promotional_opt_out": 1,
+            "push_permission_denied": 1,
+            "disabled": 1,
+            "no_push_token": 1,
+            "invalid_push_token": 1,
+            "account_terminated": 1,
+        },
+    }
+    # A service announcement needs no opt-in: the opted-out device is eligible.
+    service_id = create_campaign(
+        headers=admin, category="service", audience={"platforms": ["android"]}
+    )
+    service = client.post(f"/v1/campaigns/{service_id}/preview", headers=marketing).get_json()
+    assert service["eligible"] == 3
+    assert service["excluded"]["promotional_opt_out"] == 0
+    # Nothing was sent and the campaign is still a draft.
+    assert (
+        client.get(f"/v1/campaigns/{campaign_id}", headers=marketing).get_json()["status"]
+        == "draft"
+    )
+
+
+def test_min_os_version_compares_as_versions(
+    client: FlaskClient,
+    marketing: Headers,
+    create_campaign: Callable[..., str],
+    device: Callable[..., Made],
+) -> None:
+    for version in ("9.3", "9", "10", "10.0", "10.0.1", "17.4.1", "100", "9.10-beta", "beta"):
+        device(os_version=version)
+    campaign_id = create_campaign(audience={"min_os_version": "10.0"})
+    preview = client.post(f"/v1/campaigns/{campaign_id}/preview", headers=marketing).get_json()
+    assert preview["eligible"] == 5  # 10, 10.0, 10.0.1, 17.4.1, 100
+    campaign_id = create_campaign(audience={"min_os_version": "9.4"})
+    preview = client.post(f"/v1/campaigns/{campaign_id}/preview", headers=marketing).get_json()
+    assert preview["eligible"] == 6  # and 9.10-beta
+
+
+def test_audience_filters_combine(
+    app: Flask,
+    client: FlaskClient,
+    marketing: Headers,
+    create_campaign: Callable[..., str],
+    device: Callable[..., Made],
+) -> None:
+    match = device(app_version="5.2", locale="id-ID", account_id="a1").id
+    device(app_version="5.1", locale="id-ID", account_id="a1")
+    device(app_version="5.2", locale="en-US", account_id="a1")
+    device(app_version="5.2", locale="id-ID", account_id="a2")
+    stale = device(app_version="5.2", locale="id", account_id="a1").id
+    update_device(app, stale, last_seen_at=utcnow() - timedelta(days=40))
+    audience = {
+        "app_versions": ["5.2"],
+        "locales": ["id"],
+        "account_ids": ["a1"],
+        "last_seen_within_days": 30,
+    }
+    campaign_id = create_campaign(audience=audience)
+    preview = client.post(f"/v1/campaigns/{campaign_id}/preview", headers=marketing).get_json()
+    assert preview["eligible"] == 1
+    test_send = create_campaign(audience={"device_ids": [match]})
+    preview = client.post(f"/v1/campaigns/{test_send}/preview", headers=marketing).get_json()
+    assert preview["eligible"] == 1
+
+
+def test_send_twice_is_refused(
+    app: Flask,
+    client: FlaskClient,
+    marketing: Headers,
+    create_campaign: Callable[..., str],
+    device: Callable[..., Made],
+) -> None:
+    device()
+    campaign_id = create_campaign()
+    first = client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
+    assert first.status_code == 202
+    assert first.get_json()["status"] == "queued"
+    again = client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
+    assert again.status_code == 409
+    assert again.get_json()["error"] == "campaign_already_sent"
+
+
+def test_cancel_before_dispatch_sends_nothing(
+    app: Flask,
+    client: FlaskClient,
+    marketing: Headers,
+    create_campaign: Callable[..., str],
+    device: Callable[..., Made],
+    fcm: Any,
+) -> None:
+    device()
+    campaign_id = create_campaign()
+    client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
+    cancelled = client.post(f"/v1/campaigns/{campaign_id}/cancel", headers=marketing)
+    assert cancelled.status_code == 200
+    assert cancelled.get_json()["status"] == "cancelled"
+    again = client.post(f"/v1/campaigns/{campaign_id}/cancel", headers=marketing)
+    assert again.status_code == 200
+    from tests.campaign_fixtures import drain
+
+    drain(app)
+    assert fcm.received == []
+    assert client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing).status_code == 409
+
+
+def test_deliveries_and_explain(
+    app: Flask,
+    client: FlaskClient,
+    marketing: Headers,
+    create_campaign: Callable[..., str],
+    device: Callable[..., Made],
+) -> None:
+    sent_ids = [device().id for _ in range(3)]
+    opted_out = device(promotional=False).id
+    ios = device(platform="ios").id
+    campaign_id = create_campaign(audience={"platforms": ["android"]})
+    draft = client.get(f"/v1/campaigns/{campaign_id}/explain/{sent_ids[0]}", headers=marketing)
+    assert draft.get_json()["explanation"] == "The campaign has not been sent yet."
+
+    body = send_and_drain(client, app, marketing, campaign_id)
+    assert body["status"] == "completed"
+    assert body["counts"]["sent"] == 3
+    assert body["counts"]["suppressed"] == {"promotional_opt_out": 1}
+    assert_balanced(body["counts"])
+
+    page = client.get(
+        f"/v1/campaigns/{campaign_id}/deliveries?status=sent&limit=2", headers=marketing
+    ).get_json()
+    assert len(page["items"]) == 2
+    rest = client.get(
+        f"/v1/campaigns/{campaign_id}/deliveries?status=sent&cursor={page['next_cursor']}",
+        headers=marketing,
+    ).get_json()
+    assert rest["next_cursor"] is None
+    assert sorted(i["device_id"] for i in page["items"] + rest["items"]) == sorted(sent_ids)
+    suppressed = client.get(
+        f"/v1/campaigns/{campaign_id}/deliveries?status=suppressed", headers=marketing
+    ).get_json()["items"]
+    assert [(i["device_id"], i["reason"]) for i in suppressed] == [
+        (opted_out, "promotional_opt_out")
+    ]
+    bad = client.get(f"/v1/campaigns/{campaign_id}/deliveries?status=lost", headers=marketing)
+    assert bad.status_code == 422
+
+    explained = client.get(
+        f"/v1/campaigns/{campaign_id}/explain/{opted_out}", headers=marketing
+    ).get_json()
+    assert explained["status"] == "suppressed"
+    assert explained["delivery"]["reason"] == "promotional_opt_out"
+    assert explained["exclusion_now"] == "promotional_opt_out"
+    assert explained["explanation"] == "Not sent: promotional_opt_out."
+    sent = client.get(
+        f"/v1/campaigns/{campaign_id}/explain/{sent_ids[1]}", headers=marketing
+    ).get_json()
+    assert (sent["status"], sent["deliverable_now"]) == ("sent", True)
+    other = client.get(f"/v1/campaigns/{campaign_id}/explain/{ios}", headers=marketing).get_json()
+    assert other["targeted"] is False
+    assert other["unmatched_filters"] == ["platforms"]
+    assert "platforms" in other["explanation"]
+    missing = client.get(f"/v1/campaigns/{campaign_id}/explain/NOPE", headers=marketing)
+    assert missing.status_code == 404
+    # A completed campaign cannot be cancelled.
+    late = client.post(f"/v1/campaigns/{campaign_id}/cancel", headers=marketing)
+    assert late.status_code == 409
+    assert late.get_json()["error"] == "campaign_finished"

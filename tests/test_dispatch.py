@@ -1,0 +1,487 @@
+"""Dispatch via firebase-admin to a loopback FCM server: consent at hand-off, retries, crashes."""
+
+from __future__ import annotations
+
+import collections
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from flask.testing import FlaskClient
+
+from mobile_api import periodic, tasks
+from mobile_api.extensions import db
+from mobile_api.push import LogTransport
+from mobile_api.services import dispatch
+from mobile_api.worker import Worker
+from models import Campaign, utcnow
+from tests.campaign_fixtures import (
+    Made,
+    admin,
+    app,
+    assert_balanced,
+    close_transport,
+    create_campaign,
+    deliveries,
+    device,
+    drain,
+    fcm,
+    fcm_settings,
+    marketing,
+    send_and_drain,
+    subprocess_env,
+    terminate_account,
+    update_device,
+)
+from tests.conftest import bearer
+from tests.fakes.fcm_server import FakeFcmServer
+
+__all__ = ["admin", "app", "create_campaign", "device", "fcm", "fcm_settings", "marketing"]
+
+Headers = dict[str, str]
+Make = Callable[..., Made]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _tokens(fcm: FakeFcmServer) -> collections.Counter[str]:
+    return collections.Counter(m.token for m in fcm.received)
+
+
+def test_only_deliverable_devices_reach_fcm(
+    app: Flask,
+    client: FlaskClient,
+    marketing: Headers,
+    create_campaign: Callable[..., str],
+    device: Make,
+    fcm: FakeFcmServer,
+) -> None:
+    ok, _, ok_token = device()
+    out = device(promotional=False).id
+    denied = device(push_permission="denied").id
+    disabled = device().id
+    update_device(app, disabled, disabled_at=utcnow())
+    tokenless = device(push_token=None).id
+    invalid = device().id
+    update_device(app, invalid, push_token_invalid_at=utcnow())
+    gone = device(account_id="acct-gone").id
+    terminate_account(app, "acct-gone")
+    unreg, unreg_device_token, _ = device(prefix="unreg-")
+    refused = device(prefix="invalid-").id
+
+    campaign_id = create_campaign(ttl_seconds=600, collapse_key="sale", priority="high")
+    body = send_and_drain(client, app, marketing, campaign_id)
+
+    reached = {m.token for m in fcm.received}
+    assert len(reached) == 3
+    assert all(t == ok_token or t.startswith(("unreg-", "invalid-")) for t in reached)
+    assert ok_token is not None
+    message = fcm.messages_for(ok_token)[0].body["message"]
+    assert message["notification"] == {"title": "20% off", "body": "Only this week."}
+    assert message["data"] == {"screen": "offers"}
+    assert message["android"]["priority"] == "high"
+    assert message["android"]["collapse_key"] == "sale"
+    assert message["android"]["ttl"] == "600s"
+
+    assert body["status"] == "completed"
+    counts = body["counts"]
+    assert counts["targeted"] == 9
+    assert (counts["sent"], counts["failed"], counts["invalid_tokens_pruned"]) == (1, 2, 1)
+    assert counts["suppressed"] == {
+        "promotional_opt_out": 1,
+        "push_permission_denied": 1,
+        "disabled": 1,
+        "no_push_token": 1,
+        "invalid_push_token": 1,
+        "account_terminated": 1,
+    }
+    assert_balanced(counts)
+    rows = deliveries(app, campaign_id)
+    assert rows[ok] == ("sent", None)
+    assert rows[unreg] == ("failed", "unregistered")
+    assert rows[refused] == ("failed", "invalid_argument")
+    assert rows[out] == ("suppressed", "promotional_opt_out")
+    assert rows[denied] == ("suppressed", "push_permission_denied")
+    assert rows[tokenless] == ("suppressed", "no_push_token")
+    assert rows[gone] == ("suppressed", "account_terminated")
+    assert fcm.attempts[next(t for t in reached if t.startswith("invalid-"))] == 1  # not retried
+
+    # The unregistered token is pruned at once: the app sees it, the next campaign skips it.
+    me = client.get("/v1/devices/me", headers=bearer(unreg_device_token)).get_json()
+    assert me["push_token_valid"] is False
+    fcm.reset()
+    second = send_and_drain(client, app, marketing, create_campaign())
+    assert second["counts"]["suppressed"]["invalid_push_token"] == 2
+    assert not any(t.startswith("unreg-") for t in _tokens(fcm))
+    # A check-in with a new token makes the device reachable again.
+    client.patch(
+        "/v1/devices/me", json={"push_token": "fresh-token-1"}, headers=bearer(unreg_device_token)
+    )
+    third = send_and_drain(client, app, marketing, create_campaign())
+    assert "fresh-token-1" in _tokens(fcm)
+    assert third["counts"]["sent"] == 2  # and the invalid- token is refused again
+
+
+def test_service_campaign_ignores_promotional_opt_out(
+    app: Flask,
+    client: FlaskClient,
+    admin: Headers,
+    create_campaign: Callable[..., str],
+    device: Make,
+    fcm: FakeFcmServer,
+) -> None:
+    token = device(promotional=False).push_token
+    denied_token = device(promotional=False, push_permission="denied").push_token
+    body = send_and_drain(client, app, admin, create_campaign(headers=admin, category="service"))
+    assert set(_tokens(fcm)) == {token}
+    assert denied_token not in _tokens(fcm)
+    assert body["counts"]["suppressed"] == {"push_permission_denied": 1}
+
+
+def test_retryable_errors_back_off_then_succeed_or_fail(
+    app: Flask,
+    client: FlaskClient,
+    marketing: Headers,
+    create_campaign: Callable[..., str],
+    device: Make,
+    fcm: FakeFcmServer,
+) -> None:
+    flaky, _, flaky_token = device()
+    fcm.fail_times(str(flaky_token), 2, "unavailable")
+    quota = device(prefix="quota-").id
+    internal = device(prefix="internal-").id
+    campaign_id = create_campaign()
+    body = send_and_drain(client, app, marketing, campaign_id)
+
+    assert flaky_token is not None
+    assert fcm.attempts[flaky_token] == 3
+    rows = deliveries(app, campaign_id)
+    assert rows[flaky] == ("sent", None)
+    assert rows[quota] == ("failed", "quota_exceeded")  # PUSH_MAX_ATTEMPTS = 3
+    assert rows[internal] == ("failed", "internal")
+    quota_token = next(t for t in fcm.attempts if t.startswith("quota-"))
+    assert fcm.attempts[quota_token] == 3
+    assert body["counts"]["sent"] == 1
+    assert body["counts"]["failed"] == 2
+    assert_balanced(body["counts"])
+
+
+def test_backoff_grows_with_jitter_and_honours_retry_after() -> None:
+    settings = dispatch.Settings(retry_base_seconds=2.0, retry_max_seconds=60.0)
+    rng = random.Random(7)
+    delays = [dispatch.backoff_seconds(n, None, settings, rng) for n in range(1, 8)]
+    for attempt, delay in enumerate(delays, start=1):
+        ceiling = min(60.0, 2.0 * 2 ** (attempt - 1))
+        assert ceiling / 2 <= delay <= ceiling
+    assert len(set(delays)) == len(delays)  # jittered
+    assert dispatch.backoff_seconds(1, 30.0, settings, rng) == 30.0
+    assert dispatch.backoff_seconds(1, 600.0, settings, rng) == 600.0  # even above the cap
+
+
+def _step(app: Flask, campaign_id: str, chunks: int) -> None:
+    """Enumerate and hand over `chunks` chunks, as a dispatcher would before dying."""
+    settings = dispatch.Settings.from_config(app.config)
+    with app.app_context():
+        push = dispatch.transport(app)
+        batch = dispatch.enumerate_batch(db.session, campaign_id, settings)
+        assert batch is not None
+        after = 0
+        for _ in range(chunks):
+            result = dispatch.process_chunk(db.session, push, campaign_id, settings, after_id=after)
+            assert result.claimed
+            after = result.last_id or after
+        db.session.remove()
+
+
+def test_state_changes_mid_campaign_suppress_the_rest(
+    app_factory: Callable[..., Flask],
+    fcm_settings: dict[str, Any],
+    client: FlaskClient,
+    marketing: Headers,
+    create_campaign: Callable[..., str],
+    device: Make,
+    fcm: FakeFcmServer,
+) -> None:
+    app = client.application
+    app.config["DISPATCH_CHUNK_SIZE"] = 2
+    made = [device(account_id=f"acct-{i}") for i in range(10)]
+    campaign_id = create_campaign()
+    assert client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing).status_code == 202
+    _step(app, campaign_id, chunks=1)
+    assert len(fcm.received) == 2
+
+    # Committed while the campaign is mid-send:
+    opted_out, opted_out_token, _ = made[3]
+    client.put(
+        "/v1/devices/me/preferences",
+        json={"promotional_push": False},
+        headers=bearer(opted_out_token),
+    )
+    permission_off = made[4]
+    client.patch(
+        "/v1/devices/me", json={"push_permission": "denied"}, headers=bearer(permission_off[1])
+    )
+    update_device(app, made[5][0], disabled_at=utcnow())
+    client.delete("/v1/devices/me", headers=bearer(made[6][1]))  # erased
+    terminate_account(app, "acct-7")
+
+    drain(app)
+    rows = deliveries(app, campaign_id)
+    assert rows[opted_out] == ("suppressed", "promotional_opt_out")
+    assert rows[permission_off[0]] == ("suppressed", "push_permission_denied")
+    assert rows[made[5][0]] == ("suppressed", "disabled")
+    assert rows[None] == ("suppressed", "erased")  # the erased device's row names no one
+    assert rows[made[7][0]] == ("suppressed", "account_terminated")
+    assert len(fcm.received) == 5  # 2 before, then devices 2, 8 and 9
+    body = client.get(f"/v1/campaigns/{campaign_id}", headers=marketing).get_json()
+    assert body["counts"]["targeted"] == 10
+    assert_balanced(body["counts"])
+
+
+def test_cancel_stops_every_chunk_not_yet_handed_over(
+    client: FlaskClient,
+    marketing: Headers,
+    create_campaign: Callable[..., str],
+    device: Make,
+    fcm: FakeFcmServer,
+) -> None:
+    app = client.application
+    app.config["DISPATCH_CHUNK_SIZE"] = 3
+    for _ in range(10):
+        device()
+    campaign_id = create_campaign()
+    client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
+    _step(app, campaign_id, chunks=1)
+    response = client.post(f"/v1/campaigns/{campaign_id}/cancel", headers=marketing)
+    assert response.get_json()["status"] == "cancelled"
+    drain(app)
+    assert len(fcm.received) == 3
+    counts = client.get(f"/v1/campaigns/{campaign_id}", headers=marketing).get_json()["counts"]
+    assert counts["sent"] == 3
+    assert counts["suppressed"] == {"cancelled": 7}
+    assert_balanced(counts)
+
+
+def test_crash_between_chunks_resumes_exactly_once(
+    app_factory: Callable[..., Flask],
+    fcm_settings: dict[str, Any],
+    client: FlaskClient,
+    marketing: Headers,
+    create_campaign: Callable[..., str],
+    device: Make,
+    fcm: FakeFcmServer,
+) -> None:
+    app = client.application
+    app.config.update(DISPATCH_CHUNK_SIZE=4, DISPATCH_ENUMERATE_BATCH=6)
+    tokens = {device().push_token for _ in range(15)}
+    campaign_id = create_campaign()
+    client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
+    _step(app, campaign_id, chunks=1)  # then the process "dies": nothing else survives
+    close_transport(app)
+
+    restarted = app_factory(**fcm_settings, DISPATCH_CHUNK_SIZE=4, DISPATCH_ENUMERATE_BATCH=6)
+    try:
+        drain(restarted)
+    finally:
+        close_transport(restarted)
+    assert _tokens(fcm) == collections.Counter(dict.fromkeys(tokens, 1))
+    counts = client.get(f"/v1/campaigns/{campaign_id}", headers=marketing).get_json()["counts"]
+    assert (counts["targeted"], counts["sent"]) == (15, 15)
+
+
+def test_sigkilled_worker_never_resends_and_skips_no_one(
+    database_url: str,
+    fcm_settings: dict[str, Any],
+    client: FlaskClient,
+    marketing: Headers,
+    create_campaign: Callable[..., str],
+    device: Make,
+    fcm: FakeFcmServer,
+) -> None:
+    """A worker killed mid-hand-off: its chunk is never re-sent, everyone else exactly once."""
+    app = client.application
+    tokens = {device().push_token for _ in range(60)}
+    campaign_id = create_campaign()
+    client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
+    fcm.delay = 0.02
+    env = subprocess_env(database_url, fcm_settings, DISPATCH_CHUNK_SIZE="5")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "dispatch", "worker"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while len(fcm.received) < 17 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert len(fcm.received) >= 17, "the worker never started sending"
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    fcm.delay = 0.0
+    before = _tokens(fcm)
+
+    app.config["DISPATCH_CLAIM_LEASE_SECONDS"] = 0.0  # the dead worker's claim has lapsed
+    drain(app)
+    received = _tokens(fcm)
+    assert max(received.values()) == 1, "a message was handed to FCM twice"
+    rows = deliveries(app, campaign_id)
+    assert len(rows) == 60
+    interrupted = {d for d, (status, reason) in rows.items() if reason == "interrupted"}
+    assert len(interrupted) <= 5  # at most the one chunk in flight
+    assert all(rows[d][0] == "failed" for d in interrupted)
+    sent = {d for d, (status, _) in rows.items() if status == "sent"}
+    assert len(sent) + len(interrupted) == 60
+    assert set(received) <= tokens
+    # Everything not in the interrupted chunk was handed over exactly once, after
+    # the restart too; the interrupted chunk may or may not have reached FCM.
+    assert len(received) >= len(sent) > len(before) - 5
+    counts = client.get(f"/v1/campaigns/{campaign_id}", headers=marketing).get_json()["counts"]
+    assert_balanced(counts)
+
+
+def test_two_dispatchers_at_once_never_double_send(
+    app_factory: Callable[..., Flask],
+    fcm_settings: dict[str, Any],
+    client: FlaskClient,
+    marketing: Headers,
+    create_campaign: Callable[..., str],
+    device: Make,
+    fcm: FakeFcmServer,
+) -> None:
+    tokens = {device().push_token for _ in range(40)}
+    campaign_id = create_campaign()
+    client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
+    settings = {**fcm_settings, "DISPATCH_CHUNK_SIZE": 3, "DISPATCH_ENUMERATE_BATCH": 7}
+    apps = [app_factory(**settings), app_factory(**settings)]
+    fcm.delay = 0.005
+    errors: list[BaseException] = []
+
+    def run(one: Flask) -> None:
+        try:
+            drain(one)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(one,)) for one in apps]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for one in apps:
+        close_transport(one)
+    assert not errors
+    assert _tokens(fcm) == collections.Counter(dict.fromkeys(tokens, 1))
+    body = client.get(f"/v1/campaigns/{campaign_id}", headers=marketing).get_json()
+    assert body["status"] == "completed"
+    assert body["counts"]["sent"] == 40
+
+
+def test_without_credentials_the_log_transport_says_so(
+    app_factory: Callable[..., Flask], caplog: pytest.LogCaptureFixture
+) -> None:
+    plain = app_factory()
+    with caplog.at_level("WARNING"):
+        push = dispatch.transport(plain)
+    assert isinstance(push, LogTransport)
+    assert dispatch.transport(plain) is push
+    assert "FCM is not configured" in caplog.text
+
+
+def test_periodic_jobs_run_in_the_worker_and_in_beat(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(
+        periodic, "JOBS", [periodic.PeriodicJob("probe", 3600, "tests.test_dispatch:_probe")]
+    )
+    monkeypatch.setattr(sys.modules[__name__], "_CALLS", calls)
+    worker = Worker(app)
+    worker.run_pass()
+    worker.run_pass()  # not due again within the hour
+    assert calls == ["ran"]
+    celery = tasks.make_celery(app)
+    assert celery.conf.beat_schedule["probe"]["args"] == ("probe",)
+    assert "dispatch-sweep" in celery.conf.beat_schedule
+
+    monkeypatch.setattr(
+        periodic, "JOBS", [periodic.PeriodicJob("broken", 1, "tests.test_dispatch:_broken")]
+    )
+    assert periodic.Schedule().run_due() == ["broken"]  # logged, not raised
+    with pytest.raises(KeyError):
+        periodic.find("missing")
+
+
+_CALLS: list[str] = []
+
+
+def _probe() -> None:
+    _CALLS.append("ran")
+
+
+def _broken() -> None:
+    raise RuntimeError("boom")
+
+
+def test_celery_tasks_run_the_same_units(
+    app: Flask,
+    client: FlaskClient,
+    marketing: Headers,
+    create_campaign: Callable[..., str],
+    device: Make,
+    fcm: FakeFcmServer,
+) -> None:
+    """The chunk tasks in-process (eager); two workers on Redis: test_dispatch_celery."""
+    app.config.update(DISPATCH_CHUNK_SIZE=2, DISPATCH_ENUMERATE_BATCH=3)
+    celery = app.extensions["celery"]
+    celery.conf.task_always_eager = True
+    tokens = {device().push_token for _ in range(7)}
+    app.config["CELERY_BROKER_URL"] = "memory://"
+    queued = create_campaign()
+    body = send_and_drain(client, app, marketing, queued)  # the tasks ran during send
+    assert body["status"] == "completed"
+    assert _tokens(fcm) == collections.Counter(dict.fromkeys(tokens, 1))
+
+    # A campaign whose task was lost (queued without a broker): the sweep recovers it.
+    app.config["CELERY_BROKER_URL"] = None
+    lost = create_campaign()
+    client.post(f"/v1/campaigns/{lost}/send", headers=marketing)
+    with app.app_context():
+        db.session.execute(
+            sa.update(Campaign)
+            .where(Campaign.id == lost)
+            .values(queued_at=utcnow() - timedelta(minutes=5))
+        )
+        db.session.commit()
+    tasks.sweep.apply()
+    status = client.get(f"/v1/campaigns/{lost}", headers=marketing).get_json()["status"]
+    assert status == "completed"
+    assert _tokens(fcm) == collections.Counter(dict.fromkeys(tokens, 2))
+
+
+def test_drain_command_sends_queued_campaigns(
+    app: Flask,
+    client: FlaskClient,
+    marketing: Headers,
+    create_campaign: Callable[..., str],
+    device: Make,
+    fcm: FakeFcmServer,
+) -> None:
+    token = device().push_token
+    campaign_id = create_campaign()
+    client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
+    result = app.test_cli_runner().invoke(args=["dispatch", "drain", "--timeout", "20"])
+    assert result.exit_code == 0, result.output
+    assert "drained in" in result.output
+    assert set(_tokens(fcm)) == {token}

@@ -1,0 +1,157 @@
+"""Celery mode: two workers on the real Redis split one campaign with no duplicate pushes."""
+
+from __future__ import annotations
+
+import collections
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import sqlalchemy as sa
+from flask import Flask
+from flask.testing import FlaskClient
+
+from mobile_api.extensions import db
+from models import Campaign
+from tests.campaign_fixtures import (
+    Made,
+    close_transport,
+    create_campaign,
+    device,
+    fcm,
+    fcm_settings,
+    marketing,
+    subprocess_env,
+)
+from tests.conftest import REDIS_DEFAULT, make_app, migrate_once, wipe
+from tests.fakes.fcm_server import FakeFcmServer
+
+__all__ = ["create_campaign", "device", "fcm", "fcm_settings", "marketing"]
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_URL = os.environ.get("TEST_REDIS_URL", REDIS_DEFAULT)
+
+
+@pytest.fixture
+def queue() -> Iterator[str]:
+    """A queue (and Redis key prefix) of this test run only; its keys are deleted after."""
+    name = f"mobile_api-test-{uuid.uuid4().hex[:12]}"
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        pytest.skip(f"Redis not reachable at {REDIS_URL}: {exc}")
+    yield name
+    for key in client.scan_iter(match=f"{name}:*"):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture
+def app(postgres_url: str, fcm_settings: dict[str, Any], queue: str) -> Iterator[Flask]:
+    """The web app on the scratch PostgreSQL database, with Celery on Redis."""
+    built = make_app(
+        postgres_url,
+        **fcm_settings,
+        CELERY_BROKER_URL=REDIS_URL,
+        CELERY_QUEUE=queue,
+        DISPATCH_CHUNK_SIZE=5,
+    )
+    migrate_once(built)
+    yield built
+    close_transport(built)
+    wipe(built)
+
+
+def _start_worker(name: str, env: dict[str, str], queue: str, log: Path) -> subprocess.Popen[Any]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "--app",
+            "wsgi.celery",
+            "worker",
+            "-Q",
+            queue,
+            "-c",
+            "1",
+            "-n",
+            f"{name}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "info",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _status(app: Flask, campaign_id: str) -> str:
+    with app.app_context():
+        status = db.session.scalar(sa.select(Campaign.status).where(Campaign.id == campaign_id))
+        db.session.remove()
+    return str(status)
+
+
+def test_two_celery_workers_process_one_campaign_without_duplicates(
+    app: Flask,
+    client: FlaskClient,
+    postgres_url: str,
+    fcm_settings: dict[str, Any],
+    queue: str,
+    marketing: dict[str, str],
+    create_campaign: Callable[..., str],
+    device: Callable[..., Made],
+    fcm: FakeFcmServer,
+    tmp_path: Path,
+) -> None:
+    tokens = {device().push_token for _ in range(60)}
+    device(promotional=False)
+    fcm.delay = 0.01  # long enough for both workers to get chunks
+    env = subprocess_env(
+        postgres_url,
+        fcm_settings,
+        CELERY_BROKER_URL=REDIS_URL,
+        CELERY_QUEUE=queue,
+        DISPATCH_CHUNK_SIZE="5",
+        DISPATCH_ENUMERATE_BATCH="20",
+    )
+    logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
+    workers = [_start_worker(f"w{i}", env, queue, log) for i, log in enumerate(logs, 1)]
+    try:
+        campaign_id = create_campaign()
+        response = client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
+        assert response.status_code == 202
+        deadline = time.monotonic() + 60
+        while _status(app, campaign_id) != "completed" and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            try:
+                worker.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # pragma: no cover - a stuck worker
+                worker.kill()
+    output = [log.read_text() for log in logs]
+    assert _status(app, campaign_id) == "completed", output
+    assert collections.Counter(m.token for m in fcm.received) == collections.Counter(
+        dict.fromkeys(tokens, 1)
+    )
+    chunk_tasks = [text.count("mobile_api.dispatch.chunk[") for text in output]
+    assert all(chunk_tasks), f"both workers should have processed chunks: {chunk_tasks}"
+    counts = client.get(f"/v1/campaigns/{campaign_id}", headers=marketing).get_json()["counts"]
+    assert counts["targeted"] == 61
+    assert counts["sent"] == 60
+    assert counts["suppressed"] == {"promotional_opt_out": 1}
