@@ -40,6 +40,9 @@ class Defaults:
     GEOCODER_SCHEME = "https"
     GEOCODER_USER_AGENT = f"mobile_api/{__version__}"
     LOCATION_PRECISION_DECIMALS = 2
+    # The public Nominatim's usage policy: at most one request a second from the
+    # whole deployment. A self-hosted provider may allow more (0 = no spacing).
+    GEOCODER_MIN_INTERVAL = 1.0
     GEOCODER_TIMEOUT = 5.0  # seconds, a total deadline per lookup (rate-limit wait included)
     PLACES_CACHE_TTL = 24 * 3600  # seconds a coarse cell's answer is reused
     PLACES_REDIS_PREFIX = "mobile_api:geo:"  # Redis keys of the places cache and provider limiter
@@ -110,6 +113,7 @@ _ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "GEOCODER_SCHEME": ("GEOCODER_SCHEME", str),
     "GEOCODER_USER_AGENT": ("GEOCODER_USER_AGENT", str),
     "LOCATION_PRECISION_DECIMALS": ("LOCATION_PRECISION_DECIMALS", int),
+    "GEOCODER_MIN_INTERVAL": ("GEOCODER_MIN_INTERVAL", float),
     "GEOCODER_TIMEOUT": ("GEOCODER_TIMEOUT", float),
     "PLACES_CACHE_TTL": ("PLACES_CACHE_TTL", int),
     "PLACES_REDIS_PREFIX": ("PLACES_REDIS_PREFIX", str),

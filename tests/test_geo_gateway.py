@@ -35,7 +35,6 @@ from mobile_api.geo import (
     RedisCache,
     RedisLimiter,
     make_cache,
-    make_gateway,
     make_limiter,
 )
 from mobile_api.geo.gateway import _distance_m
@@ -735,16 +734,6 @@ def test_factories_pick_redis_only_when_configured(
     assert isinstance(make_limiter(None), InProcessLimiter)
     assert isinstance(make_cache(REDIS_URL), RedisCache)
     assert isinstance(make_limiter(REDIS_URL, 0.5), RedisLimiter)
-
-
-def test_make_gateway_builds_a_working_gateway(fake: FakeNominatim) -> None:
-    gateway = make_gateway(fake.domain, "http", USER_AGENT, 2, None, timeout=2.0)
-    try:
-        first = gateway.search(EXACT_LAT, EXACT_LON, category="cafe")
-        assert first and gateway.search(EXACT_LAT, EXACT_LON, category="cafe") == first
-        assert len(fake.recorded) == 1
-    finally:
-        gateway.close()
 
 
 class _InstantProvider:

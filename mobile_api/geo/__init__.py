@@ -48,30 +48,5 @@ __all__ = [
     "RedisCache",
     "RedisLimiter",
     "make_cache",
-    "make_gateway",
     "make_limiter",
 ]
-
-
-def make_gateway(
-    domain: str,
-    scheme: str,
-    user_agent: str,
-    precision_decimals: int,
-    redis_url: str | None,
-    timeout: float = 5.0,
-    cache_ttl: float = DEFAULT_CACHE_TTL,
-    on_lookup: LookupHook | None = None,
-) -> PlacesGateway:
-    """Build the gateway from settings: Redis-backed cache and limiter when redis_url is set."""
-    return PlacesGateway(
-        domain=domain,
-        scheme=scheme,
-        user_agent=user_agent,
-        precision_decimals=precision_decimals,
-        timeout=timeout,
-        cache=make_cache(redis_url),
-        limiter=make_limiter(redis_url, 1.0),
-        cache_ttl=cache_ttl,
-        on_lookup=on_lookup,
-    )

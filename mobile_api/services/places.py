@@ -69,9 +69,6 @@ _PERMITTED = frozenset({LocationPermission.PRECISE.value, LocationPermission.APP
 # The most places one search returns (and always asks the provider for).
 MAX_LIMIT = PROVIDER_MAX_LIMIT
 
-# The public Nominatim's usage policy: at most one request a second from the whole deployment.
-PROVIDER_MIN_INTERVAL = 1.0
-
 # Retry-After when the provider is unavailable without saying for how long.
 DEFAULT_RETRY_AFTER = 30
 _MAX_RETRY_AFTER = 3600
@@ -118,7 +115,9 @@ def build_gateway(
         precision_decimals=int(settings["LOCATION_PRECISION_DECIMALS"]),
         timeout=float(settings["GEOCODER_TIMEOUT"]),
         cache=make_cache(redis_url, prefix=f"{prefix}cache:"),
-        limiter=make_limiter(redis_url, PROVIDER_MIN_INTERVAL, key=f"{prefix}provider-slot"),
+        limiter=make_limiter(
+            redis_url, float(settings["GEOCODER_MIN_INTERVAL"]), key=f"{prefix}provider-slot"
+        ),
         cache_ttl=float(settings["PLACES_CACHE_TTL"]),
         on_lookup=on_lookup,
     )
