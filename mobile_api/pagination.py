@@ -36,6 +36,17 @@ class PageArgsSchema(ma.Schema):
     )
 
 
+def page_schema(item: type[ma.Schema], name: str) -> type[ma.Schema]:
+    """The schema of one page of a list endpoint: `items` and `next_cursor` (null at the end)."""
+    return ma.Schema.from_dict(
+        {
+            "items": ma.fields.List(ma.fields.Nested(item), required=True),
+            "next_cursor": ma.fields.String(allow_none=True, required=True),
+        },
+        name=name,
+    )
+
+
 def encode_cursor(value: Any) -> str:
     """Wrap the last key of a page into an opaque cursor."""
     return base64.urlsafe_b64encode(json.dumps([value]).encode()).decode().rstrip("=")

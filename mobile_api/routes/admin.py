@@ -11,10 +11,10 @@ from flask.views import MethodView
 from mobile_api.auth import auth_required, current_principal
 from mobile_api.errors import ErrorSchema, NotFound
 from mobile_api.extensions import db
-from mobile_api.pagination import PageArgsSchema, paginate
+from mobile_api.pagination import PageArgsSchema, page_schema, paginate
 from mobile_api.routes import Blueprint
 from mobile_api.routes.devices import DeviceSchema
-from mobile_api.routes.fields import printable
+from mobile_api.routes.fields import Timestamp, printable
 from mobile_api.services import audit, privacy, support
 from models import AuditEvent, Device, Platform, Role
 
@@ -40,7 +40,7 @@ class AdminDeviceSchema(DeviceSchema):
     """A device as support sees it: the push token masked, the disabled state shown."""
 
     disabled = ma.fields.Function(lambda device: device.disabled_at is not None)
-    disabled_at = ma.fields.DateTime(allow_none=True)
+    disabled_at = Timestamp(allow_none=True)
     disabled_reason = ma.fields.String(allow_none=True)
     disabled_ticket = ma.fields.String(allow_none=True)
 
@@ -50,11 +50,7 @@ class AdminDeviceSchema(DeviceSchema):
         return data
 
 
-class AdminDevicePageSchema(ma.Schema):
-    """A page of devices."""
-
-    items = ma.fields.List(ma.fields.Nested(AdminDeviceSchema), required=True)
-    next_cursor = ma.fields.String(allow_none=True, required=True)
+AdminDevicePageSchema = page_schema(AdminDeviceSchema, "AdminDevicePage")
 
 
 class DisableSchema(ma.Schema):
@@ -84,7 +80,7 @@ class AuditEventSchema(ma.Schema):
     """One audit event."""
 
     id = ma.fields.Integer(required=True)
-    recorded_at = ma.fields.DateTime(required=True)
+    recorded_at = Timestamp(required=True)
     actor = ma.fields.String(required=True)
     action = ma.fields.String(required=True)
     target = ma.fields.String(allow_none=True)
@@ -94,19 +90,15 @@ class AuditEventSchema(ma.Schema):
     hash = ma.fields.String(required=True)
 
 
-class AuditPageSchema(ma.Schema):
-    """A page of audit events, newest first."""
-
-    items = ma.fields.List(ma.fields.Nested(AuditEventSchema), required=True)
-    next_cursor = ma.fields.String(allow_none=True, required=True)
+AuditPageSchema = page_schema(AuditEventSchema, "AuditPage")
 
 
 class TerminationSchema(ma.Schema):
     """An account's termination."""
 
     account_id = ma.fields.String(required=True)
-    terminated_at = ma.fields.DateTime(required=True)
-    purge_due_at = ma.fields.DateTime(
+    terminated_at = Timestamp(required=True)
+    purge_due_at = Timestamp(
         required=True, metadata={"description": "When the purge run erases its data"}
     )
     devices = ma.fields.Integer(

@@ -12,9 +12,9 @@ from flask.views import MethodView
 from mobile_api.auth import auth_required, current_principal
 from mobile_api.errors import ErrorSchema
 from mobile_api.extensions import db
-from mobile_api.pagination import PageArgsSchema, paginate
+from mobile_api.pagination import PageArgsSchema, page_schema, paginate
 from mobile_api.routes import Blueprint
-from mobile_api.routes.fields import Locale, printable
+from mobile_api.routes.fields import Locale, Timestamp, printable
 from mobile_api.services import campaigns as campaign_service
 from mobile_api.services import dispatch as dispatch_service
 from models import CampaignCategory, Delivery, DeliveryStatus, Platform, Role
@@ -111,10 +111,10 @@ class CampaignSchema(ma.Schema):
     collapse_key = ma.fields.String(allow_none=True)
     priority = ma.fields.String(required=True)
     status = ma.fields.String(required=True)
-    created_at = ma.fields.DateTime(required=True)
-    queued_at = ma.fields.DateTime(allow_none=True)
-    started_at = ma.fields.DateTime(allow_none=True)
-    finished_at = ma.fields.DateTime(allow_none=True)
+    created_at = Timestamp(required=True)
+    queued_at = Timestamp(allow_none=True)
+    started_at = Timestamp(allow_none=True)
+    finished_at = Timestamp(allow_none=True)
     counts = ma.fields.Nested(CountsSchema, required=True)
 
 
@@ -158,14 +158,10 @@ class DeliverySchema(ma.Schema):
     status = ma.fields.String(required=True)
     reason = ma.fields.String(allow_none=True)
     attempts = ma.fields.Integer(required=True)
-    updated_at = ma.fields.DateTime(required=True)
+    updated_at = Timestamp(required=True)
 
 
-class DeliveryPageSchema(ma.Schema):
-    """A page of deliveries."""
-
-    items = ma.fields.List(ma.fields.Nested(DeliverySchema), required=True)
-    next_cursor = ma.fields.String(allow_none=True, required=True)
+DeliveryPageSchema = page_schema(DeliverySchema, "DeliveryPage")
 
 
 class ExplainSchema(ma.Schema):

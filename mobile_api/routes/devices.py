@@ -11,7 +11,7 @@ from flask.views import MethodView
 from mobile_api.auth import DEVICE, auth_required, current_device
 from mobile_api.errors import ErrorSchema
 from mobile_api.extensions import db, device_limit_key, limiter
-from mobile_api.pagination import PageArgsSchema, paginate
+from mobile_api.pagination import PageArgsSchema, page_schema, paginate
 from mobile_api.routes import Blueprint
 from mobile_api.routes.fields import (
     Locale,
@@ -166,11 +166,7 @@ class ConsentSchema(ma.Schema):
     recorded_at = Timestamp(required=True)
 
 
-class ConsentPageSchema(ma.Schema):
-    """A page of the consent ledger."""
-
-    items = ma.fields.List(ma.fields.Nested(ConsentSchema), required=True)
-    next_cursor = ma.fields.String(allow_none=True, required=True)
+ConsentPageSchema = page_schema(ConsentSchema, "ConsentPage")
 
 
 class DeviceTokenHeaderSchema(ma.Schema):

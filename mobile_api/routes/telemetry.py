@@ -15,7 +15,7 @@ from mobile_api.errors import ErrorSchema
 from mobile_api.extensions import db, device_limit_key, limiter
 from mobile_api.routes import Blueprint
 from mobile_api.routes.devices import _device_limit
-from mobile_api.routes.fields import printable
+from mobile_api.routes.fields import Timestamp, printable
 from mobile_api.services import insights as insight_service
 from mobile_api.services import telemetry as telemetry_service
 from models import Role, utcnow
@@ -197,7 +197,7 @@ class VersionChangesSchema(ma.Schema):
 class DeviceInsightsSchema(ma.Schema):
     """Aggregates over active devices (not disabled, account not terminated)."""
 
-    generated_at = ma.fields.DateTime(required=True)
+    generated_at = Timestamp(required=True)
     min_group_size = ma.fields.Integer(required=True)
     active_devices = ma.fields.Integer(required=True)
     by_platform = ma.fields.List(ma.fields.Nested(GroupSchema), required=True)
