@@ -485,3 +485,21 @@ def test_drain_command_sends_queued_campaigns(
     assert result.exit_code == 0, result.output
     assert "drained in" in result.output
     assert set(_tokens(fcm)) == {token}
+
+
+def test_the_privacy_purge_is_a_registered_periodic_job(app, register) -> None:
+    from datetime import timedelta
+
+    from mobile_api.extensions import db
+    from models import AccountTermination, Device, utcnow
+
+    job = periodic.find("privacy-purge")
+    assert job.every_seconds <= 24 * 3600
+    device, _ = register(account_id="acct-due")
+    with app.app_context():
+        db.session.add(
+            AccountTermination(account_id="acct-due", terminated_at=utcnow() - timedelta(days=15))
+        )
+        db.session.commit()
+        periodic.run("privacy-purge")
+        assert db.session.get(Device, device["id"]) is None

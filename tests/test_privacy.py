@@ -278,3 +278,14 @@ def test_export_sections_can_be_added_by_other_modules(
     document = client.get("/v1/devices/me/export", headers=bearer(token)).get_json()
     assert {"exported_at", "device", "preferences", "consents", "probe_events"} <= set(document)
     assert document["probe_events"] == [{"device": device["id"]}]
+
+
+def test_every_retention_rule_names_a_real_table_and_time_column() -> None:
+    # A rule naming a table that does not exist would silently keep data forever.
+    from models import Base
+
+    for rule in privacy.RETENTION:
+        table = Base.metadata.tables.get(rule.table)
+        assert table is not None, rule
+        assert rule.column in table.c, rule
+        assert isinstance(table.c[rule.column].type, UTCDateTime), rule

@@ -50,7 +50,7 @@ class RetentionRule:
 RETENTION: list[RetentionRule] = [
     RetentionRule("telemetry_events", "received_at", "TELEMETRY_RETENTION_DAYS"),
     RetentionRule("device_version_changes", "changed_at", "TELEMETRY_RETENTION_DAYS"),
-    RetentionRule("deliveries", "updated_at", "DELIVERY_RETENTION_DAYS"),
+    RetentionRule("campaign_deliveries", "updated_at", "DELIVERY_RETENTION_DAYS"),
 ]
 
 
