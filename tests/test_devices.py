@@ -234,3 +234,17 @@ def test_validation_errors_do_not_store_anything(app, client, app_key):
     assert client.post("/v1/devices", json=body, headers=bearer(app_key)).status_code == 422
     with app.app_context():
         assert db.session.scalar(sa.select(sa.func.count()).select_from(Device)) == 0
+
+
+def test_a_fresh_registration_can_be_changed_by_other_services(app):
+    # Registration answers without reading the row back; the device it hands out
+    # must still be a live, persistent row that later service calls can change.
+    from mobile_api.extensions import db
+    from mobile_api.services import devices
+    from models import Device
+
+    with app.app_context():
+        result = devices.register(db.session, device_body(), None)
+        devices.update_preferences(db.session, result.device, {"analytics": True}, None)
+        db.session.remove()
+        assert db.session.get(Device, result.device.id).analytics is True

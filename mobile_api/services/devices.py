@@ -10,6 +10,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import make_transient_to_detached
 
 from mobile_api.errors import InstallationExists
 from mobile_api.services import Db, commit_keeping_state, privacy, telemetry
@@ -173,8 +174,12 @@ def _register_once(
                     ConsentSource.OS_SETTINGS,
                 )
         session.commit()
-        # The row is exactly `values`: answer from them instead of reading it back.
-        return Registration(Device(**values), token, created=True)
+        # The row is exactly `values`: attach an instance built from them instead of
+        # reading it back, so callers get a persistent device without another SELECT.
+        device = Device(**values)
+        make_transient_to_detached(device)
+        session.add(device)
+        return Registration(device, token, created=True)
 
     existing = session.scalars(
         sa.select(Device).where(Device.installation_id == data["installation_id"])
