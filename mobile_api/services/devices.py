@@ -124,25 +124,32 @@ def _record(
 def register(session: Db, data: Mapping[str, Any], presented_token: str | None) -> Registration:
     """Register an installation, or update it when the caller proves it owns it."""
     privacy.ensure_account_open(session, data.get("account_id"))
+    # Most push tokens are new, so the first attempt just inserts; only when the
+    # unique index says another device holds the token is it taken from that
+    # device (under the token's lock) and the registration tried again.
+    release = False
     for attempt in range(_ATTEMPTS):
         try:
-            return _register_once(session, data, presented_token)
+            return _register_once(session, data, presented_token, release_push_token=release)
         except IntegrityError:
-            # Another request claimed the same push token between our release and
-            # our write; start again from a clean transaction.
             session.rollback()
+            release = True
             if attempt == _ATTEMPTS - 1:
                 raise
     raise AssertionError("unreachable")
 
 
 def _register_once(
-    session: Db, data: Mapping[str, Any], presented_token: str | None
+    session: Db,
+    data: Mapping[str, Any],
+    presented_token: str | None,
+    *,
+    release_push_token: bool,
 ) -> Registration:
     token = new_secret(DEVICE_TOKEN_PREFIX)
     now = utcnow()
     push_token = data.get("push_token")
-    if push_token:
+    if push_token and release_push_token:
         _release_push_token(session, push_token, keep_device_id=None)
     values: dict[str, Any] = dict.fromkeys(_INSERT_COLUMNS)
     values |= {
