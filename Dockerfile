@@ -38,7 +38,7 @@ COPY --chown=root:root migrations ./migrations
 # The code is read-only for the app user; only instance/ (the embedded SQLite
 # default) is writable. Use DATABASE_URL (PostgreSQL) in production.
 RUN python -m compileall -q mobile_api models migrations wsgi.py \
-    && mkdir -p /app/instance && chown app:app /app/instance
+    && mkdir -p /app/instance /tmp/prometheus && chown app:app /app/instance /tmp/prometheus
 USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
