@@ -86,7 +86,8 @@ def _release_push_token(session: Db, push_token: str, keep_device_id: str | None
     token_hash = hash_secret(push_token)
     if session.get_bind().dialect.name == "postgresql":
         # Concurrent claims of one token queue up here until the claimant's
-        # commit, so the last writer holds it and nobody hits the unique index.
+        # commit, so the last claimant holds it (registration reaches this only
+        # after the unique index reported the token held elsewhere).
         session.execute(
             sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
             {"key": "push_token:" + token_hash},
@@ -119,6 +120,16 @@ def _record(
             recorded_at=utcnow(),
         )
     )
+
+
+def _record_os_permissions(
+    session: Db, device_id: str, reported: Mapping[str, Any], current: Device | None
+) -> None:
+    """Record each OS permission the app reports that differs from what is stored."""
+    for field, (purpose, denied) in _OS_PERMISSIONS.items():
+        value = reported.get(field)
+        if value is not None and (current is None or value != getattr(current, field)):
+            _record(session, device_id, purpose, value != denied, ConsentSource.OS_SETTINGS)
 
 
 def register(session: Db, data: Mapping[str, Any], presented_token: str | None) -> Registration:
@@ -171,15 +182,7 @@ def _register_once(
             values[field] = data[field]
     device_id = _insert_or_ignore(session, values)
     if device_id is not None:
-        for field, (purpose, denied) in _OS_PERMISSIONS.items():
-            if data.get(field) is not None:
-                _record(
-                    session,
-                    device_id,
-                    purpose,
-                    data[field] != denied,
-                    ConsentSource.OS_SETTINGS,
-                )
+        _record_os_permissions(session, device_id, data, current=None)
         session.commit()
         # The row is exactly `values`: attach an instance built from them instead of
         # reading it back, so callers get a persistent device without another SELECT.
@@ -219,19 +222,7 @@ def check_in(session: Db, device: Device, changes: Mapping[str, Any]) -> Device:
 
 def _apply_check_in(session: Db, device: Device, changes: Mapping[str, Any], now: Any) -> None:
     telemetry.record_version_change(session, device, changes, now)
-    for field, (purpose, denied) in _OS_PERMISSIONS.items():
-        if (
-            field in changes
-            and changes[field] is not None
-            and changes[field] != getattr(device, field)
-        ):
-            _record(
-                session,
-                device.id,
-                purpose,
-                changes[field] != denied,
-                ConsentSource.OS_SETTINGS,
-            )
+    _record_os_permissions(session, device.id, changes, current=device)
     if "push_token" in changes and changes["push_token"] != device.push_token:
         new_token = changes["push_token"]
         if new_token:
