@@ -217,8 +217,6 @@ class DeviceMe(MethodView):
     @blp.response(200, DeviceSchema)
     def patch(self, data: dict[str, Any]) -> Any:
         """Check in: report current OS facts, permissions and push token."""
-        if "os_version" in data and data["os_version"] is None:
-            data.pop("os_version")
         return device_service.check_in(db.session, current_device(), data)
 
     @auth_required(blp, DEVICE)
