@@ -248,3 +248,15 @@ def test_a_fresh_registration_can_be_changed_by_other_services(app):
         devices.update_preferences(db.session, result.device, {"analytics": True}, None)
         db.session.remove()
         assert db.session.get(Device, result.device.id).analytics is True
+
+
+def test_only_a_hash_of_the_device_token_is_stored(app, register):
+    import sqlalchemy as sa
+
+    from mobile_api.extensions import db
+
+    _, token = register(push_token="push-abc")
+    with app.app_context():
+        for table in db.metadata.sorted_tables:
+            for row in db.session.execute(sa.select(table)).all():
+                assert all(token not in str(value) for value in row), table.name
