@@ -51,6 +51,9 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = _SECRET_SHAPES.sub(
                 "[redacted]", self.formatException(record.exc_info)
             )
+        elif record.exc_text:
+            # Already rendered (and redacted) upstream, e.g. by the geo log filter.
+            entry["exception"] = _SECRET_SHAPES.sub("[redacted]", record.exc_text)
         return json.dumps(entry)
 
 

@@ -503,3 +503,26 @@ def test_the_privacy_purge_is_a_registered_periodic_job(app, register) -> None:
         db.session.commit()
         periodic.run("privacy-purge")
         assert db.session.get(Device, device["id"]) is None
+
+
+def test_an_unreachable_broker_does_not_turn_a_send_into_an_error(
+    app: Flask,
+    client: FlaskClient,
+    marketing: Headers,
+    create_campaign: Callable[..., str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kombu.exceptions import OperationalError
+
+    def broker_down(*args: Any, **kwargs: Any) -> None:
+        raise OperationalError("connection refused")
+
+    app.config["CELERY_BROKER_URL"] = "redis://127.0.0.1:1/0"
+    monkeypatch.setattr(tasks.dispatch_campaign, "delay", broker_down)
+    campaign_id = create_campaign()
+    response = client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
+    # Committed as queued: the beat sweep enqueues it once the broker is back.
+    assert response.status_code == 202
+    assert response.get_json()["status"] == "queued"
+    again = client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
+    assert again.get_json()["error"] == "campaign_already_sent"

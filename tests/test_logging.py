@@ -48,3 +48,11 @@ def test_formatter_masks_secret_shapes_whatever_logged_them():
         "somelib", logging.INFO, __file__, 1, "token mk_%s", ("A" * 43,), None
     )
     assert "A" * 43 not in JsonFormatter().format(record)
+
+
+def test_a_traceback_rendered_upstream_still_reaches_the_json_line():
+    # The geo log filter renders (and redacts) tracebacks itself and drops exc_info.
+    record = logging.LogRecord("geopy", logging.ERROR, __file__, 1, "lookup failed", (), None)
+    record.exc_text = "Traceback ...\nGeocoderServiceError: [redacted]"
+    line = json.loads(JsonFormatter().format(record))
+    assert line["exception"] == record.exc_text

@@ -558,7 +558,8 @@ def test_with_redis_the_provider_budget_is_shared_by_every_process(
     nominatim: FakeNominatim,
     device_token: str,
 ) -> None:
-    settings = {**redis_settings, "GEOCODER_TIMEOUT": 0.4}
+    # A long spacing, so a slow first request on a loaded machine cannot free the slot.
+    settings = {**redis_settings, "GEOCODER_TIMEOUT": 0.4, "GEOCODER_MIN_INTERVAL": 30.0}
     first = app_factory(**settings).test_client()
     second = app_factory(**settings).test_client()
 
@@ -568,6 +569,21 @@ def test_with_redis_the_provider_budget_is_shared_by_every_process(
     assert response.status_code == 503
     assert response.get_json()["error"] == "mapping_provider_unavailable"
     assert len(nominatim.recorded) == 1
+
+
+@pytest.mark.redis
+def test_with_redis_and_no_spacing_every_miss_goes_through(
+    app_factory: Callable[..., Flask],
+    redis_settings: dict[str, Any],
+    nominatim: FakeNominatim,
+    device_token: str,
+) -> None:
+    # GEOCODER_MIN_INTERVAL=0 (a self-hosted provider) must not make the shared
+    # limiter refuse every lookup.
+    client = app_factory(**{**redis_settings, "GEOCODER_MIN_INTERVAL": 0}).test_client()
+    assert search(client, device_token).status_code == 200
+    assert search(client, device_token, category="bank").status_code == 200
+    assert len(nominatim.recorded) == 2
 
 
 @pytest.mark.parametrize(

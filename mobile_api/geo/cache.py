@@ -209,6 +209,8 @@ class RedisLimiter:
 
     def acquire(self, max_wait: float) -> float:
         """Reserve the next deployment-wide slot and sleep until it; raise if it is too far."""
+        if self._interval_ms == 0:
+            return 0.0  # no spacing asked for (Redis refuses a zero expiry anyway)
         max_wait_ms = max(0, int(max_wait * 1000))
         try:
             reserved, wait_ms = self._script(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import (
+    INVALID_TOKEN_ERRORS,
     MAX_BATCH,
     Outcome,
     PushMessage,
@@ -15,6 +16,7 @@ from .fcm import FcmSetupError, FcmTransport
 from .log import LogTransport
 
 __all__ = [
+    "INVALID_TOKEN_ERRORS",
     "MAX_BATCH",
     "FcmSetupError",
     "FcmTransport",

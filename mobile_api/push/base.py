@@ -29,6 +29,11 @@ class PushMessage:
     priority: Priority = "normal"
 
 
+# The FCM error reasons that mean the token is dead (Outcome.INVALID_TOKEN): the
+# token is marked invalid, and the campaign counts it in invalid_tokens_pruned.
+INVALID_TOKEN_ERRORS = frozenset({"unregistered", "sender_id_mismatch"})
+
+
 class Outcome(StrEnum):
     """What the dispatcher should do with a message after a send."""
 

@@ -14,7 +14,8 @@ from mobile_api.errors import (
     NotFound,
     ServiceCampaignRequiresAdmin,
 )
-from mobile_api.services import Db, audit
+from mobile_api.push import INVALID_TOKEN_ERRORS
+from mobile_api.services import Db, audit, export
 from mobile_api.services import audience as aud
 from models import (
     Campaign,
@@ -28,27 +29,23 @@ from models import (
 
 log = logging.getLogger(__name__)
 
-# FCM refusals that mean the token is dead: the device's token is marked invalid.
-PRUNED_REASONS = ("unregistered", "sender_id_mismatch")
 
-
-def _audit(
-    session: Db,
-    actor: str,
-    action: str,
-    target: str,
-    details: Mapping[str, Any] | None = None,
-    request_id: str | None = None,
-) -> None:
-    """Record a staff action in the caller's transaction (committed with it)."""
-    audit.record(
-        session,
-        actor=actor,
-        action=action,
-        target=target,
-        details=dict(details or {}),
-        request_id=request_id,
+@export.device_section("deliveries")
+def _export_deliveries(session: Db, device: Device) -> list[dict[str, Any]]:
+    """Every campaign delivery row kept for the device, oldest first."""
+    rows = session.scalars(
+        sa.select(Delivery).where(Delivery.device_id == device.id).order_by(Delivery.id)
     )
+    return [
+        {
+            "campaign_id": row.campaign_id,
+            "status": row.status,
+            "reason": row.reason,
+            "attempts": row.attempts,
+            "updated_at": export.to_json(row.updated_at),
+        }
+        for row in rows
+    ]
 
 
 def _require_role(campaign_category: str, is_admin: bool) -> None:
@@ -81,8 +78,13 @@ def create(
     )
     session.add(campaign)
     session.flush()
-    _audit(
-        session, actor, "campaign.create", campaign.id, {"category": campaign.category}, request_id
+    audit.record(
+        session,
+        actor=actor,
+        action="campaign.create",
+        target=campaign.id,
+        details={"category": campaign.category},
+        request_id=request_id,
     )
     session.commit()
     return campaign
@@ -103,12 +105,7 @@ def preview(session: Db, campaign: Campaign) -> dict[str, Any]:
     stmt = stmt.where(aud.matches(campaign.audience, utcnow())).group_by(reason)
     counts = {row.reason: row.n for row in session.execute(stmt)}
     session.rollback()  # release the read snapshot (and SQLite's read lock)
-    excluded = {
-        name: counts.get(name, 0)
-        for name in aud.EXCLUSION_REASONS
-        if name != "promotional_opt_out" or campaign.category == CampaignCategory.PROMOTIONAL
-    }
-    excluded.setdefault("promotional_opt_out", 0)
+    excluded = {name: counts.get(name, 0) for name in aud.EXCLUSION_REASONS}
     return {"eligible": counts.get(None, 0), "excluded": excluded}
 
 
@@ -129,8 +126,13 @@ def send(
     if result.rowcount != 1:  # type: ignore[attr-defined]
         session.rollback()
         raise CampaignAlreadySent()
-    _audit(
-        session, actor, "campaign.send", campaign_id, {"category": campaign.category}, request_id
+    audit.record(
+        session,
+        actor=actor,
+        action="campaign.send",
+        target=campaign_id,
+        details={"category": campaign.category},
+        request_id=request_id,
     )
     session.commit()
     session.refresh(campaign)
@@ -168,7 +170,14 @@ def cancel(
         .values(status=DeliveryStatus.SUPPRESSED, reason="cancelled", updated_at=now)
         .execution_options(synchronize_session=False)
     )
-    _audit(session, actor, "campaign.cancel", campaign_id, None, request_id)
+    audit.record(
+        session,
+        actor=actor,
+        action="campaign.cancel",
+        target=campaign_id,
+        details={},
+        request_id=request_id,
+    )
     session.commit()
     session.refresh(campaign)
     return campaign
@@ -190,7 +199,7 @@ def counts(session: Db, campaign: Campaign) -> dict[str, Any]:
             totals["pending"] += n
         else:
             totals[status] += n
-            if status == DeliveryStatus.FAILED and reason in PRUNED_REASONS:
+            if status == DeliveryStatus.FAILED and reason in INVALID_TOKEN_ERRORS:
                 totals["invalid_tokens_pruned"] += n
     return {"targeted": campaign.targeted, **totals, "suppressed": suppressed}
 

@@ -116,9 +116,16 @@ def transport(app: Flask) -> PushTransport:
 def notify_queued(app: Flask, campaign_id: str) -> None:
     """Call after the commit that queued a campaign: with Celery, enqueue its dispatch."""
     if app.config["CELERY_BROKER_URL"]:
+        from kombu.exceptions import OperationalError
+
         from mobile_api import tasks
 
-        tasks.dispatch_campaign.delay(campaign_id)
+        try:
+            tasks.dispatch_campaign.delay(campaign_id)
+        except OperationalError:
+            # The campaign is committed as queued; the beat sweep enqueues it once
+            # the broker is back, so the send itself has succeeded.
+            log.warning("broker unreachable; campaign %s waits for the sweep", campaign_id)
     # Embedded: the worker polls for queued campaigns; nothing to do.
 
 
@@ -329,6 +336,10 @@ def _record(
                 pruned.append({"b_device": row.device_id, "b_token": row.push_token, "b_now": now})
         updates.append(update)
     table = cast(sa.Table, Delivery.__table__)
+    # Hold the campaign first, as claims do: a cancel in progress finishes before
+    # rows go back to pending (and is seen by _suppress_if_cancelled), and a later
+    # cancel waits for this commit, so no retry is left pending on a cancelled campaign.
+    _lock_campaign(session, campaign_id, exclusive=False)
     if updates:
         session.execute(
             sa.update(table)
