@@ -86,3 +86,35 @@ def test_concurrent_claims_of_one_push_token_leave_one_holder(pg_app):
             sa.select(sa.func.count()).where(Device.push_token == "contested")
         )
         assert holders == 1
+
+
+def test_concurrent_terminations_of_one_account_terminate_it_once(pg_app):
+    import sqlalchemy as sa
+
+    from mobile_api.extensions import db
+    from mobile_api.services import keys
+    from models import AccountTermination, AuditEvent
+
+    with pg_app.app_context():
+        _, secret = keys.create(db.session, "privacy", "race")
+    barrier = threading.Barrier(8)
+    statuses: list[int] = []
+
+    def terminate() -> None:
+        client = pg_app.test_client()
+        barrier.wait()
+        response = client.post("/v1/admin/accounts/acct-race/terminate", headers=bearer(secret))
+        statuses.append(response.status_code)
+
+    threads = [threading.Thread(target=terminate) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [200] * 8
+    with pg_app.app_context():
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(AccountTermination)) == 1
+        events = db.session.scalar(
+            sa.select(sa.func.count()).where(AuditEvent.action == "account.terminated")
+        )
+        assert events == 1

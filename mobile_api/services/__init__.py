@@ -2,6 +2,7 @@
 
 from typing import Any, TypeAlias
 
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, scoped_session
 
 # A plain Session or Flask-SQLAlchemy's request-scoped proxy of one.
@@ -20,3 +21,13 @@ def commit_keeping_state(session: Db) -> None:
         target.commit()
     finally:
         target.expire_on_commit = True
+
+
+def is_postgresql(session: Db) -> bool:
+    """Whether the session talks to PostgreSQL (else SQLite, the embedded default)."""
+    return bool(session.get_bind().dialect.name == "postgresql")
+
+
+def dialect_insert(session: Db) -> Any:
+    """The INSERT construct with ON CONFLICT support for the session's database."""
+    return postgresql.insert if is_postgresql(session) else sqlite.insert

@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from mobile_api.services import Db
+from mobile_api.services import Db, is_postgresql
 from mobile_api.services.secrets import keyed_hash
 from models import AuditEvent, utcnow
 
@@ -72,7 +72,7 @@ def record(
     request_id: str | None = None,
 ) -> AuditEvent:
     """Append one event to the caller's transaction (the caller commits)."""
-    if _postgresql(session):
+    if is_postgresql(session):
         _lock_chain(session)
     # Insert first, then link: on SQLite the INSERT takes the database's single
     # write lock, so no other writer can append between reading the parent and
@@ -97,7 +97,7 @@ def record(
 
 def record_many(session: Db, events: Sequence[Mapping[str, Any]]) -> None:
     """Append many events (each given as `record`'s keyword arguments) at once; no commit."""
-    if not _postgresql(session):
+    if not is_postgresql(session):
         for event in events:
             record(session, **event)
         return
@@ -129,10 +129,6 @@ def record_many(session: Db, events: Sequence[Mapping[str, Any]]) -> None:
         row["hash"] = parent = _digest({k: row[k] for k in _HASHED}, row["prev_hash"])
         rows.append(row)
     session.execute(sa.insert(AuditEvent), rows)
-
-
-def _postgresql(session: Db) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
 
 
 def _lock_chain(session: Db) -> None:

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import make_transient_to_detached
 
 from mobile_api.errors import InstallationExists
-from mobile_api.services import Db, commit_keeping_state, privacy, telemetry
+from mobile_api.services import Db, commit_keeping_state, is_postgresql, privacy, telemetry
 from mobile_api.services.secrets import (
     DEVICE_TOKEN_PREFIX,
     hash_secret,
@@ -64,7 +64,7 @@ class Registration:
 @functools.cache
 def _insert_statement(dialect: str) -> Any:
     """INSERT … ON CONFLICT (installation_id) DO NOTHING RETURNING id, built once per dialect."""
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert  # cached per name
     table = cast(sa.Table, Device.__table__)
     return (
         insert(table)
@@ -84,7 +84,7 @@ def _insert_or_ignore(session: Db, values: dict[str, Any]) -> str | None:
 def _release_push_token(session: Db, push_token: str, keep_device_id: str | None) -> None:
     """Take a push token away from whichever other device holds it."""
     token_hash = hash_secret(push_token)
-    if session.get_bind().dialect.name == "postgresql":
+    if is_postgresql(session):
         # Concurrent claims of one token queue up here until the claimant's
         # commit, so the last claimant holds it (registration reaches this only
         # after the unique index reported the token held elsewhere).

@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from mobile_api.push import Outcome, PushMessage, PushTransport, SendResult, make_transport
-from mobile_api.services import Db
+from mobile_api.services import Db, is_postgresql
 from mobile_api.services import audience as aud
 from models import (
     ACTIVE_STATUSES,
@@ -129,10 +129,6 @@ def notify_queued(app: Flask, campaign_id: str) -> None:
     # Embedded: the worker polls for queued campaigns; nothing to do.
 
 
-def _is_postgresql(session: Db) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
-
-
 def _lock_campaign(session: Db, campaign_id: str, *, exclusive: bool) -> Campaign | None:
     """Start a transaction holding the campaign: shared for claims, exclusive to enumerate.
 
@@ -140,7 +136,7 @@ def _lock_campaign(session: Db, campaign_id: str, *, exclusive: bool) -> Campaig
     claim after it sees the cancellation.
     """
     stmt = sa.select(Campaign).where(Campaign.id == campaign_id)
-    if _is_postgresql(session):
+    if is_postgresql(session):
         stmt = stmt.with_for_update(read=not exclusive)
     else:
         # SQLite: write first, so this transaction holds the single write lock
@@ -259,7 +255,7 @@ def process_chunk(
     )
     if upto_id is not None:
         stmt = stmt.where(Delivery.id <= upto_id)
-    if _is_postgresql(session):
+    if is_postgresql(session):
         stmt = stmt.with_for_update(of=Delivery, skip_locked=True)
     rows = session.execute(stmt).all()
     if not rows:

@@ -15,11 +15,10 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import current_app
-from sqlalchemy.dialects import postgresql, sqlite
 
 from mobile_api.errors import AccountTerminated
 from mobile_api.extensions import db
-from mobile_api.services import Db, audit, export
+from mobile_api.services import Db, audit, dialect_insert, export
 from models import (
     AccountTermination,
     AccountTombstone,
@@ -104,10 +103,8 @@ def _delete_devices(session: Db, account_ids: Sequence[str]) -> dict[str, int]:
 
 def _forget_terminations(session: Db, account_ids: Sequence[str], now: datetime) -> None:
     """Drop the raw account ids; keyed-hash tombstones keep later registrations refused."""
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     session.execute(
-        insert(AccountTombstone)
+        dialect_insert(session)(AccountTombstone)
         .values([{"account_hash": subject(a), "purged_at": now} for a in account_ids])
         .on_conflict_do_nothing(index_elements=[AccountTombstone.account_hash])
     )
@@ -182,12 +179,17 @@ def terminate(
     request_id: str | None = None,
 ) -> Termination:
     """Terminate an account: its devices get no more pushes; purge is due later. Idempotent."""
-    termination = session.get(AccountTermination, account_id)
+    now = utcnow()
+    # Insert-or-nothing rather than check-then-insert: two concurrent requests
+    # terminate once, and the second answers like a repeat instead of a 500.
+    created = session.execute(
+        dialect_insert(session)(AccountTermination)
+        .values(account_id=account_id, terminated_at=now)
+        .on_conflict_do_nothing(index_elements=[AccountTermination.account_id])
+        .returning(AccountTermination.account_id)
+    ).scalar_one_or_none()
     devices = session.scalars(sa.select(Device).where(Device.account_id == account_id)).all()
-    if termination is None:
-        now = utcnow()
-        termination = AccountTermination(account_id=account_id, terminated_at=now)
-        session.add(termination)
+    if created is not None:
         for device in devices:
             if device.disabled_at is None:  # a disabled device was undeliverable already
                 session.add(
@@ -207,7 +209,9 @@ def terminate(
             details={"devices": len(devices)},
             request_id=request_id,
         )
-        session.commit()
+    session.commit()
+    termination = session.get(AccountTermination, account_id)
+    assert termination is not None
     return Termination(
         account_id=account_id,
         terminated_at=termination.terminated_at,

@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 
-from mobile_api.services import Db
+from mobile_api.services import Db, is_postgresql
 from mobile_api.services.export import device_section, to_json
 from models import (
     AccountTermination,
@@ -47,7 +47,7 @@ def ingest(session: Db, device: Device, events: Sequence[Mapping[str, Any]]) -> 
     if device.account_id is not None and _terminated(session, device.account_id):
         # The account's data is about to be erased: collect nothing new about it.
         return Ingestion(0, len(events), ACCOUNT_TERMINATED)
-    if session.get_bind().dialect.name == "postgresql":
+    if is_postgresql(session):
         stmt = _postgresql_insert(device.id, events, utcnow())
     else:
         stmt = _sqlite_insert(device.id, events, utcnow())
