@@ -155,10 +155,11 @@ def test_aggregates_of_a_known_fleet(
         "os_location_permission": {"devices": 3, "rate": 0.15},
     }
     assert body["seen_within_days"] == {"1": 14, "7": 17, "30": 19}
+    # One and two devices changed: too few to show.
     assert body["version_changes"] == {
         "days": 30,
-        "os_version": {"changes": 1, "devices": 1},
-        "app_version": {"changes": 2, "devices": 2},
+        "os_version": {"changes": None, "devices": None},
+        "app_version": {"changes": None, "devices": None},
     }
     assert body["generated_at"].endswith(("Z", "+00:00"))
 
@@ -187,15 +188,21 @@ def test_an_empty_fleet(client: FlaskClient, make_key: Callable[[str], str]) -> 
 def test_check_ins_show_up_as_version_changes(
     client: FlaskClient, make_key: Callable[[str], str], register: Callable[..., Any]
 ) -> None:
-    _, token = register(os_version="13", app_version="1.0.0")
-    client.patch("/v1/devices/me", json={"os_version": "14"}, headers=bearer(token))
-    client.patch("/v1/devices/me", json={"app_version": "1.1.0"}, headers=bearer(token))
-    client.patch("/v1/devices/me", json={"app_version": "1.2.0"}, headers=bearer(token))
+    tokens = [register(os_version="13", app_version="1.0.0")[1] for _ in range(5)]
+    for token in tokens:
+        client.patch("/v1/devices/me", json={"os_version": "14"}, headers=bearer(token))
+        client.patch("/v1/devices/me", json={"app_version": "1.1.0"}, headers=bearer(token))
+    client.patch("/v1/devices/me", json={"app_version": "1.2.0"}, headers=bearer(tokens[0]))
 
     changes = _get(client, make_key("marketing"))["version_changes"]
 
-    assert changes["os_version"] == {"changes": 1, "devices": 1}
-    assert changes["app_version"] == {"changes": 2, "devices": 1}
+    assert changes["os_version"] == {"changes": 5, "devices": 5}
+    assert changes["app_version"] == {"changes": 6, "devices": 5}
+
+    # Below five devices the counts are withheld, not shown.
+    client.delete("/v1/devices/me", headers=bearer(tokens[0]))
+    changes = _get(client, make_key("marketing"))["version_changes"]
+    assert changes["app_version"] == {"changes": None, "devices": None}
 
 
 @pytest.mark.parametrize(("role", "status"), [("support", 403), ("privacy", 403), ("app", 403)])

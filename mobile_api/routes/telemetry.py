@@ -180,10 +180,14 @@ class OptInSchema(ma.Schema):
 
 
 class ChangeCountSchema(ma.Schema):
-    """Version changes reported in the window, and by how many devices."""
+    """Version changes reported in the window, and by how many devices.
 
-    changes = ma.fields.Integer(required=True)
-    devices = ma.fields.Integer(required=True)
+    Both are null when fewer than 5 devices changed: too few to show without
+    singling someone out.
+    """
+
+    changes = ma.fields.Integer(required=True, allow_none=True)
+    devices = ma.fields.Integer(required=True, allow_none=True)
 
 
 class VersionChangesSchema(ma.Schema):

@@ -150,8 +150,13 @@ def _version_changes(session: Db, now: datetime) -> dict[str, Any]:
     result: dict[str, Any] = {"days": VERSION_CHANGE_WINDOW_DAYS}
     for field in VersionField:
         row = found.get(field.value)
-        result[field.value] = {
-            "changes": int(row.changes) if row else 0,
-            "devices": row.devices if row else 0,
-        }
+        devices = row.devices if row else 0
+        if 0 < devices < MIN_GROUP_SIZE:
+            # Like the breakdowns: a group this small could single someone out.
+            result[field.value] = {"changes": None, "devices": None}
+        else:
+            result[field.value] = {
+                "changes": int(row.changes) if row else 0,
+                "devices": devices,
+            }
     return result
