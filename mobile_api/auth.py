@@ -15,7 +15,7 @@ from mobile_api.extensions import db
 from mobile_api.routes import Blueprint
 from mobile_api.services import keys
 from mobile_api.services.secrets import DEVICE_TOKEN_PREFIX, hash_secret, matches
-from models import ApiKey, Device, Role
+from models import Device, Role
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -26,7 +26,7 @@ DEVICE = "device"  # pseudo-role: the caller presents a device token
 class Principal:
     """Who is calling: an API key or a device."""
 
-    key: ApiKey | None = None
+    key: keys.KeyIdentity | None = None
     device: Device | None = None
 
     @property

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import flask_smorest
 import marshmallow as ma
 from webargs.flaskparser import FlaskParser
@@ -21,3 +23,13 @@ class Blueprint(flask_smorest.Blueprint):
     """flask-smorest's Blueprint with strict query parsing."""
 
     ARGUMENTS_PARSER = _StrictParser()
+
+    def arguments(self, schema: Any, **kwargs: Any) -> Any:
+        """As flask-smorest's, but a schema class is instantiated once, here.
+
+        webargs instantiates a schema class anew on every request, which cost a
+        tenth of a millisecond per argument; instances are stateless while loading.
+        """
+        if isinstance(schema, type):
+            schema = schema()
+        return super().arguments(schema, **kwargs)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import cast
 
 import sqlalchemy as sa
 
@@ -37,13 +39,27 @@ def revoke(session: Db, key_id: str) -> ApiKey | None:
     return key
 
 
-def authenticate(session: Db, secret: str) -> ApiKey | None:
+@dataclass(frozen=True, slots=True)
+class KeyIdentity:
+    """What a request needs to know about the API key that authenticated it."""
+
+    id: str
+    role: str
+
+
+_keys = cast(sa.Table, ApiKey.__table__)
+# Only active keys match, so a revocation takes effect with the next request.
+_ACTIVE_KEY = sa.select(_keys.c.id, _keys.c.role, _keys.c.secret_hash).where(
+    _keys.c.secret_hash == sa.bindparam("secret_hash"), _keys.c.revoked_at.is_(None)
+)
+
+
+def authenticate(session: Db, secret: str) -> KeyIdentity | None:
     """The active key whose secret this is, or None."""
     if not secret.startswith(API_KEY_PREFIX):
         return None
-    key = session.scalars(
-        sa.select(ApiKey).where(ApiKey.secret_hash == hash_secret(secret))
-    ).first()
-    if key is None or not key.active or not matches(secret, key.secret_hash):
+    # Plain columns, not an ApiKey object: every staff and app request runs this.
+    row = session.execute(_ACTIVE_KEY, {"secret_hash": hash_secret(secret)}).first()
+    if row is None or not matches(secret, row.secret_hash):
         return None
-    return key
+    return KeyIdentity(row.id, row.role)
