@@ -47,13 +47,14 @@ def bearer_secret() -> str | None:
     return secret.strip()
 
 
+_DEVICE_BY_TOKEN = sa.select(Device).where(Device.token_hash == sa.bindparam("token_hash"))
+
+
 def device_for_token(token: str) -> Device | None:
     """The device this token belongs to, or None."""
     if not token.startswith(DEVICE_TOKEN_PREFIX):
         return None
-    device = db.session.scalars(
-        sa.select(Device).where(Device.token_hash == hash_secret(token))
-    ).first()
+    device = db.session.scalars(_DEVICE_BY_TOKEN, {"token_hash": hash_secret(token)}).first()
     if device is None or not matches(token, device.token_hash):
         return None
     return device

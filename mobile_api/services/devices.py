@@ -10,6 +10,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
 
 from mobile_api.errors import InstallationExists
 from mobile_api.services import Db, commit_keeping_state, is_postgresql, privacy, telemetry
@@ -47,7 +48,10 @@ _OS_PERMISSIONS = {
     "push_permission": (Purpose.OS_PUSH_PERMISSION, PushPermission.DENIED),
     "location_permission": (Purpose.OS_LOCATION_PERMISSION, LocationPermission.DENIED),
 }
-_INSERT_COLUMNS = tuple(column.key for column in Device.__table__.columns)
+_devices = cast(sa.Table, Device.__table__)
+_INSERT_COLUMNS = tuple(column.key for column in _devices.columns)
+# SET takes the columns named by the parameters of each execution.
+_UPDATE_DEVICE = sa.update(_devices).where(_devices.c.id == sa.bindparam("device_id"))
 _ATTEMPTS = 3  # a push-token race with another registration is retried this often
 
 
@@ -68,7 +72,7 @@ def _insert_statement() -> sa.TextualSelect:
     dialect-specific ON CONFLICT inserts: compiling that 24-column statement anew was
     a sixth of a registration's CPU. The SQL is the same on SQLite and PostgreSQL.
     """
-    table = cast(sa.Table, Device.__table__)
+    table = _devices
     names = ", ".join(column.name for column in table.columns)
     params = ", ".join(f":{column.key}" for column in table.columns)
     return (
@@ -210,8 +214,8 @@ def _register_once(
         raise InstallationExists()
     changes = {field: data[field] for field in CHECK_IN_FIELDS if field in data}
     changes["platform"] = data["platform"]
-    _apply_check_in(session, existing, changes, now)
-    existing.token_hash = hash_secret(token)  # rotation: the old token stops working now
+    # Rotation: the old token stops working with this commit.
+    _apply_check_in(session, existing, changes, now, also={"token_hash": hash_secret(token)})
     commit_keeping_state(session)
     return Registration(existing, token, created=False)
 
@@ -231,21 +235,34 @@ def check_in(session: Db, device: Device, changes: Mapping[str, Any]) -> Device:
     raise AssertionError("unreachable")
 
 
-def _apply_check_in(session: Db, device: Device, changes: Mapping[str, Any], now: Any) -> None:
+def _apply_check_in(
+    session: Db,
+    device: Device,
+    changes: Mapping[str, Any],
+    now: Any,
+    also: Mapping[str, Any] | None = None,
+) -> None:
+    """Write a check-in's changes (and `also`, more columns) and show them on `device`."""
     telemetry.record_version_change(session, device, changes, now)
     _record_os_permissions(session, device.id, changes, current=device)
+    values: dict[str, Any] = {}
     if "push_token" in changes and changes["push_token"] != device.push_token:
         new_token = changes["push_token"]
         if new_token:
             _release_push_token(session, new_token, keep_device_id=device.id)
-        device.push_token = new_token
-        device.push_token_hash = hash_secret(new_token) if new_token else None
-        device.push_token_invalid_at = None
-    for field, value in changes.items():
-        if field != "push_token":
-            setattr(device, field, value)
-    device.last_seen_at = now
-    device.updated_at = now
+        values["push_token"] = new_token
+        values["push_token_hash"] = hash_secret(new_token) if new_token else None
+        values["push_token_invalid_at"] = None
+    values |= {field: value for field, value in changes.items() if field != "push_token"}
+    values |= also or {}
+    values["last_seen_at"] = now
+    values["updated_at"] = now
+    # One UPDATE of exactly these columns (its compiled form is cached per column set),
+    # then the values set on the instance as already stored: a unit-of-work flush of
+    # the same change was a fifth of a check-in's CPU.
+    session.execute(_UPDATE_DEVICE, {"device_id": device.id, **values})
+    for field, value in values.items():
+        set_committed_value(device, field, value)
 
 
 def update_preferences(

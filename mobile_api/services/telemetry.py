@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
@@ -121,10 +121,14 @@ def _terminated(session: Db, account_id: str) -> bool:
     return session.get(AccountTermination, account_id) is not None
 
 
+_VERSION_CHANGE_INSERT = sa.insert(cast(sa.Table, DeviceVersionChange.__table__))
+
+
 def record_version_change(
     session: Db, device: Device, changes: Mapping[str, Any], now: datetime
 ) -> None:
     """Append a history row for each OS or app version that `changes` alters."""
+    rows = []
     for field in VersionField:
         if field.value not in changes:
             continue
@@ -133,15 +137,17 @@ def record_version_change(
         if new_value is None or new_value == old_value:
             # A cleared app version is no upgrade; the device keeps reporting it later.
             continue
-        session.add(
-            DeviceVersionChange(
-                device_id=device.id,
-                field=field.value,
-                old_value=old_value,
-                new_value=new_value,
-                changed_at=now,
-            )
+        rows.append(
+            {
+                "device_id": device.id,
+                "field": field.value,
+                "old_value": old_value,
+                "new_value": new_value,
+                "changed_at": now,
+            }
         )
+    if rows:  # append-only history: a plain INSERT, no unit-of-work flush per check-in
+        session.execute(_VERSION_CHANGE_INSERT, rows)
 
 
 @device_section("telemetry")
