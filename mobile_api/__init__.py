@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +35,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.config["SQLALCHEMY_DATABASE_URI"] = (
             f"sqlite:///{os.path.join(app.instance_path, 'mobile_api.sqlite3')}"
         )
-    if not app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
-        app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
-            "pool_pre_ping": True,
-            **app.config["SQLALCHEMY_ENGINE_OPTIONS"],
-        }
     if app.config["REDIS_URL"] and app.config["RATELIMIT_STORAGE_URI"] == "memory://":
         app.config["RATELIMIT_STORAGE_URI"] = app.config["REDIS_URL"]
     app.config["MAX_CONTENT_LENGTH"] = app.config.get("MAX_CONTENT_LENGTH") or 1024 * 1024
@@ -54,6 +50,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     with app.app_context():
         _tune_engine(db.engine)
+        if db.engine.dialect.name != "sqlite" and not app.config["SQLALCHEMY_ENGINE_OPTIONS"].get(
+            "pool_pre_ping"
+        ):
+            _ping_connections_left_idle(db.engine, app.config["DATABASE_PING_AFTER_IDLE_SECONDS"])
         register_sqlite_functions(db.engine)
     migrate.init_app(app, db, directory=MIGRATIONS, render_as_batch=True, compare_type=True)
     limiter.init_app(app)
@@ -85,3 +85,29 @@ def _tune_engine(engine: sa.Engine) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=10000")
         cursor.close()
+
+
+def _ping_connections_left_idle(engine: sa.Engine, idle_seconds: float) -> None:
+    """Check a pooled connection before use only if it sat idle for `idle_seconds`.
+
+    Connections go stale while idle (server restarts, firewalls dropping quiet
+    sockets); pool_pre_ping would pay a round trip on every checkout to catch that,
+    a sixth of a busy registration's database trips. A connection that fails the ping
+    is replaced before the request sees it; one that breaks mid-use still fails that
+    request with 503 `database_unavailable` and the pool is refreshed.
+    """
+
+    @sa.event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @sa.event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.pop("idle_since", None)
+        if idle_since is None or time.monotonic() - idle_since < idle_seconds:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            # The pool discards this connection and checks out a fresh one.
+            raise sa.exc.DisconnectionError(str(exc)) from exc

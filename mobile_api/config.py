@@ -13,9 +13,10 @@ class Defaults:
 
     SECRET_KEY: str | None = None
     SQLALCHEMY_DATABASE_URI: str | None = None  # None → SQLite file under instance/
-    # create_app adds pool_pre_ping for server databases (a dropped connection is
-    # replaced before use); a SQLite file has no connection to lose.
     SQLALCHEMY_ENGINE_OPTIONS: dict[str, Any] = {}
+    # A server connection idle this long is pinged before use, and replaced if dead
+    # (every checkout when SQLALCHEMY_ENGINE_OPTIONS sets pool_pre_ping instead).
+    DATABASE_PING_AFTER_IDLE_SECONDS = 10.0
     CELERY_BROKER_URL: str | None = None
     REDIS_URL: str | None = None
 
@@ -108,6 +109,7 @@ _ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "DISPATCH_ENUMERATE_BATCH": ("DISPATCH_ENUMERATE_BATCH", int),
     "DISPATCH_CLAIM_LEASE_SECONDS": ("DISPATCH_CLAIM_LEASE_SECONDS", float),
     "DISPATCH_POLL_SECONDS": ("DISPATCH_POLL_SECONDS", float),
+    "DATABASE_PING_AFTER_IDLE_SECONDS": ("DATABASE_PING_AFTER_IDLE_SECONDS", float),
     "CELERY_QUEUE": ("CELERY_QUEUE", str),
     "GEOCODER_DOMAIN": ("GEOCODER_DOMAIN", str),
     "GEOCODER_SCHEME": ("GEOCODER_SCHEME", str),

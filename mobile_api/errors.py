@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import flask_smorest
 import marshmallow as ma
 from apispec import BasePlugin
+from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,9 @@ class DatabaseUnavailable(DomainError):
     error = "database_unavailable"
     description = "The database is not reachable."
 
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message, headers={"Retry-After": "5"})
+
 
 class InvalidCursor(DomainError):
     code = 422
@@ -132,6 +136,18 @@ class Api(flask_smorest.Api):
         spec_kwargs = dict(spec_kwargs or {})
         spec_kwargs["extra_plugins"] = [*spec_kwargs.get("extra_plugins", ()), BodyRefusalsPlugin()]
         super().__init__(*args, spec_kwargs=spec_kwargs, **kwargs)
+
+    def init_app(self, app: Any, *args: Any, **kwargs: Any) -> None:
+        """Also answer a lost or locked database with 503, not as a bug (500)."""
+        super().init_app(app, *args, **kwargs)
+        app.register_error_handler(sa_exc.OperationalError, self._database_unavailable)
+        app.register_error_handler(sa_exc.InterfaceError, self._database_unavailable)
+
+    def _database_unavailable(self, error: sa_exc.DBAPIError) -> Any:
+        # A dropped connection has already been discarded by the pool, and a SQLite
+        # lock outlived its busy timeout: either way, a retry may well succeed.
+        log.warning("database unavailable: %s", type(error.orig).__name__)
+        return self.handle_http_exception(DatabaseUnavailable())
 
     def handle_http_exception(self, error: HTTPException) -> Any:
         """Turn any HTTPException (and unhandled errors) into the one error shape."""

@@ -1,4 +1,4 @@
-"""Behaviour that needs a real PostgreSQL server: concurrent registration."""
+"""Behaviour that needs a real PostgreSQL server: concurrency and lost connections."""
 
 from __future__ import annotations
 
@@ -118,3 +118,79 @@ def test_concurrent_terminations_of_one_account_terminate_it_once(pg_app):
             sa.select(sa.func.count()).where(AuditEvent.action == "account.terminated")
         )
         assert events == 1
+
+
+def _device_after_backends_die(app):
+    """A client and device credential of `app`, whose pooled connections were then killed."""
+    from mobile_api.extensions import db
+    from mobile_api.services import keys
+
+    with app.app_context():
+        _, secret = keys.create(db.session, "app", "connections")
+    client = app.test_client()
+    response = client.post("/v1/devices", json=device_body(), headers=bearer(secret))
+    assert response.status_code == 201
+    assert _kill_app_connections(app.config["SQLALCHEMY_DATABASE_URI"]) >= 1
+    return client, bearer(response.get_json()["device_token"])
+
+
+def _kill_app_connections(database_url: str) -> int:
+    """Terminate every server process serving the app's database, as a restart would."""
+    import sqlalchemy as sa
+
+    url = sa.make_url(database_url)
+    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            killed = conn.execute(
+                sa.text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = :name AND pid <> pg_backend_pid()"
+                ),
+                {"name": url.database},
+            ).scalar_one()
+    finally:
+        admin.dispose()
+    return int(killed)
+
+
+@pytest.fixture
+def app_on_pg(postgres_url):
+    from tests.conftest import make_app
+
+    built = []
+
+    def build(**overrides):
+        app = make_app(postgres_url, RATELIMIT_ENABLED=False, **overrides)
+        migrate_once(app)
+        built.append(app)
+        return app
+
+    yield build
+    for app in built:
+        with app.app_context():
+            from mobile_api.extensions import db
+
+            db.engine.dispose()
+    if built:
+        wipe(built[0])
+
+
+def test_a_connection_that_died_while_idle_is_replaced_before_the_request_uses_it(app_on_pg):
+    client, device = _device_after_backends_die(app_on_pg(DATABASE_PING_AFTER_IDLE_SECONDS=0.0))
+
+    response = client.get("/v1/devices/me", headers=device)
+
+    assert response.status_code == 200
+
+
+def test_a_connection_lost_in_busy_use_fails_one_request_with_503_then_recovers(app_on_pg):
+    # Busy: no connection has been idle long enough to be pinged before use.
+    client, device = _device_after_backends_die(app_on_pg(DATABASE_PING_AFTER_IDLE_SECONDS=3600))
+
+    failed = client.get("/v1/devices/me", headers=device)
+    assert failed.status_code == 503
+    assert failed.get_json()["error"] == "database_unavailable"
+    assert failed.headers["Retry-After"] == "5"
+
+    assert client.get("/v1/devices/me", headers=device).status_code == 200
