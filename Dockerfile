@@ -25,19 +25,20 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     WEB_CONCURRENCY=2 \
+    GUNICORN_THREADS=4 \
     PORT=8000 \
     PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --home-dir /app --no-create-home --shell /usr/sbin/nologin app
 COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
-COPY --chown=root:root wsgi.py ./
+COPY --chown=root:root wsgi.py gunicorn.conf.py ./
 COPY --chown=root:root mobile_api ./mobile_api
 COPY --chown=root:root models ./models
 COPY --chown=root:root migrations ./migrations
 # The code is read-only for the app user; only instance/ (the embedded SQLite
 # default) is writable. Use DATABASE_URL (PostgreSQL) in production.
-RUN python -m compileall -q mobile_api models migrations wsgi.py \
+RUN python -m compileall -q mobile_api models migrations wsgi.py gunicorn.conf.py \
     && mkdir -p /app/instance /tmp/prometheus && chown app:app /app/instance /tmp/prometheus
 USER 10001:10001
 EXPOSE 8000
@@ -47,4 +48,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
 # The app writes its own JSON access log to stderr, so gunicorn's is left off.
 # /metrics aggregates the workers through prometheus_client's multiprocess files,
 # which must start empty with each server.
-CMD ["sh", "-c", "rm -rf \"$PROMETHEUS_MULTIPROC_DIR\" && mkdir -p \"$PROMETHEUS_MULTIPROC_DIR\" && exec gunicorn --bind 0.0.0.0:${PORT} --workers ${WEB_CONCURRENCY} wsgi:app"]
+CMD ["sh", "-c", "rm -rf \"$PROMETHEUS_MULTIPROC_DIR\" && mkdir -p \"$PROMETHEUS_MULTIPROC_DIR\" && exec gunicorn --config gunicorn.conf.py --bind 0.0.0.0:${PORT} wsgi:app"]

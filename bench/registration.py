@@ -4,10 +4,12 @@ One command, from the repository root (needs `wrk`: apt-get install -y wrk):
 
     /work/main/.venv/bin/python bench/registration.py            # full run, ~15 min
     /work/main/.venv/bin/python bench/registration.py --quick    # smoke run, ~1 min
+    /work/main/.venv/bin/python bench/registration.py --threads 1  # sync workers, to compare
 
 For each backend (SQLite file in WAL mode in a temp dir; a scratch PostgreSQL
 database, created and dropped) and each number of pre-registered devices (0 and
-1,000,000, seeded with bulk SQL), it starts `gunicorn -w 2 wsgi:app` with rate
+1,000,000, seeded with bulk SQL), it starts gunicorn with the project's
+gunicorn.conf.py and 2 workers (`-w 2`, gthread, 4 threads each) with rate
 limits off and a fresh SECRET_KEY, then measures separately, `--runs` times each:
 
 - registration: POST /v1/devices, a unique installation id and push token per request;
@@ -251,11 +253,19 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 @contextmanager
-def gunicorn(env: dict[str, str], port: int, log: Path) -> Any:
-    """`gunicorn -w 2 wsgi:app` on the port; yields the master's Popen."""
+def gunicorn(env: dict[str, str], port: int, log: Path, threads: int | None) -> Any:
+    """gunicorn with the project's gunicorn.conf.py and 2 workers; yields the master.
+
+    `threads` overrides the configuration's threads per worker; 1 means sync workers.
+    """
+    workers = ["--config", "gunicorn.conf.py", "-w", "2"]
+    if threads == 1:
+        workers += ["-k", "sync"]
+    elif threads:
+        workers += ["--threads", str(threads)]
     with log.open("w") as log_file:
         server = subprocess.Popen(
-            [str(BIN / "gunicorn"), "-w", "2", "-b", f"127.0.0.1:{port}", "wsgi:app"],
+            [str(BIN / "gunicorn"), *workers, "-b", f"127.0.0.1:{port}", "wsgi:app"],
             cwd=ROOT,
             env=env,
             stdout=log_file,
@@ -289,7 +299,7 @@ def wrk(url: str, seconds: float, connections: int, args: list[str], workers: li
             "wrk",
             "-t1",
             f"-c{connections}",
-            f"-d{seconds}s",
+            f"-d{seconds:g}s",
             "--timeout",
             "5s",
             "-s",
@@ -352,7 +362,8 @@ def scenario(backend: str, rows: int, options: argparse.Namespace, workdir: Path
         app_key = flask(env, "keys", "create", "--role", "app", "--name", "bench").splitlines()[-1]
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        with gunicorn(env, port, workdir / f"gunicorn-{backend}-{rows}.log") as server:
+        log = workdir / f"gunicorn-{backend}-{rows}.log"
+        with gunicorn(env, port, log, options.threads) as server:
             workers = worker_pids(server.pid)
             tokens = register_devices(base, app_key, CHECK_IN_DEVICES)
             tokens_file = workdir / "tokens.txt"
@@ -455,6 +466,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=None, help="seconds per run")
     parser.add_argument("--warmup", type=float, default=None, help="seconds of warm-up")
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads per worker instead of gunicorn.conf.py's (1: sync workers)",
+    )
     options = parser.parse_args()
     quick = options.quick
     options.rows = options.rows or ("0,10000" if quick else "0,1000000")
