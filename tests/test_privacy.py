@@ -20,6 +20,7 @@ from models.base import UTCDateTime
 from tests.conftest import bearer, device_body, make_app, migrate_once, wipe
 from tests.privacy_fixtures import (
     audit_events,
+    backdate_termination,
     rows_mentioning,
     seed_terminated_accounts,
     staff,
@@ -32,6 +33,16 @@ Register = Callable[..., tuple[dict[str, Any], str]]
 Staff = Callable[[str], dict[str, str]]
 
 
+@pytest.fixture
+def terminated_account(client: FlaskClient, register: Register, staff: Staff) -> str:
+    """An account with one device, terminated just now through the API."""
+    account = unique("acct")
+    register(account_id=account)
+    response = client.post(f"/v1/admin/accounts/{account}/terminate", headers=staff("privacy"))
+    assert response.status_code == 200
+    return account
+
+
 def _at(days: float) -> str:
     """--now for a purge run `days` from the real clock."""
     return (utcnow() + timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%S+00:00")
@@ -39,7 +50,6 @@ def _at(days: float) -> str:
 
 def test_purge_erases_a_terminated_account_once_its_delay_has_passed(
     app: Flask,
-    app_factory: Callable[..., Flask],
     client: FlaskClient,
     register: Register,
     staff: Staff,
@@ -52,19 +62,21 @@ def test_purge_erases_a_terminated_account_once_its_delay_has_passed(
     assert terminated.status_code == 200
     runner = app.test_cli_runner()
 
-    early = runner.invoke(args=["privacy", "purge", "--now", _at(13.9)])
+    backdate_termination(app, account, days=13.9)
+    early = runner.invoke(args=["privacy", "purge"])
     assert early.exit_code == 0, early.output
     assert "erased 0 accounts, 0 devices" in early.output
     assert rows_mentioning(app, account) != []
 
-    due = runner.invoke(args=["privacy", "purge", "--now", _at(14.01)])
+    backdate_termination(app, account, days=14.01)
+    due = runner.invoke(args=["privacy", "purge"])
     assert due.exit_code == 0, due.output
     assert "erased 1 accounts, 2 devices" in due.output
     needles = [account] + [d[k] for d in devices for k in ("id", "installation_id", "push_token")]
     assert rows_mentioning(app, *needles) == []
     assert client.get("/v1/devices/me", headers=bearer(kept_token)).status_code == 200
 
-    again = runner.invoke(args=["privacy", "purge", "--now", _at(15)])
+    again = runner.invoke(args=["privacy", "purge"])
     assert "erased 0 accounts, 0 devices" in again.output
 
     # The purged account stays refused, though only a keyed hash of it remains.
@@ -81,23 +93,40 @@ def test_purge_erases_a_terminated_account_once_its_delay_has_passed(
     assert {r["actor"] for r in runs} == {"cli"}
 
 
-def test_the_purge_delay_in_force_at_the_run_counts(
-    app_factory: Callable[..., Flask], client: FlaskClient, register: Register, staff: Staff
+def test_a_purge_as_of_a_future_time_is_refused(
+    app: Flask, client: FlaskClient, staff: Staff, terminated_account: str
 ) -> None:
-    account = unique("acct")
-    register(account_id=account)
-    client.post(f"/v1/admin/accounts/{account}/terminate", headers=staff("privacy"))
-    shorter = app_factory(PURGE_AFTER_DAYS=2).test_cli_runner()
-    result = shorter.invoke(args=["privacy", "purge", "--now", _at(2.01)])
+    account = terminated_account
+    backdate_termination(app, account, days=13.9)
+    runner = app.test_cli_runner()
+
+    # A typo of a few hours would erase the account before its 14 days are up.
+    typo = runner.invoke(args=["privacy", "purge", "--now", _at(0.2)])
+    assert typo.exit_code != 0
+    assert "--now" in typo.output and "in the future" in typo.output
+    assert rows_mentioning(app, account) != []
+    assert audit_events(client, staff("privacy"), action="purge.run") == []
+
+    # A clock a minute ahead of the server's is skew, not a typo; an earlier time is fine.
+    for days in (1 / 1440, -1):
+        result = runner.invoke(args=["privacy", "purge", "--now", _at(days)])
+        assert result.exit_code == 0, result.output
+        assert "erased 0 accounts, 0 devices" in result.output
+    assert rows_mentioning(app, account) != []
+
+
+def test_the_purge_delay_in_force_at_the_run_counts(
+    app_factory: Callable[..., Flask], terminated_account: str
+) -> None:
+    shorter = app_factory(PURGE_AFTER_DAYS=2)
+    backdate_termination(shorter, terminated_account, days=2.01)
+    result = shorter.test_cli_runner().invoke(args=["privacy", "purge"])
     assert "erased 1 accounts, 1 devices" in result.output
 
 
 def test_purge_on_the_real_clock_leaves_recent_terminations(
-    app: Flask, client: FlaskClient, register: Register, staff: Staff
+    app: Flask, terminated_account: str
 ) -> None:
-    account = unique("acct")
-    register(account_id=account)
-    client.post(f"/v1/admin/accounts/{account}/terminate", headers=staff("privacy"))
     result = app.test_cli_runner().invoke(args=["privacy", "purge"])
     assert result.exit_code == 0
     assert "erased 0 accounts, 0 devices" in result.output
