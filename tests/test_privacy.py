@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 
+from mobile_api import periodic
 from mobile_api.extensions import db
 from mobile_api.services import audit, export, privacy
 from models import AccountTermination, AccountTombstone, AuditEvent, Device, utcnow
@@ -89,8 +90,62 @@ def test_purge_erases_a_terminated_account_once_its_delay_has_passed(
     (purged,) = audit_events(client, staff("privacy"), target=account, action="account.purged")
     assert purged["details"] == {"devices": 2}
     runs = audit_events(client, staff("privacy"), action="purge.run")
-    assert [r["details"]["accounts"] for r in runs] == [0, 1, 0]
+    assert [(r["details"]["accounts"], r["details"]["devices"]) for r in runs] == [(1, 2)]
     assert {r["actor"] for r in runs} == {"cli"}
+
+
+def test_runs_with_nothing_to_erase_leave_the_audit_trail_alone(
+    app: Flask, client: FlaskClient, staff: Staff, terminated_account: str
+) -> None:
+    runner = app.test_cli_runner()
+    before = audit_events(client, staff("privacy"))
+    with app.app_context():
+        for _ in range(3):  # the periodic job, hour after hour, before the account is due
+            periodic.run("privacy-purge")
+    assert runner.invoke(args=["privacy", "purge"]).exit_code == 0
+    assert audit_events(client, staff("privacy")) == before
+
+    backdate_termination(app, terminated_account, days=15)
+    with app.app_context():
+        periodic.run("privacy-purge")
+        periodic.run("privacy-purge")
+    runs = audit_events(client, staff("privacy"), action="purge.run")
+    assert [(r["actor"], r["details"]["accounts"]) for r in runs] == [("system", 1)]
+    verified = runner.invoke(args=["audit", "verify"])
+    assert verified.exit_code == 0, verified.output
+    assert f"{len(before) + 2} events verified" in verified.output  # account.purged, purge.run
+
+
+def test_a_failed_purge_run_is_recorded_with_what_it_had_erased(
+    app: Flask, client: FlaskClient, staff: Staff, terminated_account: str
+) -> None:
+    backdate_termination(app, terminated_account, days=15)
+    # A rule whose table the database lacks: the retention step fails after the erasures.
+    missing = sa.Table(
+        f"retention_missing_{uuid.uuid4().hex[:8]}",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("received_at", UTCDateTime(), nullable=False),
+    )
+    with app.app_context(), pytest.raises(sa.exc.DBAPIError) as failure:
+        privacy.purge(
+            db.session,
+            now=utcnow(),
+            purge_after_days=14,
+            retention_days={"PROBE_RETENTION_DAYS": 30},
+            rules=[privacy.RetentionRule(missing.name, "received_at", "PROBE_RETENTION_DAYS")],
+            metadata=missing.metadata,
+        )
+    assert rows_mentioning(app, terminated_account) == []
+    (run,) = audit_events(client, staff("privacy"), action="purge.run")
+    assert run["details"] == {
+        "accounts": 1,
+        "devices": 1,
+        "retention": {},
+        "error": type(failure.value).__name__,
+    }
+    verified = app.test_cli_runner().invoke(args=["audit", "verify"])
+    assert verified.exit_code == 0, verified.output
 
 
 def test_a_purge_as_of_a_future_time_is_refused(
@@ -287,7 +342,10 @@ def test_concurrent_purge_runs_erase_each_account_once(postgres_url: str) -> Non
                 db.session.scalar(sa.select(sa.func.count()).select_from(AccountTermination)) == 0
             )
             assert db.session.scalar(sa.select(sa.func.count()).select_from(AccountTombstone)) == 24
-            assert audit.verify(db.session) == (None, 24 + 4)
+            # One purge.run event per run that erased something, none for a run that found
+            # every due account taken by the others.
+            runs = sum(1 for r in results if r.erased_anything)
+            assert audit.verify(db.session) == (None, 24 + runs)
     finally:
         wipe(app)
 

@@ -71,6 +71,11 @@ class PurgeResult:
     devices: int = 0
     retention: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def erased_anything(self) -> bool:
+        """Whether the run erased an account, a device or a row past its retention."""
+        return bool(self.accounts or self.devices or any(self.retention.values()))
+
 
 def subject(identifier: str) -> str:
     """The keyed hash that names a device or account in the audit trail."""
@@ -271,13 +276,14 @@ def export_account(
 
 def _apply_retention(
     session: Db,
+    deleted: dict[str, int],
     *,
     now: datetime,
     retention_days: Mapping[str, int],
     rules: Sequence[RetentionRule],
     metadata: sa.MetaData,
-) -> dict[str, int]:
-    deleted: dict[str, int] = {}
+) -> None:
+    """Delete the rows past their retention; rows deleted per table go into `deleted`."""
     for rule in rules:
         table = metadata.tables.get(rule.table)
         days = retention_days.get(rule.setting)
@@ -287,7 +293,59 @@ def _apply_retention(
         result = session.execute(sa.delete(table).where(table.c[rule.column] < cutoff))
         deleted[rule.table] = result.rowcount  # type: ignore[attr-defined]
         session.commit()
-    return deleted
+
+
+def _purge_due_accounts(
+    session: Db,
+    result: PurgeResult,
+    *,
+    now: datetime,
+    purge_after_days: int,
+    actor: str,
+    batch_size: int,
+) -> None:
+    """Erase the due accounts batch by batch, each batch in its own transaction."""
+    cutoff = now - timedelta(days=purge_after_days)
+    while True:
+        due = session.scalars(
+            sa.select(AccountTermination.account_id)
+            .where(AccountTermination.terminated_at <= cutoff)
+            .order_by(AccountTermination.terminated_at, AccountTermination.account_id)
+            .limit(batch_size)
+            .with_for_update(skip_locked=True)
+        ).all()
+        if not due:
+            session.rollback()
+            return
+        counts = _delete_devices(session, due)
+        audit.record_many(
+            session,
+            [
+                {
+                    "actor": actor,
+                    "action": "account.purged",
+                    "target": subject(account_id),
+                    "details": {"devices": counts.get(account_id, 0)},
+                }
+                for account_id in due
+            ],
+        )
+        _forget_terminations(session, due, now)
+        session.commit()
+        result.accounts += len(due)
+        result.devices += sum(counts.values())
+
+
+def _record_run(session: Db, result: PurgeResult, *, actor: str, error: str | None) -> None:
+    details: dict[str, Any] = {
+        "accounts": result.accounts,
+        "devices": result.devices,
+        "retention": result.retention,
+    }
+    if error is not None:
+        details["error"] = error
+    audit.record(session, actor=actor, action="purge.run", details=details)
+    session.commit()
 
 
 def purge(
@@ -306,55 +364,40 @@ def purge(
     Safe to run concurrently: each batch of due terminations is locked with
     SKIP LOCKED on PostgreSQL, so two runs never erase the same account; on
     SQLite the single writer serialises them. Each batch commits on its own.
+
+    A `purge.run` audit event sums up a run that erased something or failed; a run
+    with nothing to do (most hourly runs) leaves the audit trail as it was.
     """
     result = PurgeResult()
-    cutoff = now - timedelta(days=purge_after_days)
-    while True:
-        due = session.scalars(
-            sa.select(AccountTermination.account_id)
-            .where(AccountTermination.terminated_at <= cutoff)
-            .order_by(AccountTermination.terminated_at, AccountTermination.account_id)
-            .limit(batch_size)
-            .with_for_update(skip_locked=True)
-        ).all()
-        if not due:
-            session.rollback()
-            break
-        counts = _delete_devices(session, due)
-        audit.record_many(
+    try:
+        _purge_due_accounts(
             session,
-            [
-                {
-                    "actor": actor,
-                    "action": "account.purged",
-                    "target": subject(account_id),
-                    "details": {"devices": counts.get(account_id, 0)},
-                }
-                for account_id in due
-            ],
+            result,
+            now=now,
+            purge_after_days=purge_after_days,
+            actor=actor,
+            batch_size=batch_size,
         )
-        _forget_terminations(session, due, now)
-        session.commit()
-        result.accounts += len(due)
-        result.devices += sum(counts.values())
-    result.retention = _apply_retention(
-        session,
-        now=now,
-        retention_days=retention_days or {},
-        rules=RETENTION if rules is None else rules,
-        metadata=Base.metadata if metadata is None else metadata,
-    )
-    audit.record(
-        session,
-        actor=actor,
-        action="purge.run",
-        details={
-            "accounts": result.accounts,
-            "devices": result.devices,
-            "retention": result.retention,
-        },
-    )
-    session.commit()
+        _apply_retention(
+            session,
+            result.retention,
+            now=now,
+            retention_days=retention_days or {},
+            rules=RETENTION if rules is None else rules,
+            metadata=Base.metadata if metadata is None else metadata,
+        )
+    except Exception as exc:
+        # Batches committed before the failure stay erased: the trail says so, and why it stopped
+        # (the exception's class only: a database error's message may quote row values).
+        session.rollback()
+        try:
+            _record_run(session, result, actor=actor, error=type(exc).__name__)
+        except Exception:
+            session.rollback()
+            log.exception("could not record the failed purge run in the audit trail")
+        raise
+    if result.erased_anything:
+        _record_run(session, result, actor=actor, error=None)
     log.info("purge erased %s accounts, %s devices", result.accounts, result.devices)
     return result
 
