@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -141,7 +142,7 @@ def test_a_failed_purge_run_is_recorded_with_what_it_had_erased(
     assert run["details"] == {
         "accounts": 1,
         "devices": 1,
-        "retention": {},
+        "retention": {missing.name: 0},
         "error": type(failure.value).__name__,
     }
     verified = app.test_cli_runner().invoke(args=["audit", "verify"])
@@ -261,6 +262,53 @@ def test_retention_deletes_only_rows_past_their_window(app: Flask, probe_table: 
     assert unset.retention == {}
 
 
+def test_retention_deletes_a_backlog_in_bounded_transactions(
+    app: Flask, probe_table: sa.Table
+) -> None:
+    now = utcnow()
+    batch = privacy.RETENTION_BATCH_SIZE
+    # More than two batches of rows, the expired ones interleaved with recent ones,
+    # and one exactly at the cutoff (kept: only rows older than the window go).
+    ages = {i: 31 if i % 3 else 1 for i in range(2 * batch + 1000)}
+    ages[7] = 30
+    expired = [i for i, age in ages.items() if age > 30]
+    rule = privacy.RetentionRule(probe_table.name, "received_at", "PROBE_RETENTION_DAYS")
+    cutoff = now - timedelta(days=30)
+    # Expired rows left after each commit, as another connection sees them.
+    left_after_commit = [len(expired)]
+
+    def on_commit(session: Any) -> None:
+        with db.engine.connect() as other:
+            count = sa.select(sa.func.count()).where(probe_table.c.received_at < cutoff)
+            left_after_commit.append(other.scalar(count))
+
+    with app.app_context():
+        db.session.execute(
+            probe_table.insert(),
+            [{"id": i, "received_at": now - timedelta(days=age)} for i, age in ages.items()],
+        )
+        db.session.commit()
+        session = db.session()
+        sa.event.listen(session, "after_commit", on_commit)
+        try:
+            result = privacy.purge(
+                db.session,
+                now=now,
+                purge_after_days=14,
+                retention_days={"PROBE_RETENTION_DAYS": 30},
+                rules=[rule],
+                metadata=probe_table.metadata,
+            )
+        finally:
+            sa.event.remove(session, "after_commit", on_commit)
+        left = db.session.scalars(sa.select(probe_table.c.id).order_by(probe_table.c.id)).all()
+    assert result.retention == {probe_table.name: len(expired)}
+    assert left == sorted(set(ages) - set(expired))
+    # Each transaction deleted at most one batch.
+    deleted = [a - b for a, b in itertools.pairwise(left_after_commit) if a != b]
+    assert deleted == [batch, len(expired) - batch], left_after_commit
+
+
 def test_purge_enforces_telemetry_retention_on_the_real_tables(
     app_factory: Callable[..., Flask], register: Callable[..., Any]
 ) -> None:
@@ -376,3 +424,5 @@ def test_every_retention_rule_names_a_real_table_and_time_column() -> None:
         assert table is not None, rule
         assert rule.column in table.c, rule
         assert isinstance(table.c[rule.column].type, UTCDateTime), rule
+        # Retention deletes in batches keyed on a one-column primary key.
+        assert len(table.primary_key.columns) == 1, rule
