@@ -34,6 +34,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.config["SQLALCHEMY_DATABASE_URI"] = (
             f"sqlite:///{os.path.join(app.instance_path, 'mobile_api.sqlite3')}"
         )
+    if not app.config["GEOCODER_LIMITER_FILE"]:
+        app.config["GEOCODER_LIMITER_FILE"] = os.path.join(app.instance_path, "geocoder-slot")
     if not app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
         app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
             "pool_pre_ping": True,
