@@ -35,6 +35,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.config["SQLALCHEMY_DATABASE_URI"] = (
             f"sqlite:///{os.path.join(app.instance_path, 'mobile_api.sqlite3')}"
         )
+    if not app.config["GEOCODER_LIMITER_FILE"]:
+        app.config["GEOCODER_LIMITER_FILE"] = os.path.join(app.instance_path, "geocoder-slot")
     if app.config["REDIS_URL"] and app.config["RATELIMIT_STORAGE_URI"] == "memory://":
         app.config["RATELIMIT_STORAGE_URI"] = app.config["REDIS_URL"]
     app.config["MAX_CONTENT_LENGTH"] = app.config.get("MAX_CONTENT_LENGTH") or 1024 * 1024

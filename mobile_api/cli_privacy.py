@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import click
 from flask.cli import AppGroup
 
 from mobile_api.extensions import db
 from mobile_api.services import audit, privacy
+from models import utcnow
 
 privacy_cli = AppGroup("privacy", help="Privacy operations.")
 audit_cli = AppGroup("audit", help="The tamper-evident audit trail.")
+
+# How far ahead of this host's clock --now may be: the skew between two clocks, no more. A run
+# as of a later time would erase accounts before their PURGE_AFTER_DAYS are up.
+CLOCK_SKEW_TOLERANCE = timedelta(minutes=5)
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -25,11 +30,18 @@ def _utc(value: datetime | None) -> datetime | None:
     "--now",
     type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
     default=None,
-    help="Run as if it were this UTC time (default: the real clock).",
+    help="Run as of this UTC time, not later than now (default: the real clock).",
 )
 def purge_command(now: datetime | None) -> None:
     """Erase accounts whose purge is due and rows past their retention."""
-    result = privacy.run_purge(_utc(now), actor="cli")
+    as_of = _utc(now)
+    if as_of is not None and as_of > utcnow() + CLOCK_SKEW_TOLERANCE:
+        raise click.BadParameter(
+            f"{as_of:%Y-%m-%dT%H:%M:%SZ} is in the future; a purge may run as of now or an "
+            "earlier time, never ahead of the clock (that would erase accounts early)",
+            param_hint="--now",
+        )
+    result = privacy.run_purge(as_of, actor="cli")
     click.echo(f"erased {result.accounts} accounts, {result.devices} devices")
     for table, rows in result.retention.items():
         click.echo(f"retention: deleted {rows} rows from {table}")

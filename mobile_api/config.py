@@ -45,6 +45,9 @@ class Defaults:
     # whole deployment. A self-hosted provider may allow more (0 = no spacing).
     GEOCODER_MIN_INTERVAL = 1.0
     GEOCODER_TIMEOUT = 5.0  # seconds, a total deadline per lookup (rate-limit wait included)
+    # Without REDIS_URL: the file through which the processes of this host space their
+    # provider requests (None: geocoder-slot in the instance folder).
+    GEOCODER_LIMITER_FILE: str | None = None
     PLACES_CACHE_TTL = 24 * 3600  # seconds a coarse cell's answer is reused
     PLACES_REDIS_PREFIX = "mobile_api:geo:"  # Redis keys of the places cache and provider limiter
 
@@ -117,6 +120,7 @@ _ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "LOCATION_PRECISION_DECIMALS": ("LOCATION_PRECISION_DECIMALS", int),
     "GEOCODER_MIN_INTERVAL": ("GEOCODER_MIN_INTERVAL", float),
     "GEOCODER_TIMEOUT": ("GEOCODER_TIMEOUT", float),
+    "GEOCODER_LIMITER_FILE": ("GEOCODER_LIMITER_FILE", str),
     "PLACES_CACHE_TTL": ("PLACES_CACHE_TTL", int),
     "PLACES_REDIS_PREFIX": ("PLACES_REDIS_PREFIX", str),
     "PURGE_AFTER_DAYS": ("PURGE_AFTER_DAYS", int),

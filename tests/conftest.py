@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -105,11 +106,14 @@ def wipe(app: Flask) -> None:
 
 
 @pytest.fixture
-def app_factory(database_url: str) -> Iterator[Callable[..., Flask]]:
+def app_factory(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Flask]]:
     """Build apps on the test database with extra settings; wiped afterwards."""
     built: list[Flask] = []
 
     def build(**overrides: Any) -> Flask:
+        # The apps of one test share a provider limiter, as the processes of one host do;
+        # no slot reserved by one test delays the next.
+        overrides.setdefault("GEOCODER_LIMITER_FILE", str(tmp_path / "geocoder-slot"))
         app = make_app(database_url, **overrides)
         migrate_once(app)
         built.append(app)

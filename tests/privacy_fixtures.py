@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,7 +14,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from mobile_api.extensions import db
-from models import AccountTermination, Device
+from models import AccountTermination, Device, utcnow
 from tests.conftest import bearer
 
 
@@ -85,3 +85,15 @@ def seed_terminated_accounts(
             )
     session.commit()
     return ids
+
+
+def backdate_termination(app: Flask, account_id: str, days: float) -> None:
+    """Move an account's termination `days` before the real clock, as if they had passed."""
+    with app.app_context():
+        db.session.execute(
+            sa.update(AccountTermination)
+            .where(AccountTermination.account_id == account_id)
+            .values(terminated_at=utcnow() - timedelta(days=days))
+        )
+        db.session.commit()
+        db.session.remove()

@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 import math
+import multiprocessing
 import os
 import re
 import statistics
@@ -15,6 +16,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -25,6 +27,7 @@ from requests.adapters import HTTPAdapter
 
 from mobile_api.geo import (
     Area,
+    FileLimiter,
     InProcessLimiter,
     Limiter,
     MemoryCache,
@@ -574,6 +577,81 @@ def test_redis_limiter_spaces_requests_across_processes(
         ]
 
     _assert_spaced(_reserved_waits(make))
+
+
+def test_file_limiter_spaces_requests_across_limiters_of_one_file(tmp_path: Path) -> None:
+    # Two limiters on one file, as two worker processes of a host would have.
+    def make(sleep: Callable[[float], None]) -> list[Limiter]:
+        return [FileLimiter(tmp_path / "slot", 0.2, sleep=sleep) for _ in range(2)]
+
+    _assert_spaced(_reserved_waits(make))
+
+
+def test_file_limiter_disregards_a_slot_the_clock_has_stepped_back_from(tmp_path: Path) -> None:
+    slot = tmp_path / "slot"
+    FileLimiter(slot, 1.0, clock=lambda: time.time() + 3600).acquire(max_wait=1.0)
+    # An hour back, that slot is further away than any lookup could have reserved.
+    assert FileLimiter(slot, 1.0, max_ahead=6.0).acquire(max_wait=1.0) == 0.0
+
+
+def test_file_limiter_refuses_rather_than_running_unthrottled(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    limiter = make_limiter(None, 1.0, slot_file=str(tmp_path / "a-file" / "slot"))
+    with pytest.raises(ProviderUnavailable) as info:
+        limiter.acquire(max_wait=1.0)
+    assert info.value.retry_after is None
+
+
+def _search_from_a_worker(settings: dict[str, Any], lats: list[float], start: Any) -> None:
+    """One web worker of a host (a process of its own): its app searches cells nobody has."""
+    from mobile_api import create_app
+    from mobile_api.services import places
+
+    app = create_app(settings)
+    with app.app_context():
+        gateway = places.current_gateway()
+        start.wait(timeout=60)
+        for lat in lats:
+            gateway.search(lat, 20.0, category="cafe")
+
+
+@pytest.mark.slow
+def test_without_redis_the_workers_of_a_host_send_at_most_one_request_a_second(
+    fake: FakeNominatim, tmp_path: Path
+) -> None:
+    settings = {
+        "TESTING": True,
+        "SQLALCHEMY_DATABASE_URI": "sqlite://",
+        "REDIS_URL": None,
+        "GEOCODER_DOMAIN": fake.domain,
+        "GEOCODER_SCHEME": "http",
+        "GEOCODER_USER_AGENT": USER_AGENT,
+        "GEOCODER_LIMITER_FILE": str(tmp_path / "instance" / "geocoder-slot"),
+    }
+    context = multiprocessing.get_context("spawn")  # a clean interpreter, as gunicorn's are
+    start = context.Barrier(2)
+    workers = [
+        context.Process(target=_search_from_a_worker, args=(settings, [10.0 + i, 30.0 + i], start))
+        for i in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert [worker.exitcode for worker in workers] == [0, 0]
+
+    arrivals = sorted(r.received_at for r in fake.recorded)
+    assert len(arrivals) == 4
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    # GEOCODER_MIN_INTERVAL is 1 s; arrivals carry some scheduling jitter.
+    assert min(gaps) >= 0.8, gaps
+
+
+def test_the_slot_file_lives_in_the_instance_folder_by_default() -> None:
+    from mobile_api import create_app
+
+    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": "sqlite://"})
+    assert app.config["GEOCODER_LIMITER_FILE"] == os.path.join(app.instance_path, "geocoder-slot")
 
 
 def test_limited_searches_reach_the_provider_spaced_out(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -362,6 +363,27 @@ def test_a_slow_provider_times_out_as_504(
 
     assert response.status_code == 504
     assert response.get_json()["error"] == "mapping_provider_timeout"
+
+
+def test_a_body_that_stalls_after_late_headers_times_out_at_the_deadline(
+    app_factory: Callable[..., Flask],
+    places_settings: dict[str, Any],
+    nominatim: FakeNominatim,
+    device_token: str,
+) -> None:
+    client = app_factory(**{**places_settings, "GEOCODER_TIMEOUT": 1.0}).test_client()
+    # Headers at 0.7 s, then the body one byte every 2 s: each step is within the timeout
+    # on its own, so only a deadline for the whole lookup stops it at 1 s.
+    nominatim.behave(delay=0.7, trickle=2.0)
+
+    started = time.monotonic()
+    response = search(client, device_token)
+    elapsed = time.monotonic() - started
+
+    assert response.status_code == 504
+    assert response.get_json()["error"] == "mapping_provider_timeout"
+    assert elapsed < 1.4  # not 1.7: the delay plus a whole timeout for the stalled read
+    assert len(nominatim.recorded) == 1
 
 
 def test_a_failure_is_not_cached(

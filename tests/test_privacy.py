@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -13,6 +14,7 @@ import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 
+from mobile_api import periodic
 from mobile_api.extensions import db
 from mobile_api.services import audit, export, privacy
 from models import AccountTermination, AccountTombstone, AuditEvent, Device, utcnow
@@ -20,6 +22,7 @@ from models.base import UTCDateTime
 from tests.conftest import bearer, device_body, make_app, migrate_once, wipe
 from tests.privacy_fixtures import (
     audit_events,
+    backdate_termination,
     rows_mentioning,
     seed_terminated_accounts,
     staff,
@@ -32,6 +35,16 @@ Register = Callable[..., tuple[dict[str, Any], str]]
 Staff = Callable[[str], dict[str, str]]
 
 
+@pytest.fixture
+def terminated_account(client: FlaskClient, register: Register, staff: Staff) -> str:
+    """An account with one device, terminated just now through the API."""
+    account = unique("acct")
+    register(account_id=account)
+    response = client.post(f"/v1/admin/accounts/{account}/terminate", headers=staff("privacy"))
+    assert response.status_code == 200
+    return account
+
+
 def _at(days: float) -> str:
     """--now for a purge run `days` from the real clock."""
     return (utcnow() + timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%S+00:00")
@@ -39,7 +52,6 @@ def _at(days: float) -> str:
 
 def test_purge_erases_a_terminated_account_once_its_delay_has_passed(
     app: Flask,
-    app_factory: Callable[..., Flask],
     client: FlaskClient,
     register: Register,
     staff: Staff,
@@ -52,19 +64,21 @@ def test_purge_erases_a_terminated_account_once_its_delay_has_passed(
     assert terminated.status_code == 200
     runner = app.test_cli_runner()
 
-    early = runner.invoke(args=["privacy", "purge", "--now", _at(13.9)])
+    backdate_termination(app, account, days=13.9)
+    early = runner.invoke(args=["privacy", "purge"])
     assert early.exit_code == 0, early.output
     assert "erased 0 accounts, 0 devices" in early.output
     assert rows_mentioning(app, account) != []
 
-    due = runner.invoke(args=["privacy", "purge", "--now", _at(14.01)])
+    backdate_termination(app, account, days=14.01)
+    due = runner.invoke(args=["privacy", "purge"])
     assert due.exit_code == 0, due.output
     assert "erased 1 accounts, 2 devices" in due.output
     needles = [account] + [d[k] for d in devices for k in ("id", "installation_id", "push_token")]
     assert rows_mentioning(app, *needles) == []
     assert client.get("/v1/devices/me", headers=bearer(kept_token)).status_code == 200
 
-    again = runner.invoke(args=["privacy", "purge", "--now", _at(15)])
+    again = runner.invoke(args=["privacy", "purge"])
     assert "erased 0 accounts, 0 devices" in again.output
 
     # The purged account stays refused, though only a keyed hash of it remains.
@@ -77,27 +91,98 @@ def test_purge_erases_a_terminated_account_once_its_delay_has_passed(
     (purged,) = audit_events(client, staff("privacy"), target=account, action="account.purged")
     assert purged["details"] == {"devices": 2}
     runs = audit_events(client, staff("privacy"), action="purge.run")
-    assert [r["details"]["accounts"] for r in runs] == [0, 1, 0]
+    assert [(r["details"]["accounts"], r["details"]["devices"]) for r in runs] == [(1, 2)]
     assert {r["actor"] for r in runs} == {"cli"}
 
 
-def test_the_purge_delay_in_force_at_the_run_counts(
-    app_factory: Callable[..., Flask], client: FlaskClient, register: Register, staff: Staff
+def test_runs_with_nothing_to_erase_leave_the_audit_trail_alone(
+    app: Flask, client: FlaskClient, staff: Staff, terminated_account: str
 ) -> None:
-    account = unique("acct")
-    register(account_id=account)
-    client.post(f"/v1/admin/accounts/{account}/terminate", headers=staff("privacy"))
-    shorter = app_factory(PURGE_AFTER_DAYS=2).test_cli_runner()
-    result = shorter.invoke(args=["privacy", "purge", "--now", _at(2.01)])
+    runner = app.test_cli_runner()
+    before = audit_events(client, staff("privacy"))
+    with app.app_context():
+        for _ in range(3):  # the periodic job, hour after hour, before the account is due
+            periodic.run("privacy-purge")
+    assert runner.invoke(args=["privacy", "purge"]).exit_code == 0
+    assert audit_events(client, staff("privacy")) == before
+
+    backdate_termination(app, terminated_account, days=15)
+    with app.app_context():
+        periodic.run("privacy-purge")
+        periodic.run("privacy-purge")
+    runs = audit_events(client, staff("privacy"), action="purge.run")
+    assert [(r["actor"], r["details"]["accounts"]) for r in runs] == [("system", 1)]
+    verified = runner.invoke(args=["audit", "verify"])
+    assert verified.exit_code == 0, verified.output
+    assert f"{len(before) + 2} events verified" in verified.output  # account.purged, purge.run
+
+
+def test_a_failed_purge_run_is_recorded_with_what_it_had_erased(
+    app: Flask, client: FlaskClient, staff: Staff, terminated_account: str
+) -> None:
+    backdate_termination(app, terminated_account, days=15)
+    # A rule whose table the database lacks: the retention step fails after the erasures.
+    missing = sa.Table(
+        f"retention_missing_{uuid.uuid4().hex[:8]}",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("received_at", UTCDateTime(), nullable=False),
+    )
+    with app.app_context(), pytest.raises(sa.exc.DBAPIError) as failure:
+        privacy.purge(
+            db.session,
+            now=utcnow(),
+            purge_after_days=14,
+            retention_days={"PROBE_RETENTION_DAYS": 30},
+            rules=[privacy.RetentionRule(missing.name, "received_at", "PROBE_RETENTION_DAYS")],
+            metadata=missing.metadata,
+        )
+    assert rows_mentioning(app, terminated_account) == []
+    (run,) = audit_events(client, staff("privacy"), action="purge.run")
+    assert run["details"] == {
+        "accounts": 1,
+        "devices": 1,
+        "retention": {missing.name: 0},
+        "error": type(failure.value).__name__,
+    }
+    verified = app.test_cli_runner().invoke(args=["audit", "verify"])
+    assert verified.exit_code == 0, verified.output
+
+
+def test_a_purge_as_of_a_future_time_is_refused(
+    app: Flask, client: FlaskClient, staff: Staff, terminated_account: str
+) -> None:
+    account = terminated_account
+    backdate_termination(app, account, days=13.9)
+    runner = app.test_cli_runner()
+
+    # A typo of a few hours would erase the account before its 14 days are up.
+    typo = runner.invoke(args=["privacy", "purge", "--now", _at(0.2)])
+    assert typo.exit_code != 0
+    assert "--now" in typo.output and "in the future" in typo.output
+    assert rows_mentioning(app, account) != []
+    assert audit_events(client, staff("privacy"), action="purge.run") == []
+
+    # A clock a minute ahead of the server's is skew, not a typo; an earlier time is fine.
+    for days in (1 / 1440, -1):
+        result = runner.invoke(args=["privacy", "purge", "--now", _at(days)])
+        assert result.exit_code == 0, result.output
+        assert "erased 0 accounts, 0 devices" in result.output
+    assert rows_mentioning(app, account) != []
+
+
+def test_the_purge_delay_in_force_at_the_run_counts(
+    app_factory: Callable[..., Flask], terminated_account: str
+) -> None:
+    shorter = app_factory(PURGE_AFTER_DAYS=2)
+    backdate_termination(shorter, terminated_account, days=2.01)
+    result = shorter.test_cli_runner().invoke(args=["privacy", "purge"])
     assert "erased 1 accounts, 1 devices" in result.output
 
 
 def test_purge_on_the_real_clock_leaves_recent_terminations(
-    app: Flask, client: FlaskClient, register: Register, staff: Staff
+    app: Flask, terminated_account: str
 ) -> None:
-    account = unique("acct")
-    register(account_id=account)
-    client.post(f"/v1/admin/accounts/{account}/terminate", headers=staff("privacy"))
     result = app.test_cli_runner().invoke(args=["privacy", "purge"])
     assert result.exit_code == 0
     assert "erased 0 accounts, 0 devices" in result.output
@@ -175,6 +260,53 @@ def test_retention_deletes_only_rows_past_their_window(app: Flask, probe_table: 
     assert result.retention == {probe_table.name: 2}
     assert left == [0, 1]
     assert unset.retention == {}
+
+
+def test_retention_deletes_a_backlog_in_bounded_transactions(
+    app: Flask, probe_table: sa.Table
+) -> None:
+    now = utcnow()
+    batch = privacy.RETENTION_BATCH_SIZE
+    # More than two batches of rows, the expired ones interleaved with recent ones,
+    # and one exactly at the cutoff (kept: only rows older than the window go).
+    ages = {i: 31 if i % 3 else 1 for i in range(2 * batch + 1000)}
+    ages[7] = 30
+    expired = [i for i, age in ages.items() if age > 30]
+    rule = privacy.RetentionRule(probe_table.name, "received_at", "PROBE_RETENTION_DAYS")
+    cutoff = now - timedelta(days=30)
+    # Expired rows left after each commit, as another connection sees them.
+    left_after_commit = [len(expired)]
+
+    def on_commit(session: Any) -> None:
+        with db.engine.connect() as other:
+            count = sa.select(sa.func.count()).where(probe_table.c.received_at < cutoff)
+            left_after_commit.append(other.scalar(count))
+
+    with app.app_context():
+        db.session.execute(
+            probe_table.insert(),
+            [{"id": i, "received_at": now - timedelta(days=age)} for i, age in ages.items()],
+        )
+        db.session.commit()
+        session = db.session()
+        sa.event.listen(session, "after_commit", on_commit)
+        try:
+            result = privacy.purge(
+                db.session,
+                now=now,
+                purge_after_days=14,
+                retention_days={"PROBE_RETENTION_DAYS": 30},
+                rules=[rule],
+                metadata=probe_table.metadata,
+            )
+        finally:
+            sa.event.remove(session, "after_commit", on_commit)
+        left = db.session.scalars(sa.select(probe_table.c.id).order_by(probe_table.c.id)).all()
+    assert result.retention == {probe_table.name: len(expired)}
+    assert left == sorted(set(ages) - set(expired))
+    # Each transaction deleted at most one batch.
+    deleted = [a - b for a, b in itertools.pairwise(left_after_commit) if a != b]
+    assert deleted == [batch, len(expired) - batch], left_after_commit
 
 
 def test_purge_enforces_telemetry_retention_on_the_real_tables(
@@ -258,7 +390,10 @@ def test_concurrent_purge_runs_erase_each_account_once(postgres_url: str) -> Non
                 db.session.scalar(sa.select(sa.func.count()).select_from(AccountTermination)) == 0
             )
             assert db.session.scalar(sa.select(sa.func.count()).select_from(AccountTombstone)) == 24
-            assert audit.verify(db.session) == (None, 24 + 4)
+            # One purge.run event per run that erased something, none for a run that found
+            # every due account taken by the others.
+            runs = sum(1 for r in results if r.erased_anything)
+            assert audit.verify(db.session) == (None, 24 + runs)
     finally:
         wipe(app)
 
@@ -289,3 +424,5 @@ def test_every_retention_rule_names_a_real_table_and_time_column() -> None:
         assert table is not None, rule
         assert rule.column in table.c, rule
         assert isinstance(table.c[rule.column].type, UTCDateTime), rule
+        # Retention deletes in batches keyed on a one-column primary key.
+        assert len(table.primary_key.columns) == 1, rule

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mobile_api.geo.cache import (
     Cache,
+    FileLimiter,
     InProcessLimiter,
     Limiter,
     MemoryCache,
@@ -33,6 +34,7 @@ __all__ = [
     "MAX_LIMIT",
     "Area",
     "Cache",
+    "FileLimiter",
     "InProcessLimiter",
     "Limiter",
     "LookupHook",

@@ -1,14 +1,17 @@
 """Shared state of the gateway: result caches and the provider rate limiter, in-process or in Redis.
 
-Without ``REDIS_URL`` both live in the process, which is right for one worker and for tests; with
-several workers or hosts, Redis makes the cache shared and the one-request-a-second limit hold
-across the whole deployment.
+Without ``REDIS_URL`` the cache lives in each process and the limiter in a locked file that every
+process of the host shares, so the several workers of one server (``bin/serve``) keep to one
+request a second between them. With several hosts, Redis makes the cache shared and the limit
+hold across the whole deployment.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -130,6 +133,15 @@ class RedisCache:
             log.warning("places cache write failed: %s", type(exc).__name__)
 
 
+def _reserve(now: float, next_free: float, interval: float, max_wait: float) -> tuple[float, float]:
+    """The wait for the next free slot and the free slot after it; refused if too far away."""
+    start = max(now, next_free)
+    wait = start - now
+    if wait > max_wait:
+        raise ProviderUnavailable(wait, "mapping provider request budget exhausted")
+    return wait, start + interval
+
+
 class InProcessLimiter:
     """A thread-safe limiter for one process, on the monotonic clock.
 
@@ -155,14 +167,72 @@ class InProcessLimiter:
     def acquire(self, max_wait: float) -> float:
         """Reserve the next slot and sleep until it; raise ProviderUnavailable if it is too far."""
         with self._lock:
-            now = self._clock()
-            start = max(now, self._next_free)
-            wait = start - now
-            if wait > max_wait:
-                raise ProviderUnavailable(wait, "mapping provider request budget exhausted")
-            self._next_free = start + self._interval
+            wait, self._next_free = _reserve(
+                self._clock(), self._next_free, self._interval, max_wait
+            )
         if wait > 0:
             self._sleep(wait)
+        return wait
+
+
+class FileLimiter:
+    """A limiter shared by the processes of one host: the next free slot is kept in a file.
+
+    Each caller takes an exclusive ``flock`` on the file (each call opens it anew, so threads
+    of one process exclude each other too), reserves the next slot, writes it back and lets
+    go before sleeping. Slots are on the wall clock, which every process agrees on and which
+    leaves a slot written before a restart in the past. Should the clock step back, a stored
+    slot more than ``max_ahead`` seconds away cannot have been reserved and is disregarded.
+
+    If the file cannot be used the limit cannot be guaranteed, so the lookup is refused
+    (ProviderUnavailable) rather than sent unthrottled.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        min_interval: float = 1.0,
+        *,
+        max_ahead: float = 60.0,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if min_interval < 0:
+            raise ValueError("min_interval must not be negative")
+        self._path = os.fspath(path)
+        self._interval = min_interval
+        self._max_ahead = max_ahead
+        self._clock = clock
+        self._sleep = sleep
+
+    def acquire(self, max_wait: float) -> float:
+        """Reserve the next slot of the host and sleep until it; raise if it is too far."""
+        if self._interval == 0:
+            return 0.0
+        try:
+            wait = self._reserve(max_wait)
+        except OSError as exc:
+            log.warning("provider rate limiter unavailable: %s", type(exc).__name__)
+            raise ProviderUnavailable(None, "mapping provider rate limiter unavailable") from None
+        if wait > 0:
+            self._sleep(wait)
+        return wait
+
+    def _reserve(self, max_wait: float) -> float:
+        os.makedirs(os.path.dirname(self._path) or ".", exist_ok=True)
+        with open(os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600), "r+b") as slot:
+            fcntl.flock(slot, fcntl.LOCK_EX)  # released when the file is closed
+            now = self._clock()
+            try:
+                next_free = float(slot.read() or b"-inf")
+            except ValueError:
+                next_free = float("-inf")  # torn by a crash mid-write: start afresh
+            if next_free - now > self._max_ahead:
+                next_free = now
+            wait, following = _reserve(now, next_free, self._interval, max_wait)
+            slot.seek(0)
+            slot.write(f"{following:.6f}".encode())
+            slot.truncate()
         return wait
 
 
@@ -247,9 +317,16 @@ def make_cache(redis_url: str | None, *, prefix: str = DEFAULT_CACHE_PREFIX) -> 
 
 
 def make_limiter(
-    redis_url: str | None, min_interval: float = 1.0, *, key: str = DEFAULT_LIMITER_KEY
+    redis_url: str | None,
+    min_interval: float = 1.0,
+    *,
+    key: str = DEFAULT_LIMITER_KEY,
+    slot_file: str | None = None,
+    max_ahead: float = 60.0,
 ) -> Limiter:
-    """Return a RedisLimiter (deployment-wide) given a Redis URL, else an in-process one."""
+    """A limiter in Redis (deployment-wide), else in the slot file (host-wide), else in-process."""
     if redis_url:
         return RedisLimiter(_redis_client(redis_url), key, min_interval)
+    if slot_file:
+        return FileLimiter(slot_file, min_interval, max_ahead=max_ahead)
     return InProcessLimiter(min_interval)

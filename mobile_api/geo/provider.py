@@ -113,8 +113,8 @@ class MinimalSession(requests.Session):
     No cookies are kept (the provider cannot link one lookup to the next), no redirect is
     followed (a redirect could carry the query to a host other than the configured provider),
     no environment settings (.netrc credentials, CA or proxy variables) are read, only an Accept
-    header is added to what the caller sends, and a numeric timeout is enforced as a total
-    deadline for the whole response, body included.
+    header is added to what the caller sends, and a numeric timeout is enforced as one deadline
+    for the whole exchange: connecting, waiting for the headers and reading the body.
     """
 
     def __init__(self) -> None:
@@ -130,11 +130,13 @@ class MinimalSession(requests.Session):
         timeout = kwargs.get("timeout")
         if kwargs.get("stream") or not isinstance(timeout, int | float):
             return super().send(request, **kwargs)
-        # requests applies a numeric timeout to each socket operation, so a provider trickling
-        # its body could hold us far past the deadline; read the body here, one receive at a
-        # time, and watch the clock between receives.
+        # requests applies a numeric timeout afresh to the connect and to each receive, so a
+        # provider that answers late and then stalls mid-body could hold us twice the timeout
+        # or more. Connect and headers share one budget (urllib3's total); the body is read
+        # here, one receive at a time, each allowed only what is left of the deadline.
         deadline = time.monotonic() + timeout
         kwargs["stream"] = True
+        kwargs["timeout"] = urllib3.Timeout(total=timeout)
         response = super().send(request, **kwargs)
         try:
             body = self._read_body(response, deadline)
@@ -152,11 +154,18 @@ class MinimalSession(requests.Session):
     def _read_body(response: requests.Response, deadline: float) -> bytes:
         """Read the whole body by single receives, failing as a timeout once past the deadline."""
         body = bytearray()
+        connection = response.raw.connection
         try:
-            while chunk := response.raw.read1(64 * 1024):
-                body += chunk
-                if time.monotonic() > deadline:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
                     raise requests.ReadTimeout("response exceeded its deadline")
+                if connection is not None and connection.sock is not None:
+                    connection.sock.settimeout(left)
+                chunk = response.raw.read1(64 * 1024)
+                if not chunk:
+                    break
+                body += chunk
         except urllib3.exceptions.ReadTimeoutError:
             raise requests.ReadTimeout("response exceeded its deadline") from None
         except urllib3.exceptions.HTTPError as exc:

@@ -104,19 +104,27 @@ def build_gateway(
     """A gateway configured from the app's settings (GEOCODER_*, LOCATION_PRECISION_DECIMALS, …).
 
     With REDIS_URL set, the cache and the one-request-a-second limiter live in Redis under
-    PLACES_REDIS_PREFIX, so every process of the deployment shares them.
+    PLACES_REDIS_PREFIX, so every process of the deployment shares them. Without it, the
+    limiter is the GEOCODER_LIMITER_FILE that every process of the host shares.
     """
     redis_url = settings.get("REDIS_URL") or None
     prefix = settings["PLACES_REDIS_PREFIX"]
+    timeout = float(settings["GEOCODER_TIMEOUT"])
+    interval = float(settings["GEOCODER_MIN_INTERVAL"])
     return PlacesGateway(
         domain=settings["GEOCODER_DOMAIN"],
         scheme=settings["GEOCODER_SCHEME"],
         user_agent=settings["GEOCODER_USER_AGENT"],
         precision_decimals=int(settings["LOCATION_PRECISION_DECIMALS"]),
-        timeout=float(settings["GEOCODER_TIMEOUT"]),
+        timeout=timeout,
         cache=make_cache(redis_url, prefix=f"{prefix}cache:"),
         limiter=make_limiter(
-            redis_url, float(settings["GEOCODER_MIN_INTERVAL"]), key=f"{prefix}provider-slot"
+            redis_url,
+            interval,
+            key=f"{prefix}provider-slot",
+            slot_file=settings.get("GEOCODER_LIMITER_FILE"),
+            # No lookup reserves a slot further ahead than its own deadline allows.
+            max_ahead=timeout + interval,
         ),
         cache_ttl=float(settings["PLACES_CACHE_TTL"]),
         on_lookup=on_lookup,

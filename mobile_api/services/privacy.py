@@ -8,7 +8,7 @@ after an erasure says that something was erased without saying whom it concerned
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -53,6 +53,11 @@ RETENTION: list[RetentionRule] = [
 ]
 
 
+# Rows a retention rule deletes per transaction: a backlog of millions goes in short
+# transactions, none holding its locks (on SQLite, the database's one write lock) for long.
+RETENTION_BATCH_SIZE = 5000
+
+
 @dataclass(frozen=True, slots=True)
 class Termination:
     """An account's termination and when its data will be purged."""
@@ -70,6 +75,11 @@ class PurgeResult:
     accounts: int = 0
     devices: int = 0
     retention: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def erased_anything(self) -> bool:
+        """Whether the run erased an account, a device or a row past its retention."""
+        return bool(self.accounts or self.devices or any(self.retention.values()))
 
 
 def subject(identifier: str) -> str:
@@ -271,23 +281,100 @@ def export_account(
 
 def _apply_retention(
     session: Db,
+    deleted: dict[str, int],
     *,
     now: datetime,
     retention_days: Mapping[str, int],
     rules: Sequence[RetentionRule],
     metadata: sa.MetaData,
-) -> dict[str, int]:
-    deleted: dict[str, int] = {}
+    batch_size: int,
+) -> None:
+    """Delete the rows past their retention; rows deleted per table go into `deleted`."""
     for rule in rules:
         table = metadata.tables.get(rule.table)
         days = retention_days.get(rule.setting)
         if table is None or days is None:
             continue
-        cutoff = now - timedelta(days=days)
-        result = session.execute(sa.delete(table).where(table.c[rule.column] < cutoff))
-        deleted[rule.table] = result.rowcount  # type: ignore[attr-defined]
+        deleted[rule.table] = 0
+        expired = table.c[rule.column] < now - timedelta(days=days)
+        for rows in _delete_in_batches(session, table, expired, batch_size):
+            deleted[rule.table] += rows
+
+
+def _delete_in_batches(
+    session: Db, table: sa.Table, expired: sa.ColumnElement[bool], batch_size: int
+) -> Iterator[int]:
+    """Delete the rows matching `expired`, one committed batch at a time; rows per batch.
+
+    Keyset on the primary key: each batch is the next `batch_size` matching keys above the
+    last batch's, so no batch scans again what an earlier one deleted, and the rows go by
+    primary-key lookups whatever other index the planner might prefer for `expired`.
+    """
+    (key,) = table.primary_key.columns
+    last: Any = None
+    while True:
+        window = sa.select(key).where(expired).order_by(key).limit(batch_size)
+        if last is not None:
+            window = window.where(key > last)
+        keys = session.scalars(sa.delete(table).where(key.in_(window)).returning(key)).all()
         session.commit()
-    return deleted
+        if not keys:
+            return
+        yield len(keys)
+        last = max(keys)
+
+
+def _purge_due_accounts(
+    session: Db,
+    result: PurgeResult,
+    *,
+    now: datetime,
+    purge_after_days: int,
+    actor: str,
+    batch_size: int,
+) -> None:
+    """Erase the due accounts batch by batch, each batch in its own transaction."""
+    cutoff = now - timedelta(days=purge_after_days)
+    while True:
+        due = session.scalars(
+            sa.select(AccountTermination.account_id)
+            .where(AccountTermination.terminated_at <= cutoff)
+            .order_by(AccountTermination.terminated_at, AccountTermination.account_id)
+            .limit(batch_size)
+            .with_for_update(skip_locked=True)
+        ).all()
+        if not due:
+            session.rollback()
+            return
+        counts = _delete_devices(session, due)
+        audit.record_many(
+            session,
+            [
+                {
+                    "actor": actor,
+                    "action": "account.purged",
+                    "target": subject(account_id),
+                    "details": {"devices": counts.get(account_id, 0)},
+                }
+                for account_id in due
+            ],
+        )
+        _forget_terminations(session, due, now)
+        session.commit()
+        result.accounts += len(due)
+        result.devices += sum(counts.values())
+
+
+def _record_run(session: Db, result: PurgeResult, *, actor: str, error: str | None) -> None:
+    details: dict[str, Any] = {
+        "accounts": result.accounts,
+        "devices": result.devices,
+        "retention": result.retention,
+    }
+    if error is not None:
+        details["error"] = error
+    audit.record(session, actor=actor, action="purge.run", details=details)
+    session.commit()
 
 
 def purge(
@@ -306,55 +393,44 @@ def purge(
     Safe to run concurrently: each batch of due terminations is locked with
     SKIP LOCKED on PostgreSQL, so two runs never erase the same account; on
     SQLite the single writer serialises them. Each batch commits on its own.
+
+    A `purge.run` audit event sums up a run that erased something or failed; a run
+    with nothing to do (most hourly runs) leaves the audit trail as it was.
     """
     result = PurgeResult()
-    cutoff = now - timedelta(days=purge_after_days)
-    while True:
-        due = session.scalars(
-            sa.select(AccountTermination.account_id)
-            .where(AccountTermination.terminated_at <= cutoff)
-            .order_by(AccountTermination.terminated_at, AccountTermination.account_id)
-            .limit(batch_size)
-            .with_for_update(skip_locked=True)
-        ).all()
-        if not due:
-            session.rollback()
-            break
-        counts = _delete_devices(session, due)
-        audit.record_many(
+    try:
+        _purge_due_accounts(
             session,
-            [
-                {
-                    "actor": actor,
-                    "action": "account.purged",
-                    "target": subject(account_id),
-                    "details": {"devices": counts.get(account_id, 0)},
-                }
-                for account_id in due
-            ],
+            result,
+            now=now,
+            purge_after_days=purge_after_days,
+            actor=actor,
+            batch_size=batch_size,
         )
-        _forget_terminations(session, due, now)
-        session.commit()
-        result.accounts += len(due)
-        result.devices += sum(counts.values())
-    result.retention = _apply_retention(
-        session,
-        now=now,
-        retention_days=retention_days or {},
-        rules=RETENTION if rules is None else rules,
-        metadata=Base.metadata if metadata is None else metadata,
-    )
-    audit.record(
-        session,
-        actor=actor,
-        action="purge.run",
-        details={
-            "accounts": result.accounts,
-            "devices": result.devices,
-            "retention": result.retention,
-        },
-    )
-    session.commit()
+        _apply_retention(
+            session,
+            result.retention,
+            now=now,
+            retention_days=retention_days or {},
+            rules=RETENTION if rules is None else rules,
+            metadata=Base.metadata if metadata is None else metadata,
+            batch_size=RETENTION_BATCH_SIZE,
+        )
+    except Exception as exc:
+        # Batches committed before the failure stay erased: the trail says so, and why it stopped
+        # (the exception's class only: a database error's message may quote row values).
+        session.rollback()
+        try:
+            _record_run(session, result, actor=actor, error=type(exc).__name__)
+        except Exception as unrecorded:
+            session.rollback()
+            log.warning(
+                "could not record the failed purge run in the audit trail: %s",
+                type(unrecorded).__name__,
+            )
+        raise
+    if result.erased_anything:
+        _record_run(session, result, actor=actor, error=None)
     log.info("purge erased %s accounts, %s devices", result.accounts, result.devices)
     return result
 

@@ -18,13 +18,14 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests.fakes.loopback import LoopbackFake, LoopbackServer
 
 ACCESS_TOKEN = "fake-access-token"
 SEND_PATH_PREFIX = "/v1/projects/"
@@ -142,14 +143,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(HTTPStatus.NOT_FOUND, b"{}")
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 1024
+class _Server(LoopbackServer):
     fake: FakeFcmServer
 
 
-class FakeFcmServer:
+class FakeFcmServer(LoopbackFake):
     """A threaded loopback FCM v1 + OAuth2 server; use as a context manager."""
+
+    handler = _Handler
+    server_class = _Server
+    thread_name = "fake-fcm"
 
     def __init__(
         self,
@@ -160,6 +163,7 @@ class FakeFcmServer:
         access_token: str = ACCESS_TOKEN,
         port: int = 0,
     ) -> None:
+        super().__init__(port)
         self.behaviour: dict[str, str] = dict(behaviour or {})
         self.delay = delay
         self.quota_retry_after: str | None = QUOTA_RETRY_AFTER
@@ -173,53 +177,11 @@ class FakeFcmServer:
         self._failures: dict[str, list[Any]] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
-        self._port = port
-        self._httpd: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        """Base URL, e.g. http://127.0.0.1:54321 (the FCM_ENDPOINT value)."""
-        if self._httpd is None:
-            raise RuntimeError("server not started")
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
 
     @property
     def token_uri(self) -> str:
         """The OAuth2 token endpoint to put in a service-account file."""
         return f"{self.url}/token"
-
-    def start(self) -> Self:
-        """Bind to 127.0.0.1 and serve in a daemon thread."""
-        self._httpd = _Server(("127.0.0.1", self._port), _Handler)
-        self._httpd.fake = self
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},  # fast shutdown() between tests
-            name="fake-fcm",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the socket."""
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def fail_times(self, token: str, times: int, kind: str = "unavailable") -> None:
         """Answer `kind` for the next `times` sends to `token`, then its usual answer."""

@@ -12,10 +12,11 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.fakes.loopback import LoopbackFake, LoopbackServer
 
 # Where generated places sit inside the requested viewbox, as (fraction north, fraction east).
 # Deliberately not in distance order: the gateway has to sort.
@@ -154,63 +155,22 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # keep test output (and captured logs) quiet
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(LoopbackServer):
     fake: FakeNominatim
 
 
-class FakeNominatim:
+class FakeNominatim(LoopbackFake):
     """A Nominatim-compatible HTTP server on 127.0.0.1 with a free port, run in a daemon thread."""
 
+    handler = _Handler
+    server_class = _Server
+    thread_name = "fake-nominatim"
+
     def __init__(self) -> None:
+        super().__init__()
         self._lock = threading.Lock()
         self._recorded: list[RecordedRequest] = []
         self._behaviour = Behaviour()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    # lifecycle
-
-    def start(self) -> Self:
-        """Start serving; returns self."""
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.fake = self
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            args=(0.05,),
-            name="fake-nominatim",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the listening socket."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        """The port it listens on."""
-        assert self._server is not None, "not started"
-        return int(self._server.server_address[1])
 
     @property
     def domain(self) -> str:

@@ -1,0 +1,84 @@
+"""What the loopback fakes share: a threaded HTTP server on 127.0.0.1, run in a daemon thread.
+
+A fake subclasses `LoopbackFake`, names its request handler (and, when the handler needs to see
+the fake's own type, its `LoopbackServer` subclass), and its handlers reach the fake through
+`self.server.fake`.
+"""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, ClassVar, Self
+
+
+class LoopbackServer(ThreadingHTTPServer):
+    """A threaded server whose handler threads never keep the test process alive."""
+
+    daemon_threads = True
+    request_queue_size = 1024  # benchmarks open many connections at once
+    fake: Any
+
+
+class LoopbackFake:
+    """Serves `handler` on 127.0.0.1 (a free port unless given) in a daemon thread.
+
+    Use as a context manager, or call `start()` and `stop()`.
+    """
+
+    handler: ClassVar[type[BaseHTTPRequestHandler]]
+    server_class: ClassVar[type[LoopbackServer]] = LoopbackServer
+    thread_name: ClassVar[str] = "loopback-fake"
+
+    def __init__(self, port: int = 0) -> None:
+        self._port = port
+        self._httpd: LoopbackServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Self:
+        """Bind to 127.0.0.1 and serve in a daemon thread; returns self."""
+        httpd = self.server_class(("127.0.0.1", self._port), self.handler)
+        httpd.fake = self
+        self._httpd = httpd
+        self._thread = threading.Thread(
+            target=httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},  # fast shutdown() between tests
+            name=self.thread_name,
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the listening socket."""
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        """The port it listens on."""
+        if self._httpd is None:
+            raise RuntimeError("server not started")
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. http://127.0.0.1:54321."""
+        return f"http://127.0.0.1:{self.port}"
