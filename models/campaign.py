@@ -40,6 +40,7 @@ class CampaignStatus(StrEnum):
 
 
 ACTIVE_STATUSES = (CampaignStatus.QUEUED, CampaignStatus.SENDING)
+FINAL_STATUSES = (CampaignStatus.COMPLETED, CampaignStatus.CANCELLED, CampaignStatus.FAILED)
 
 
 class DeliveryStatus(StrEnum):
@@ -80,6 +81,12 @@ class Campaign(Base):
     enumeration_done: Mapped[bool] = mapped_column(default=False)
     targeted: Mapped[int] = mapped_column(default=0)
     progress_at: Mapped[datetime | None]
+    # The counts once every delivery is decided, kept here because delivery rows
+    # are deleted after DELIVERY_RETENTION_DAYS; NULL until then (and for drafts).
+    final_sent: Mapped[int | None]
+    final_failed: Mapped[int | None]
+    final_invalid_tokens_pruned: Mapped[int | None]
+    final_suppressed: Mapped[dict[str, int] | None] = mapped_column(JSON)
 
     @property
     def active(self) -> bool:

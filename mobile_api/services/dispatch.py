@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from mobile_api.push import Outcome, PushMessage, PushTransport, SendResult, make_transport
-from mobile_api.services import Db, is_postgresql
+from mobile_api.services import Db, campaigns, is_postgresql
 from mobile_api.services import audience as aud
 from models import (
     ACTIVE_STATUSES,
@@ -417,6 +417,8 @@ def finish_if_done(session: Db, campaign_id: str) -> bool:
         .values(status=CampaignStatus.COMPLETED, finished_at=utcnow())
         .execution_options(synchronize_session=False)
     )
+    # Completed just now, or cancelled and its last chunk in flight now recorded.
+    campaigns.store_final_counts(session, campaign_id)
     session.commit()
     done = bool(result.rowcount)  # type: ignore[attr-defined]
     if done:
@@ -427,14 +429,22 @@ def finish_if_done(session: Db, campaign_id: str) -> bool:
 def resolve_interrupted(session: Db, settings: Settings) -> int:
     """Chunks claimed longer than the lease ago belong to a dead dispatcher: never re-send."""
     cutoff = utcnow() - timedelta(seconds=settings.claim_lease_seconds)
-    result = session.execute(
+    lapsed = (Delivery.claimed_at < cutoff, Delivery.status == DeliveryStatus.SENDING)
+    # Look before writing: an idle poll must not take SQLite's single write lock.
+    if not session.scalar(sa.select(sa.select(Delivery.id).where(*lapsed).exists())):
+        session.commit()
+        return 0
+    campaign_ids = session.scalars(
         sa.update(Delivery)
-        .where(Delivery.claimed_at < cutoff, Delivery.status == DeliveryStatus.SENDING)
+        .where(*lapsed)
         .values(status=DeliveryStatus.FAILED, reason=INTERRUPTED, claimed_at=None)
+        .returning(Delivery.campaign_id)
         .execution_options(synchronize_session=False)
-    )
+    ).all()
+    for campaign_id in set(campaign_ids):  # a cancelled campaign may have been waiting on these
+        campaigns.store_final_counts(session, campaign_id)
     session.commit()
-    count = int(result.rowcount)  # type: ignore[attr-defined]
+    count = len(campaign_ids)
     if count:
         log.warning("%s deliveries were interrupted mid-hand-off; not re-sent", count)
     return count
