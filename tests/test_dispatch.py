@@ -526,3 +526,39 @@ def test_an_unreachable_broker_does_not_turn_a_send_into_an_error(
     assert response.get_json()["status"] == "queued"
     again = client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
     assert again.get_json()["error"] == "campaign_already_sent"
+
+
+def test_idle_polls_of_the_embedded_worker_write_nothing(
+    app: Flask,
+    client: FlaskClient,
+    marketing: Headers,
+    create_campaign: Callable[..., str],
+    device: Make,
+    fcm: FakeFcmServer,
+) -> None:
+    """SQLite has one writer: a worker waiting for a retry must leave it to the web workers."""
+    app.config.update(PUSH_RETRY_BASE_SECONDS=3600.0, PUSH_RETRY_MAX_SECONDS=3600.0)
+    waiting = device()
+    fcm.fail_times(str(waiting.push_token), 1, "unavailable")  # retried in about an hour
+    device()
+    campaign_id = create_campaign()
+    client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
+    worker = Worker(app)
+    assert worker.run_pass() == (1, 1)  # sent one, the other waits for its retry
+    writes: list[str] = []
+
+    def count_writes(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().split(None, 1)[0].upper() in {"INSERT", "UPDATE", "DELETE"}:
+            writes.append(statement)
+
+    with app.app_context():
+        engine = db.engine
+    sa.event.listen(engine, "before_cursor_execute", count_writes)
+    try:
+        for _ in range(5):
+            assert worker.run_pass() == (0, 1)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count_writes)
+    assert writes == []
+    body = client.get(f"/v1/campaigns/{campaign_id}", headers=marketing).get_json()
+    assert (body["status"], body["counts"]["sent"], body["counts"]["pending"]) == ("sending", 1, 1)

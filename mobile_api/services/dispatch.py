@@ -501,3 +501,27 @@ def run_campaign(
         enumerated = batch is None or batch.done
     finish_if_done(session, campaign_id)
     return chunks
+
+
+def has_work(session: Db, campaign_id: str) -> bool:
+    """Whether a pass over the campaign would change anything now; reads only.
+
+    True when it is active and has an audience left to enumerate, a pending
+    delivery due, or nothing left undecided (it is ready to complete). A campaign
+    only waiting for retries or for another dispatcher's chunk is left alone, so
+    an idle poll never takes SQLite's single write lock.
+    """
+    deliveries = sa.select(Delivery.id).where(Delivery.campaign_id == campaign_id)
+    due = deliveries.where(
+        Delivery.status == DeliveryStatus.PENDING, Delivery.next_attempt_at <= utcnow()
+    ).exists()
+    undecided = deliveries.where(Delivery.status.in_(_UNFINISHED)).exists()
+    found = session.scalar(
+        sa.select(Campaign.id).where(
+            Campaign.id == campaign_id,
+            Campaign.status.in_(ACTIVE_STATUSES),
+            sa.or_(Campaign.enumeration_done.is_(False), due, ~undecided),
+        )
+    )
+    session.commit()
+    return found is not None
