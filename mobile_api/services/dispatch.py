@@ -525,3 +525,67 @@ def has_work(session: Db, campaign_id: str) -> bool:
     )
     session.commit()
     return found is not None
+
+
+def note_progress(session: Db, campaign_id: str, every: timedelta) -> None:
+    """Record that a chunk of the campaign was claimed or recorded, at most once per `every`.
+
+    Reads first, so most calls write nothing; Celery's sweep reads it to tell a
+    stall from a campaign whose chunks are being worked on.
+    """
+    now = utcnow()
+    stale = sa.or_(Campaign.progress_at.is_(None), Campaign.progress_at < now - every)
+    if session.scalar(sa.select(Campaign.id).where(Campaign.id == campaign_id, stale)):
+        session.execute(
+            sa.update(Campaign)
+            .where(Campaign.id == campaign_id, stale)
+            .values(progress_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    session.commit()
+
+
+def stalled(campaign: Campaign, due: datetime | None, now: datetime, stall: timedelta) -> bool:
+    """Whether a campaign has lost its Celery tasks rather than waiting behind others.
+
+    Stalled: nothing enumerated, claimed or recorded for longer than `stall`, and
+    still work to do: its audience not fully enumerated, or a delivery overdue by
+    more than `stall` (`due`: the earliest pending one's next attempt).
+    """
+    last = campaign.progress_at or campaign.queued_at or now
+    if now - last <= stall:
+        return False
+    return not campaign.enumeration_done or (due is not None and now - due > stall)
+
+
+def queue_recovery(session: Db, campaign_id: str, now: datetime, lost_after: timedelta) -> bool:
+    """Mark a recovery of the campaign outstanding; False if one already is.
+
+    A recovery marked longer than `lost_after` ago never started (its message was
+    lost with the broker) and may be replaced.
+    """
+    result = session.execute(
+        sa.update(Campaign)
+        .where(
+            Campaign.id == campaign_id,
+            sa.or_(
+                Campaign.recovery_queued_at.is_(None),
+                Campaign.recovery_queued_at < now - lost_after,
+            ),
+        )
+        .values(recovery_queued_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def hold_recovery(session: Db, campaign_id: str, until: datetime | None) -> None:
+    """Keep the recovery outstanding until `until` (it comes back then), or end it (None)."""
+    session.execute(
+        sa.update(Campaign)
+        .where(Campaign.id == campaign_id)
+        .values(recovery_queued_at=until)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
