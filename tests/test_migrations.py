@@ -132,6 +132,8 @@ def test_final_counts_are_backfilled_and_downgrade_keeps_the_deliveries(
         # Not final yet: counted live until the dispatcher decides the rest.
         assert stored["INFLIGHT"].final_sent is None
         assert stored["RUNNING"].final_sent is None
+        db.session.commit()
+        upgrade()  # the models are at head
         assert _counts("DONE")["sent"] == 2
         assert _counts("INFLIGHT")["pending"] == 1
         db.session.commit()
@@ -140,6 +142,7 @@ def test_final_counts_are_backfilled_and_downgrade_keeps_the_deliveries(
         inspector = sa.inspect(db.engine)
         columns = {column["name"] for column in inspector.get_columns("campaigns")}
         assert not any(name.startswith("final_") for name in columns)
+        assert "recovery_queued_at" not in columns
         assert db.session.scalar(sa.select(sa.func.count()).select_from(_deliveries)) == 10
         assert db.session.scalar(sa.select(sa.func.count()).select_from(_campaigns)) == 4
         db.session.commit()
