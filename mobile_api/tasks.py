@@ -6,7 +6,8 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from celery import Celery, Task, shared_task
+from celery import Celery, Task, bootsteps, shared_task
+from celery.signals import worker_process_init
 from flask import Flask, current_app
 
 from mobile_api import periodic
@@ -32,7 +33,20 @@ def make_celery(app: Flask) -> Celery:
             with app.app_context():
                 return self.run(*args, **kwargs)
 
+    class PushTransportStep(bootsteps.Step):
+        """Build the push transport as the worker starts: a bad FCM_CREDENTIALS stops it."""
+
+        def __init__(self, parent: Any, **kwargs: Any) -> None:
+            super().__init__(parent, **kwargs)
+            dispatch.transport(app)  # raises, and the worker exits before taking a task
+            # Each pool process builds its own as it starts, not at its first chunk.
+            worker_process_init.connect(self.build, weak=False)
+
+        def build(self, **_kwargs: Any) -> None:
+            dispatch.transport(app)
+
     celery = Celery(app.import_name, task_cls=FlaskTask)
+    celery.steps["worker"].add(PushTransportStep)
     queue = app.config["CELERY_QUEUE"]
     schedule: dict[str, Any] = {
         "dispatch-sweep": {"task": "mobile_api.dispatch.sweep", "schedule": SWEEP_SECONDS},

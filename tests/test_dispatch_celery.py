@@ -22,6 +22,7 @@ from flask.testing import FlaskClient
 from mobile_api.extensions import db
 from models import Campaign
 from tests.campaign_fixtures import (
+    PROJECT,
     Made,
     close_transport,
     create_campaign,
@@ -221,3 +222,46 @@ def test_a_campaign_waiting_in_a_long_queue_gets_one_recovery_not_one_per_sweep(
         assert campaign is not None
         assert campaign.recovery_queued_at is None  # it found the campaign progressing: done
         db.session.remove()
+
+
+def test_a_celery_worker_builds_its_push_transport_as_it_starts(
+    app: Flask,
+    postgres_url: str,
+    fcm_settings: dict[str, Any],
+    queue: str,
+    tmp_path: Path,
+) -> None:
+    """A bad FCM_CREDENTIALS stops the worker at once, not at its first chunk."""
+    bad = tmp_path / "not-a-service-account.json"
+    bad.write_text('{"type": "service_account"}')
+    env = subprocess_env(
+        postgres_url, {**fcm_settings, "FCM_CREDENTIALS": str(bad)}, CELERY_BROKER_URL=REDIS_URL
+    )
+    log = tmp_path / "bad.log"
+    worker = _start_worker("bad", env, queue, log)
+    try:
+        code = worker.wait(timeout=60)
+    finally:
+        worker.kill()
+    assert code != 0
+    assert f"FCM_CREDENTIALS '{bad}' is not a usable service-account file" in log.read_text()
+
+    env = subprocess_env(postgres_url, fcm_settings, CELERY_BROKER_URL=REDIS_URL)
+    log = tmp_path / "good.log"
+    worker = _start_worker("good", env, queue, log)
+    try:
+        deadline = time.monotonic() + 60
+        while " ready." not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=10)
+    output = log.read_text()
+    assert " ready." in output, output
+    # Built in the worker and again in its pool process, before any task arrived.
+    assert (
+        output.count(
+            f"push transport: fcm (project {PROJECT}, endpoint {fcm_settings['FCM_ENDPOINT']})"
+        )
+        == 2
+    ), output
