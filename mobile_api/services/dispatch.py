@@ -470,9 +470,13 @@ def resolve_interrupted(session: Db, settings: Settings) -> int:
         .returning(Delivery.campaign_id)
         .execution_options(synchronize_session=False)
     ).all()
-    for campaign_id in set(campaign_ids):  # a cancelled campaign may have been waiting on these
-        campaigns.store_final_counts(session, campaign_id)
     session.commit()
+    # A cancelled campaign may have been waiting on these. After the commit, not
+    # in it: holding these rows while waiting for a campaign row that a recording
+    # worker holds (and that worker waiting for these rows) would deadlock.
+    for campaign_id in set(campaign_ids):
+        campaigns.store_final_counts(session, campaign_id)
+        session.commit()
     count = len(campaign_ids)
     if count:
         log.warning("%s deliveries were interrupted mid-hand-off; not re-sent", count)
