@@ -35,6 +35,9 @@ class Defaults:
     # recorded as failed (interrupted), never re-sent. Keep it well above FCM_TIMEOUT.
     DISPATCH_CLAIM_LEASE_SECONDS = 600.0
     DISPATCH_POLL_SECONDS = 1.0  # embedded worker: idle wait between passes
+    # Celery: a campaign with work overdue and no enumeration, claim or record for
+    # this long has lost its tasks; the sweep queues one recovery at a time.
+    DISPATCH_STALL_SECONDS = 300.0
     CELERY_QUEUE = "mobile_api"
 
     GEOCODER_DOMAIN = "nominatim.openstreetmap.org"
@@ -113,6 +116,7 @@ _ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "DISPATCH_CLAIM_LEASE_SECONDS": ("DISPATCH_CLAIM_LEASE_SECONDS", float),
     "DISPATCH_POLL_SECONDS": ("DISPATCH_POLL_SECONDS", float),
     "DATABASE_PING_AFTER_IDLE_SECONDS": ("DATABASE_PING_AFTER_IDLE_SECONDS", float),
+    "DISPATCH_STALL_SECONDS": ("DISPATCH_STALL_SECONDS", float),
     "CELERY_QUEUE": ("CELERY_QUEUE", str),
     "GEOCODER_DOMAIN": ("GEOCODER_DOMAIN", str),
     "GEOCODER_SCHEME": ("GEOCODER_SCHEME", str),

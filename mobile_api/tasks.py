@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Any
 
-from celery import Celery, Task, shared_task
+from celery import Celery, Task, bootsteps, shared_task
+from celery.signals import worker_process_init
 from flask import Flask, current_app
 
 from mobile_api import periodic
@@ -13,10 +15,14 @@ from mobile_api.extensions import db
 from mobile_api.services import dispatch
 from models import Campaign, utcnow
 
-# A campaign whose enumeration or due deliveries saw no progress for this long has
-# lost its task (a worker died before enqueueing the rest): the sweep re-enqueues it.
-STALL = timedelta(seconds=60)
+log = logging.getLogger(__name__)
+
 SWEEP_SECONDS = 30.0
+# A recovery not started this many stall intervals after it was queued is taken
+# for lost with its message, and the sweep may queue another.
+RECOVERY_LOST_AFTER_STALLS = 10
+# Chunk tasks note progress at most this many times per stall interval.
+PROGRESS_NOTES_PER_STALL = 10
 
 
 def make_celery(app: Flask) -> Celery:
@@ -27,7 +33,20 @@ def make_celery(app: Flask) -> Celery:
             with app.app_context():
                 return self.run(*args, **kwargs)
 
+    class PushTransportStep(bootsteps.Step):
+        """Build the push transport as the worker starts: a bad FCM_CREDENTIALS stops it."""
+
+        def __init__(self, parent: Any, **kwargs: Any) -> None:
+            super().__init__(parent, **kwargs)
+            dispatch.transport(app)  # raises, and the worker exits before taking a task
+            # Each pool process builds its own as it starts, not at its first chunk.
+            worker_process_init.connect(self.build, weak=False)
+
+        def build(self, **_kwargs: Any) -> None:
+            dispatch.transport(app)
+
     celery = Celery(app.import_name, task_cls=FlaskTask)
+    celery.steps["worker"].add(PushTransportStep)
     queue = app.config["CELERY_QUEUE"]
     schedule: dict[str, Any] = {
         "dispatch-sweep": {"task": "mobile_api.dispatch.sweep", "schedule": SWEEP_SECONDS},
@@ -64,6 +83,26 @@ def _settings() -> dispatch.Settings:
     return dispatch.Settings.from_config(current_app.config)
 
 
+def _stall() -> timedelta:
+    return timedelta(seconds=float(current_app.config["DISPATCH_STALL_SECONDS"]))
+
+
+def _send_due(campaign_id: str, first_id: int, last_id: int | None) -> None:
+    """Claim, send and record the due deliveries of an id range, noting the progress."""
+    settings = _settings()
+    push = dispatch.transport(current_app)
+    every = _stall() / PROGRESS_NOTES_PER_STALL
+    after = first_id - 1
+    while True:
+        result = dispatch.process_chunk(
+            db.session, push, campaign_id, settings, after_id=after, upto_id=last_id
+        )
+        if not result.claimed:
+            break
+        after = result.last_id or after
+        dispatch.note_progress(db.session, campaign_id, every)
+
+
 def _ranges(first: int, last: int, width: int) -> list[tuple[int, int]]:
     return [(low, min(low + width - 1, last)) for low in range(first, last + 1, width)]
 
@@ -89,16 +128,7 @@ def dispatch_campaign(campaign_id: str) -> None:
 @shared_task(name="mobile_api.dispatch.chunk", bind=True)
 def dispatch_chunk(self: Task, campaign_id: str, first_id: int, last_id: int | None) -> None:
     """Send the due deliveries of one id range; come back when its retries are due."""
-    settings = _settings()
-    push = dispatch.transport(current_app)
-    after = first_id - 1
-    while True:
-        result = dispatch.process_chunk(
-            db.session, push, campaign_id, settings, after_id=after, upto_id=last_id
-        )
-        if not result.claimed:
-            break
-        after = result.last_id or after
+    _send_due(campaign_id, first_id, last_id)
     due = dispatch.next_due(db.session, campaign_id, first_id, last_id)
     if due is not None:
         delay = max((due - utcnow()).total_seconds(), 0.0)
@@ -108,21 +138,57 @@ def dispatch_chunk(self: Task, campaign_id: str, first_id: int, last_id: int | N
 
 @shared_task(name="mobile_api.dispatch.sweep")
 def sweep() -> None:
-    """Resolve dead claims, re-enqueue stalled campaigns, complete finished ones."""
-    settings = _settings()
-    dispatch.resolve_interrupted(db.session, settings)
+    """Resolve dead claims, queue one recovery of each stalled campaign, complete finished ones.
+
+    A campaign whose tasks merely wait behind a long queue is not stalled while
+    any of its chunks progresses; one that is gets at most one recovery at a time.
+    """
+    dispatch.resolve_interrupted(db.session, _settings())
+    stall = _stall()
     now = utcnow()
     for campaign_id in dispatch.active_campaign_ids(db.session):
+        due = dispatch.next_due(db.session, campaign_id)
         campaign = db.session.get(Campaign, campaign_id)
         if campaign is None:
             continue
-        last_progress = campaign.progress_at or campaign.queued_at or now
-        if not campaign.enumeration_done and now - last_progress > STALL:
-            dispatch_campaign.delay(campaign_id)
-        due = dispatch.next_due(db.session, campaign_id)
-        if due is not None and now - due > STALL:
-            dispatch_chunk.delay(campaign_id, 0, None)
+        if dispatch.stalled(campaign, due, now, stall) and dispatch.queue_recovery(
+            db.session, campaign_id, now, stall * RECOVERY_LOST_AFTER_STALLS
+        ):
+            log.warning("campaign %s made no progress in %s: recovering it", campaign_id, stall)
+            try:
+                recover_campaign.delay(campaign_id)
+            except Exception:
+                dispatch.hold_recovery(db.session, campaign_id, None)  # none is outstanding
+                raise
         dispatch.finish_if_done(db.session, campaign_id)
+
+
+@shared_task(name="mobile_api.dispatch.recover", bind=True)
+def recover_campaign(self: Task, campaign_id: str) -> None:
+    """Take a stalled campaign up again: the sweep keeps one of these outstanding at most.
+
+    Nothing to do if the campaign progressed since (its tasks were only waiting).
+    Else the enumeration chain goes on from its cursor, or the due deliveries are
+    sent here, and this comes back for their retries.
+    """
+    campaign = db.session.get(Campaign, campaign_id)
+    if campaign is None:
+        return
+    queued_at, progress_at = campaign.recovery_queued_at, campaign.progress_at
+    waited = queued_at is not None and progress_at is not None and progress_at > queued_at
+    if not campaign.active or waited:
+        dispatch.hold_recovery(db.session, campaign_id, None)
+    elif not campaign.enumeration_done:
+        dispatch.hold_recovery(db.session, campaign_id, None)
+        dispatch_campaign(campaign_id)  # here: the next page, its chunks and the rest
+        return
+    else:
+        _send_due(campaign_id, 0, None)
+        due = dispatch.next_due(db.session, campaign_id)
+        dispatch.hold_recovery(db.session, campaign_id, due)
+        if due is not None:
+            self.apply_async((campaign_id,), countdown=max((due - utcnow()).total_seconds(), 0.0))
+    dispatch.finish_if_done(db.session, campaign_id)
 
 
 @shared_task(name="mobile_api.periodic.run")

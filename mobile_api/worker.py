@@ -46,6 +46,8 @@ class Worker:
             for campaign_id in active:
                 if self._stop.is_set():
                     break
+                if not dispatch.has_work(db.session, campaign_id):
+                    continue  # waiting for retries: polling it must not write
                 try:
                     chunks += dispatch.run_campaign(
                         db.session, push, campaign_id, self.settings, max_chunks=CHUNKS_PER_TURN

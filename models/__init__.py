@@ -4,6 +4,7 @@ from models.auth import ApiKey, Role
 from models.base import Base, new_id, utcnow
 from models.campaign import (
     ACTIVE_STATUSES,
+    FINAL_STATUSES,
     Campaign,
     CampaignCategory,
     CampaignStatus,
@@ -25,6 +26,7 @@ from models.telemetry import DeviceVersionChange, TelemetryEvent, VersionField
 
 __all__ = [
     "ACTIVE_STATUSES",
+    "FINAL_STATUSES",
     "PREFERENCES",
     "AccountTermination",
     "AccountTombstone",

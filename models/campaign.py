@@ -40,6 +40,7 @@ class CampaignStatus(StrEnum):
 
 
 ACTIVE_STATUSES = (CampaignStatus.QUEUED, CampaignStatus.SENDING)
+FINAL_STATUSES = (CampaignStatus.COMPLETED, CampaignStatus.CANCELLED, CampaignStatus.FAILED)
 
 
 class DeliveryStatus(StrEnum):
@@ -79,7 +80,18 @@ class Campaign(Base):
     enumerated_through: Mapped[str | None] = mapped_column(String(26))
     enumeration_done: Mapped[bool] = mapped_column(default=False)
     targeted: Mapped[int] = mapped_column(default=0)
+    # Last enumeration, claim or record (Celery chunks note it at most every few
+    # seconds); the sweep calls a campaign stalled when this stops moving.
     progress_at: Mapped[datetime | None]
+    # Celery: when the sweep's recovery of this campaign was queued (or, once it
+    # waits for retries, when it comes back); NULL when none is outstanding.
+    recovery_queued_at: Mapped[datetime | None]
+    # The counts once every delivery is decided, kept here because delivery rows
+    # are deleted after DELIVERY_RETENTION_DAYS; NULL until then (and for drafts).
+    final_sent: Mapped[int | None]
+    final_failed: Mapped[int | None]
+    final_invalid_tokens_pruned: Mapped[int | None]
+    final_suppressed: Mapped[dict[str, int] | None] = mapped_column(JSON)
 
     @property
     def active(self) -> bool:

@@ -314,3 +314,129 @@ def test_deliveries_and_explain(
     late = client.post(f"/v1/campaigns/{campaign_id}/cancel", headers=marketing)
     assert late.status_code == 409
     assert late.get_json()["error"] == "campaign_finished"
+
+
+def _purge_after_delivery_retention(app: Flask) -> None:
+    """Run the purge as of a day after every delivery row has passed its retention."""
+    later = utcnow() + timedelta(days=app.config["DELIVERY_RETENTION_DAYS"] + 1)
+    result = app.test_cli_runner().invoke(
+        args=["privacy", "purge", "--now", later.strftime("%Y-%m-%dT%H:%M:%SZ")]
+    )
+    assert result.exit_code == 0, result.output
+
+
+def _deliveries(client: FlaskClient, headers: Headers, campaign_id: str) -> list[Any]:
+    response = client.get(f"/v1/campaigns/{campaign_id}/deliveries", headers=headers)
+    assert response.status_code == 200
+    items: list[Any] = response.get_json()["items"]
+    return items
+
+
+def test_counts_outlive_erasure_and_delivery_retention(
+    app: Flask,
+    client: FlaskClient,
+    marketing: Headers,
+    create_campaign: Callable[..., str],
+    device: Callable[..., Made],
+) -> None:
+    sent = [device() for _ in range(3)]
+    device(prefix="unreg-")  # FCM answers UNREGISTERED: failed, token pruned
+    device(promotional=False)
+    campaign_id = create_campaign()
+    body = send_and_drain(client, app, marketing, campaign_id)
+    assert body["status"] == "completed"
+    expected = {
+        "targeted": 5,
+        "sent": 3,
+        "failed": 1,
+        "pending": 0,
+        "invalid_tokens_pruned": 1,
+        "suppressed": {"promotional_opt_out": 1},
+    }
+    assert body["counts"] == expected
+
+    # An erased device's row stays, naming no one: the totals do not move.
+    assert client.delete("/v1/devices/me", headers=bearer(sent[0].device_token)).status_code == 204
+    rows = _deliveries(client, marketing, campaign_id)
+    assert len(rows) == 5
+    assert [row["device_id"] for row in rows].count(None) == 1
+    assert (
+        client.get(f"/v1/campaigns/{campaign_id}", headers=marketing).get_json()["counts"]
+        == expected
+    )
+
+    _purge_after_delivery_retention(app)
+    assert _deliveries(client, marketing, campaign_id) == []  # lists only what is retained
+    after = client.get(f"/v1/campaigns/{campaign_id}", headers=marketing).get_json()
+    assert (after["status"], after["counts"]) == ("completed", expected)
+    assert_balanced(after["counts"])
+
+
+class _CancelMidHandOff:
+    """The real transport; the campaign is cancelled while the first chunk is in flight."""
+
+    def __init__(self, inner: Any, cancel: Callable[[], None], crash: bool = False) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.max_batch = inner.max_batch
+        self._cancel: Callable[[], None] | None = cancel
+        self._crash = crash
+
+    def send(self, messages: list[Any]) -> list[Any]:
+        if self._cancel is not None:
+            self._cancel()
+            self._cancel = None
+            if self._crash:
+                raise RuntimeError("the dispatcher dies mid-hand-off")
+        results: list[Any] = self.inner.send(messages)
+        return results
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@pytest.mark.parametrize(
+    ("crash", "expected"),
+    [
+        (False, {"sent": 3, "failed": 0, "suppressed": {"cancelled": 7}}),
+        # The claim lapses: the chunk is failed as interrupted, never re-sent.
+        (True, {"sent": 0, "failed": 3, "suppressed": {"cancelled": 7}}),
+    ],
+)
+def test_a_cancelled_campaign_keeps_its_counts_once_its_chunk_in_flight_is_decided(
+    app: Flask,
+    client: FlaskClient,
+    marketing: Headers,
+    create_campaign: Callable[..., str],
+    device: Callable[..., Made],
+    crash: bool,
+    expected: dict[str, Any],
+) -> None:
+    from mobile_api.services import dispatch
+    from tests.campaign_fixtures import drain
+
+    app.config["DISPATCH_CHUNK_SIZE"] = 3
+    for _ in range(10):
+        device()
+    campaign_id = create_campaign()
+    client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
+    in_flight: list[dict[str, Any]] = []
+
+    def cancel() -> None:
+        response = client.post(f"/v1/campaigns/{campaign_id}/cancel", headers=marketing)
+        in_flight.append(response.get_json()["counts"])
+
+    app.extensions["push_transport"] = _CancelMidHandOff(dispatch.transport(app), cancel, crash)
+    drain(app)
+    assert in_flight[0]["pending"] == 3  # being handed over when the cancel came
+    if crash:
+        app.config["DISPATCH_CLAIM_LEASE_SECONDS"] = 0.0
+        drain(app)
+
+    _purge_after_delivery_retention(app)
+    body = client.get(f"/v1/campaigns/{campaign_id}", headers=marketing).get_json()
+    assert body["status"] == "cancelled"
+    counts = body["counts"]
+    assert {key: counts[key] for key in expected} == expected
+    assert counts["targeted"] == 10
+    assert_balanced(counts)

@@ -24,7 +24,7 @@ from mobile_api.extensions import db
 from mobile_api.push import LogTransport
 from mobile_api.services import dispatch
 from mobile_api.worker import Worker
-from models import Campaign, utcnow
+from models import Campaign, Delivery, utcnow
 from tests.campaign_fixtures import (
     Made,
     admin,
@@ -461,7 +461,7 @@ def test_celery_tasks_run_the_same_units(
         db.session.execute(
             sa.update(Campaign)
             .where(Campaign.id == lost)
-            .values(queued_at=utcnow() - timedelta(minutes=5))
+            .values(queued_at=utcnow() - timedelta(minutes=10))
         )
         db.session.commit()
     tasks.sweep.apply()
@@ -526,3 +526,108 @@ def test_an_unreachable_broker_does_not_turn_a_send_into_an_error(
     assert response.get_json()["status"] == "queued"
     again = client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
     assert again.get_json()["error"] == "campaign_already_sent"
+
+
+def test_idle_polls_of_the_embedded_worker_write_nothing(
+    app: Flask,
+    client: FlaskClient,
+    marketing: Headers,
+    create_campaign: Callable[..., str],
+    device: Make,
+    fcm: FakeFcmServer,
+) -> None:
+    """SQLite has one writer: a worker waiting for a retry must leave it to the web workers."""
+    app.config.update(PUSH_RETRY_BASE_SECONDS=3600.0, PUSH_RETRY_MAX_SECONDS=3600.0)
+    waiting = device()
+    fcm.fail_times(str(waiting.push_token), 1, "unavailable")  # retried in about an hour
+    device()
+    campaign_id = create_campaign()
+    client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
+    worker = Worker(app)
+    assert worker.run_pass() == (1, 1)  # sent one, the other waits for its retry
+    writes: list[str] = []
+
+    def count_writes(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().split(None, 1)[0].upper() in {"INSERT", "UPDATE", "DELETE"}:
+            writes.append(statement)
+
+    with app.app_context():
+        engine = db.engine
+    sa.event.listen(engine, "before_cursor_execute", count_writes)
+    try:
+        for _ in range(5):
+            assert worker.run_pass() == (0, 1)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count_writes)
+    assert writes == []
+    body = client.get(f"/v1/campaigns/{campaign_id}", headers=marketing).get_json()
+    assert (body["status"], body["counts"]["sent"], body["counts"]["pending"]) == ("sending", 1, 1)
+
+
+_MIN = timedelta(minutes=1)
+
+
+@pytest.mark.parametrize(
+    ("progress_ago", "enumerated", "due_ago", "expected"),
+    [
+        # Chunks of this campaign were claimed a minute ago: its tasks are alive,
+        # however overdue the rest is (a long queue).
+        (1, False, None, False),
+        (1, True, 30, False),
+        # Nothing claimed or recorded for ten minutes, and work left: lost.
+        (10, False, None, True),
+        (10, True, 6, True),
+        (None, False, None, True),  # queued ten minutes ago, never started
+        # Quiet, but only waiting: for retries, or for nothing at all.
+        (10, True, None, False),
+        (10, True, 1, False),
+        (10, True, -5, False),
+    ],
+)
+def test_a_campaign_is_stalled_only_without_progress_and_with_work_overdue(
+    progress_ago: int | None, enumerated: bool, due_ago: int | None, expected: bool
+) -> None:
+    now = utcnow()
+    campaign = Campaign(
+        queued_at=now - 10 * _MIN,
+        progress_at=None if progress_ago is None else now - progress_ago * _MIN,
+        enumeration_done=enumerated,
+    )
+    due = None if due_ago is None else now - due_ago * _MIN
+    assert dispatch.stalled(campaign, due, now, stall=5 * _MIN) is expected
+
+
+def test_the_sweep_recovers_lost_chunks_once(
+    app: Flask,
+    client: FlaskClient,
+    marketing: Headers,
+    create_campaign: Callable[..., str],
+    device: Make,
+    fcm: FakeFcmServer,
+) -> None:
+    app.config["DISPATCH_CHUNK_SIZE"] = 2
+    app.extensions["celery"].conf.task_always_eager = True  # the sweep's tasks run in-process
+    tokens = {device().push_token for _ in range(5)}
+    campaign_id = create_campaign()
+    client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
+    long_ago = utcnow() - timedelta(hours=1)
+    with app.app_context():
+        # Enumerated, then its chunk tasks were lost with the broker.
+        dispatch.enumerate_batch(db.session, campaign_id, dispatch.Settings.from_config(app.config))
+        db.session.execute(
+            sa.update(Campaign).where(Campaign.id == campaign_id).values(progress_at=long_ago)
+        )
+        db.session.execute(
+            sa.update(Delivery)
+            .where(Delivery.campaign_id == campaign_id)
+            .values(next_attempt_at=long_ago)
+        )
+        db.session.commit()
+        tasks.sweep.apply()
+        tasks.sweep.apply()
+        campaign = db.session.get(Campaign, campaign_id)
+        assert campaign is not None
+        assert (campaign.status, campaign.recovery_queued_at) == ("completed", None)
+        assert campaign.progress_at is not None and campaign.progress_at > long_ago
+        db.session.remove()
+    assert _tokens(fcm) == collections.Counter(dict.fromkeys(tokens, 1))

@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from flask.testing import FlaskClient
 from mobile_api.extensions import db
 from models import Campaign
 from tests.campaign_fixtures import (
+    PROJECT,
     Made,
     close_transport,
     create_campaign,
@@ -155,3 +157,111 @@ def test_two_celery_workers_process_one_campaign_without_duplicates(
     assert counts["targeted"] == 61
     assert counts["sent"] == 60
     assert counts["suppressed"] == {"promotional_opt_out": 1}
+
+
+def _waiting_messages(queue: str) -> int:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        return int(client.llen(f"{queue}:{queue}"))
+    finally:
+        client.close()
+
+
+def test_a_campaign_waiting_in_a_long_queue_gets_one_recovery_not_one_per_sweep(
+    app: Flask,
+    client: FlaskClient,
+    postgres_url: str,
+    fcm_settings: dict[str, Any],
+    queue: str,
+    marketing: dict[str, str],
+    create_campaign: Callable[..., str],
+    device: Callable[..., Made],
+    fcm: FakeFcmServer,
+    tmp_path: Path,
+) -> None:
+    from mobile_api import tasks
+    from models import utcnow
+
+    tokens = {device().push_token for _ in range(12)}
+    campaign_id = create_campaign()
+    assert client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing).status_code == 202
+    assert _waiting_messages(queue) == 1  # its task, with no worker to take it yet
+    with app.app_context():
+        # Twenty minutes in a long queue: no enumeration, claim or record since.
+        db.session.execute(
+            sa.update(Campaign)
+            .where(Campaign.id == campaign_id)
+            .values(queued_at=utcnow() - timedelta(minutes=20))
+        )
+        db.session.commit()
+        for _ in range(3):
+            tasks.sweep.apply()
+        db.session.remove()
+    assert _waiting_messages(queue) == 2  # the task, and one recovery behind it
+
+    env = subprocess_env(
+        postgres_url, fcm_settings, CELERY_BROKER_URL=REDIS_URL, CELERY_QUEUE=queue
+    )
+    log = tmp_path / "worker.log"
+    worker = _start_worker("w1", env, queue, log)
+    try:
+        deadline = time.monotonic() + 60
+        while _status(app, campaign_id) != "completed" and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=10)
+    output = log.read_text()
+    assert _status(app, campaign_id) == "completed", output
+    assert "mobile_api.dispatch.recover[" in output
+    assert collections.Counter(m.token for m in fcm.received) == collections.Counter(
+        dict.fromkeys(tokens, 1)
+    )
+    with app.app_context():
+        campaign = db.session.get(Campaign, campaign_id)
+        assert campaign is not None
+        assert campaign.recovery_queued_at is None  # it found the campaign progressing: done
+        db.session.remove()
+
+
+def test_a_celery_worker_builds_its_push_transport_as_it_starts(
+    app: Flask,
+    postgres_url: str,
+    fcm_settings: dict[str, Any],
+    queue: str,
+    tmp_path: Path,
+) -> None:
+    """A bad FCM_CREDENTIALS stops the worker at once, not at its first chunk."""
+    bad = tmp_path / "not-a-service-account.json"
+    bad.write_text('{"type": "service_account"}')
+    env = subprocess_env(
+        postgres_url, {**fcm_settings, "FCM_CREDENTIALS": str(bad)}, CELERY_BROKER_URL=REDIS_URL
+    )
+    log = tmp_path / "bad.log"
+    worker = _start_worker("bad", env, queue, log)
+    try:
+        code = worker.wait(timeout=60)
+    finally:
+        worker.kill()
+    assert code != 0
+    assert f"FCM_CREDENTIALS '{bad}' is not a usable service-account file" in log.read_text()
+
+    env = subprocess_env(postgres_url, fcm_settings, CELERY_BROKER_URL=REDIS_URL)
+    log = tmp_path / "good.log"
+    worker = _start_worker("good", env, queue, log)
+    try:
+        deadline = time.monotonic() + 60
+        while " ready." not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=10)
+    output = log.read_text()
+    assert " ready." in output, output
+    # Built in the worker and again in its pool process, before any task arrived.
+    assert (
+        output.count(
+            f"push transport: fcm (project {PROJECT}, endpoint {fcm_settings['FCM_ENDPOINT']})"
+        )
+        == 2
+    ), output

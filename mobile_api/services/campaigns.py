@@ -18,6 +18,7 @@ from mobile_api.push import INVALID_TOKEN_ERRORS
 from mobile_api.services import Db, audit, export
 from mobile_api.services import audience as aud
 from models import (
+    FINAL_STATUSES,
     Campaign,
     CampaignCategory,
     CampaignStatus,
@@ -170,6 +171,8 @@ def cancel(
         .values(status=DeliveryStatus.SUPPRESSED, reason="cancelled", updated_at=now)
         .execution_options(synchronize_session=False)
     )
+    # With a chunk in flight, the dispatcher that records it stores the counts.
+    store_final_counts(session, campaign_id)
     audit.record(
         session,
         actor=actor,
@@ -184,13 +187,31 @@ def cancel(
 
 
 def counts(session: Db, campaign: Campaign) -> dict[str, Any]:
-    """targeted, sent, failed, suppressed by reason, pending, invalid_tokens_pruned."""
+    """targeted, sent, failed, suppressed by reason, pending, invalid_tokens_pruned.
+
+    Once final, from the totals stored on the campaign: delivery rows are deleted
+    after DELIVERY_RETENTION_DAYS. Until then, counted from the rows.
+    """
+    if campaign.final_sent is not None:
+        return {
+            "targeted": campaign.targeted,
+            "sent": campaign.final_sent,
+            "failed": campaign.final_failed or 0,
+            "pending": 0,
+            "invalid_tokens_pruned": campaign.final_invalid_tokens_pruned or 0,
+            "suppressed": dict(campaign.final_suppressed or {}),
+        }
+    return {"targeted": campaign.targeted, **_tally(session, campaign.id)}
+
+
+def _tally(session: Db, campaign_id: str) -> dict[str, Any]:
+    """The counts of a campaign's delivery rows, in one GROUP BY."""
     stmt = (
         sa.select(Delivery.status, Delivery.reason, sa.func.count().label("n"))
-        .where(Delivery.campaign_id == campaign.id)
+        .where(Delivery.campaign_id == campaign_id)
         .group_by(Delivery.status, Delivery.reason)
     )
-    totals = {"sent": 0, "failed": 0, "pending": 0, "invalid_tokens_pruned": 0}
+    totals: dict[str, Any] = {"sent": 0, "failed": 0, "pending": 0, "invalid_tokens_pruned": 0}
     suppressed: dict[str, int] = {}
     for status, reason, n in session.execute(stmt):
         if status == DeliveryStatus.SUPPRESSED:
@@ -201,7 +222,69 @@ def counts(session: Db, campaign: Campaign) -> dict[str, Any]:
             totals[status] += n
             if status == DeliveryStatus.FAILED and reason in INVALID_TOKEN_ERRORS:
                 totals["invalid_tokens_pruned"] += n
-    return {"targeted": campaign.targeted, **totals, "suppressed": suppressed}
+    totals["suppressed"] = suppressed
+    return totals
+
+
+def store_final_counts(session: Db, campaign_id: str) -> bool:
+    """Keep the counts on a completed or cancelled campaign once no delivery is undecided.
+
+    Runs in the caller's transaction (the caller commits); False when the campaign
+    is not final, still has deliveries pending or being handed over, or has its
+    counts already. Decided rows never change again, so the totals stay true after
+    retention deletes the rows (and after an erasure, which only unlinks them).
+    """
+    undecided = (
+        sa.select(Delivery.id)
+        .where(
+            Delivery.campaign_id == campaign_id,
+            Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.SENDING]),
+        )
+        .exists()
+    )
+    # Compare-and-set first: it takes the campaign row (SQLite: the write lock)
+    # before the rows are counted, and only one caller stores the counts.
+    claimed = session.execute(
+        sa.update(Campaign)
+        .where(
+            Campaign.id == campaign_id,
+            Campaign.status.in_(FINAL_STATUSES),
+            Campaign.final_sent.is_(None),
+            ~undecided,
+        )
+        .values(final_sent=0)
+        .execution_options(synchronize_session=False)
+    )
+    if not claimed.rowcount:  # type: ignore[attr-defined]
+        return False
+    tally = _tally(session, campaign_id)
+    session.execute(
+        sa.update(Campaign)
+        .where(Campaign.id == campaign_id)
+        .values(
+            final_sent=tally["sent"],
+            final_failed=tally["failed"],
+            final_invalid_tokens_pruned=tally["invalid_tokens_pruned"],
+            final_suppressed=tally["suppressed"],
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return True
+
+
+def store_all_final_counts(session: Db) -> int:
+    """Store the counts of every final campaign still without them (before retention runs)."""
+    ids = session.scalars(
+        sa.select(Campaign.id).where(
+            Campaign.status.in_(FINAL_STATUSES), Campaign.final_sent.is_(None)
+        )
+    ).all()
+    session.commit()
+    stored = 0
+    for campaign_id in ids:
+        stored += store_final_counts(session, campaign_id)
+        session.commit()
+    return stored
 
 
 def deliveries_query(campaign_id: str, status: str | None) -> sa.Select[tuple[Delivery]]:

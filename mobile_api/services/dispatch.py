@@ -23,6 +23,7 @@ message is handed to FCM at most once.
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections import defaultdict
 from collections.abc import Mapping
@@ -33,8 +34,15 @@ from typing import Any, cast
 import sqlalchemy as sa
 from flask import Flask
 
-from mobile_api.push import Outcome, PushMessage, PushTransport, SendResult, make_transport
-from mobile_api.services import Db, is_postgresql
+from mobile_api.push import (
+    FcmTransport,
+    Outcome,
+    PushMessage,
+    PushTransport,
+    SendResult,
+    make_transport,
+)
+from mobile_api.services import Db, campaigns, is_postgresql
 from mobile_api.services import audience as aud
 from models import (
     ACTIVE_STATUSES,
@@ -100,17 +108,38 @@ class ChunkResult:
 
 
 def transport(app: Flask) -> PushTransport:
-    """The app's push transport, built once from FCM_* config (log transport without)."""
+    """The app's push transport, built once per process from FCM_* config (log without).
+
+    A bad FCM_CREDENTIALS file raises here, so a dispatcher that builds it as it
+    starts fails then, not at its first chunk. A forked pool process builds its own:
+    connections and firebase-admin's state are not shared across a fork.
+    """
     existing: PushTransport | None = app.extensions.get("push_transport")
-    if existing is None:
-        existing = make_transport(
-            app.config["FCM_CREDENTIALS"],
+    if existing is not None and app.extensions.get("push_transport_pid") in (None, os.getpid()):
+        return existing
+    path = app.config["FCM_CREDENTIALS"]
+    try:
+        built = make_transport(
+            path,
             app.config["FCM_PROJECT_ID"],
             app.config["FCM_ENDPOINT"],
             float(app.config["FCM_TIMEOUT"]),
         )
-        app.extensions["push_transport"] = existing
-    return existing
+    except (OSError, ValueError) as exc:
+        raise RuntimeError(
+            f"FCM_CREDENTIALS {path!r} is not a usable service-account file: {exc}"
+        ) from exc
+    if isinstance(built, FcmTransport):
+        log.info(
+            "push transport: fcm (project %s, endpoint %s)",
+            built.project_id,
+            built.endpoint or "Google's",
+        )
+    else:
+        log.info("push transport: %s", built.name)
+    app.extensions["push_transport"] = built
+    app.extensions["push_transport_pid"] = os.getpid()
+    return built
 
 
 def notify_queued(app: Flask, campaign_id: str) -> None:
@@ -417,6 +446,8 @@ def finish_if_done(session: Db, campaign_id: str) -> bool:
         .values(status=CampaignStatus.COMPLETED, finished_at=utcnow())
         .execution_options(synchronize_session=False)
     )
+    # Completed just now, or cancelled and its last chunk in flight now recorded.
+    campaigns.store_final_counts(session, campaign_id)
     session.commit()
     done = bool(result.rowcount)  # type: ignore[attr-defined]
     if done:
@@ -427,14 +458,26 @@ def finish_if_done(session: Db, campaign_id: str) -> bool:
 def resolve_interrupted(session: Db, settings: Settings) -> int:
     """Chunks claimed longer than the lease ago belong to a dead dispatcher: never re-send."""
     cutoff = utcnow() - timedelta(seconds=settings.claim_lease_seconds)
-    result = session.execute(
+    lapsed = (Delivery.claimed_at < cutoff, Delivery.status == DeliveryStatus.SENDING)
+    # Look before writing: an idle poll must not take SQLite's single write lock.
+    if not session.scalar(sa.select(sa.select(Delivery.id).where(*lapsed).exists())):
+        session.commit()
+        return 0
+    campaign_ids = session.scalars(
         sa.update(Delivery)
-        .where(Delivery.claimed_at < cutoff, Delivery.status == DeliveryStatus.SENDING)
+        .where(*lapsed)
         .values(status=DeliveryStatus.FAILED, reason=INTERRUPTED, claimed_at=None)
+        .returning(Delivery.campaign_id)
         .execution_options(synchronize_session=False)
-    )
+    ).all()
     session.commit()
-    count = int(result.rowcount)  # type: ignore[attr-defined]
+    # A cancelled campaign may have been waiting on these. After the commit, not
+    # in it: holding these rows while waiting for a campaign row that a recording
+    # worker holds (and that worker waiting for these rows) would deadlock.
+    for campaign_id in set(campaign_ids):
+        campaigns.store_final_counts(session, campaign_id)
+        session.commit()
+    count = len(campaign_ids)
     if count:
         log.warning("%s deliveries were interrupted mid-hand-off; not re-sent", count)
     return count
@@ -491,3 +534,91 @@ def run_campaign(
         enumerated = batch is None or batch.done
     finish_if_done(session, campaign_id)
     return chunks
+
+
+def has_work(session: Db, campaign_id: str) -> bool:
+    """Whether a pass over the campaign would change anything now; reads only.
+
+    True when it is active and has an audience left to enumerate, a pending
+    delivery due, or nothing left undecided (it is ready to complete). A campaign
+    only waiting for retries or for another dispatcher's chunk is left alone, so
+    an idle poll never takes SQLite's single write lock.
+    """
+    deliveries = sa.select(Delivery.id).where(Delivery.campaign_id == campaign_id)
+    due = deliveries.where(
+        Delivery.status == DeliveryStatus.PENDING, Delivery.next_attempt_at <= utcnow()
+    ).exists()
+    undecided = deliveries.where(Delivery.status.in_(_UNFINISHED)).exists()
+    found = session.scalar(
+        sa.select(Campaign.id).where(
+            Campaign.id == campaign_id,
+            Campaign.status.in_(ACTIVE_STATUSES),
+            sa.or_(Campaign.enumeration_done.is_(False), due, ~undecided),
+        )
+    )
+    session.commit()
+    return found is not None
+
+
+def note_progress(session: Db, campaign_id: str, every: timedelta) -> None:
+    """Record that a chunk of the campaign was claimed or recorded, at most once per `every`.
+
+    Reads first, so most calls write nothing; Celery's sweep reads it to tell a
+    stall from a campaign whose chunks are being worked on.
+    """
+    now = utcnow()
+    stale = sa.or_(Campaign.progress_at.is_(None), Campaign.progress_at < now - every)
+    if session.scalar(sa.select(Campaign.id).where(Campaign.id == campaign_id, stale)):
+        session.execute(
+            sa.update(Campaign)
+            .where(Campaign.id == campaign_id, stale)
+            .values(progress_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    session.commit()
+
+
+def stalled(campaign: Campaign, due: datetime | None, now: datetime, stall: timedelta) -> bool:
+    """Whether a campaign has lost its Celery tasks rather than waiting behind others.
+
+    Stalled: nothing enumerated, claimed or recorded for longer than `stall`, and
+    still work to do: its audience not fully enumerated, or a delivery overdue by
+    more than `stall` (`due`: the earliest pending one's next attempt).
+    """
+    last = campaign.progress_at or campaign.queued_at or now
+    if now - last <= stall:
+        return False
+    return not campaign.enumeration_done or (due is not None and now - due > stall)
+
+
+def queue_recovery(session: Db, campaign_id: str, now: datetime, lost_after: timedelta) -> bool:
+    """Mark a recovery of the campaign outstanding; False if one already is.
+
+    A recovery marked longer than `lost_after` ago never started (its message was
+    lost with the broker) and may be replaced.
+    """
+    result = session.execute(
+        sa.update(Campaign)
+        .where(
+            Campaign.id == campaign_id,
+            sa.or_(
+                Campaign.recovery_queued_at.is_(None),
+                Campaign.recovery_queued_at < now - lost_after,
+            ),
+        )
+        .values(recovery_queued_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def hold_recovery(session: Db, campaign_id: str, until: datetime | None) -> None:
+    """Keep the recovery outstanding until `until` (it comes back then), or end it (None)."""
+    session.execute(
+        sa.update(Campaign)
+        .where(Campaign.id == campaign_id)
+        .values(recovery_queued_at=until)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()

@@ -8,7 +8,7 @@ after an erasure says that something was erased without saying whom it concerned
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,7 +18,7 @@ from flask import current_app
 
 from mobile_api.errors import AccountTerminated
 from mobile_api.extensions import db
-from mobile_api.services import Db, audit, dialect_insert, export
+from mobile_api.services import Db, audit, campaigns, dialect_insert, export
 from models import (
     AccountTermination,
     AccountTombstone,
@@ -38,18 +38,29 @@ SYSTEM_ACTOR = "system"
 
 @dataclass(frozen=True, slots=True)
 class RetentionRule:
-    """Rows of `table` whose `column` is older than config[`setting`] days are purged."""
+    """Rows of `table` whose `column` is older than config[`setting`] days are purged.
+
+    `before`, if set, is called with the session first: what must outlive the rows
+    (aggregates kept elsewhere) is saved there.
+    """
 
     table: str
     column: str
     setting: str
+    before: Callable[[Db], object] | None = None
 
 
 # Tables owned by other modules; a rule whose table is not in the schema is skipped.
 RETENTION: list[RetentionRule] = [
     RetentionRule("telemetry_events", "received_at", "TELEMETRY_RETENTION_DAYS"),
     RetentionRule("device_version_changes", "changed_at", "TELEMETRY_RETENTION_DAYS"),
-    RetentionRule("campaign_deliveries", "updated_at", "DELIVERY_RETENTION_DAYS"),
+    RetentionRule(
+        "campaign_deliveries",
+        "updated_at",
+        "DELIVERY_RETENTION_DAYS",
+        # A campaign's counts outlive its delivery rows.
+        before=campaigns.store_all_final_counts,
+    ),
 ]
 
 
@@ -295,6 +306,8 @@ def _apply_retention(
         days = retention_days.get(rule.setting)
         if table is None or days is None:
             continue
+        if rule.before is not None:
+            rule.before(session)
         deleted[rule.table] = 0
         expired = table.c[rule.column] < now - timedelta(days=days)
         for rows in _delete_in_batches(session, table, expired, batch_size):
