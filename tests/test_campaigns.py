@@ -317,11 +317,18 @@ def test_deliveries_and_explain(
 
 
 def _purge_after_delivery_retention(app: Flask) -> None:
-    """Run the purge as of a day after every delivery row has passed its retention."""
-    later = utcnow() + timedelta(days=app.config["DELIVERY_RETENTION_DAYS"] + 1)
-    result = app.test_cli_runner().invoke(
-        args=["privacy", "purge", "--now", later.strftime("%Y-%m-%dT%H:%M:%SZ")]
-    )
+    """Age every delivery row a day past its retention, then run the purge."""
+    import sqlalchemy as sa
+
+    from mobile_api.extensions import db
+    from models import Delivery
+
+    aged = utcnow() - timedelta(days=app.config["DELIVERY_RETENTION_DAYS"] + 1)
+    with app.app_context():
+        db.session.execute(sa.update(Delivery).values(updated_at=aged))
+        db.session.commit()
+        db.session.remove()
+    result = app.test_cli_runner().invoke(args=["privacy", "purge"])
     assert result.exit_code == 0, result.output
 
 
