@@ -131,6 +131,34 @@ def test_only_deliverable_devices_reach_fcm(
     assert third["counts"]["sent"] == 2  # and the invalid- token is refused again
 
 
+def test_a_campaign_that_fcm_refused_entirely_ends_failed(
+    app: Flask,
+    client: FlaskClient,
+    marketing: Headers,
+    create_campaign: Callable[..., str],
+    device: Make,
+    fcm: FakeFcmServer,
+) -> None:
+    # As when the project's credentials lack the FCM permission: every message refused.
+    device(prefix="thirdparty-")
+    device(prefix="thirdparty-")
+    device(promotional=False)
+
+    body = send_and_drain(client, app, marketing, create_campaign())
+
+    assert body["status"] == "failed"
+    counts = body["counts"]
+    assert (counts["sent"], counts["failed"]) == (0, 2)
+    assert counts["suppressed"] == {"promotional_opt_out": 1}
+    assert_balanced(counts)
+    # One message getting through is a completed campaign, whatever else failed.
+    device()
+    assert send_and_drain(client, app, marketing, create_campaign())["status"] == "completed"
+    # As is a campaign with nobody left to send to: nothing failed.
+    only_opted_out = create_campaign(audience={"platforms": ["ios"]})
+    assert send_and_drain(client, app, marketing, only_opted_out)["status"] == "completed"
+
+
 def test_service_campaign_ignores_promotional_opt_out(
     app: Flask,
     client: FlaskClient,

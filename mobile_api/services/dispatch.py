@@ -429,13 +429,18 @@ def _suppress_if_cancelled(session: Db, campaign_id: str, now: datetime) -> None
 
 
 def finish_if_done(session: Db, campaign_id: str) -> bool:
-    """Mark the campaign completed when it is enumerated and nothing is left undecided."""
-    unfinished = (
-        sa.select(Delivery.id)
-        .where(Delivery.campaign_id == campaign_id, Delivery.status.in_(_UNFINISHED))
-        .exists()
+    """End the campaign when it is enumerated and nothing is left undecided.
+
+    It ends `failed` when FCM refused every message it was handed (bad credentials, a
+    malformed payload) and `completed` otherwise, even when nothing needed sending.
+    """
+    deliveries = sa.select(Delivery.id).where(Delivery.campaign_id == campaign_id)
+    unfinished = deliveries.where(Delivery.status.in_(_UNFINISHED)).exists()
+    nothing_got_through = sa.and_(
+        deliveries.where(Delivery.status == DeliveryStatus.FAILED).exists(),
+        ~deliveries.where(Delivery.status == DeliveryStatus.SENT).exists(),
     )
-    result = session.execute(
+    ended = session.scalar(
         sa.update(Campaign)
         .where(
             Campaign.id == campaign_id,
@@ -443,16 +448,22 @@ def finish_if_done(session: Db, campaign_id: str) -> bool:
             Campaign.enumeration_done.is_(True),
             ~unfinished,
         )
-        .values(status=CampaignStatus.COMPLETED, finished_at=utcnow())
+        .values(
+            status=sa.case(
+                (nothing_got_through, CampaignStatus.FAILED.value),
+                else_=CampaignStatus.COMPLETED.value,
+            ),
+            finished_at=utcnow(),
+        )
+        .returning(Campaign.status)
         .execution_options(synchronize_session=False)
     )
-    # Completed just now, or cancelled and its last chunk in flight now recorded.
+    # Ended just now, or cancelled and its last chunk in flight now recorded.
     campaigns.store_final_counts(session, campaign_id)
     session.commit()
-    done = bool(result.rowcount)  # type: ignore[attr-defined]
-    if done:
-        log.info("campaign %s completed", campaign_id)
-    return done
+    if ended is not None:
+        log.info("campaign %s %s", campaign_id, ended)
+    return ended is not None
 
 
 def resolve_interrupted(session: Db, settings: Settings) -> int:
