@@ -2,6 +2,7 @@
 
     /work/main/.venv/bin/python bench/profile_registration.py [--requests 500] [--top 25]
     /work/main/.venv/bin/python bench/profile_registration.py --timing-only
+    ... --database-url postgresql+psycopg://postgres@127.0.0.1:5432/<empty database>
 
 Runs in-process through Flask's test client on a temporary SQLite file (no network,
 no gunicorn), so the profile shows the application's own cost per request.
@@ -33,6 +34,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument(
+        "--database-url",
+        help="an empty database to migrate and use (default: a temporary SQLite file)",
+    )
+    parser.add_argument(
         "--timing-only",
         action="store_true",
         help="only the unprofiled ms/request (median of 3 rounds), no cProfile tables",
@@ -42,7 +47,8 @@ def main() -> None:
         app = create_app(
             {
                 "SECRET_KEY": "profile",
-                "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp}/profile.sqlite3",
+                "SQLALCHEMY_DATABASE_URI": options.database_url
+                or f"sqlite:///{tmp}/profile.sqlite3",
                 "RATELIMIT_ENABLED": False,
                 "LOG_LEVEL": "WARNING",
             }
