@@ -165,7 +165,8 @@ def _configure_messaging_service(
     - `_MessagingService._client._session`: a google-auth AuthorizedSession whose
       adapters retry 500/503 up to 4 times with backoff (honouring Retry-After), retry
       connect and read errors once, and re-send on 401 after refreshing the token.
-      The dispatcher owns retries, so we swap in a session without any of that.
+      The dispatcher owns retries, so we swap in a session without any of that
+      (an _FcmSession, whose JSON POSTs also skip requests' per-call machinery).
     Any mismatch raises FcmSetupError rather than silently sending to Google or
     retrying behind the dispatcher's back.
     """
