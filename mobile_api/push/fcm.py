@@ -127,7 +127,7 @@ class _LeanSession(requests.Session):
             requests.structures.CaseInsensitiveDict(cast(Mapping[str, str], self.headers))
         )
         headers.update(kwargs.get("headers") or {})
-        headers["Content-Type"] = "application/json"
+        headers.setdefault("Content-Type", "application/json")  # as requests does
         headers["Content-Length"] = str(len(body))
         prepared = requests.PreparedRequest()
         prepared.method = "POST"
