@@ -230,6 +230,52 @@ def _step(app: Flask, campaign_id: str, chunks: int) -> None:
         db.session.remove()
 
 
+def test_a_chunk_resolved_as_interrupted_during_its_hand_off_stays_failed(
+    client: FlaskClient,
+    marketing: Headers,
+    create_campaign: Callable[..., str],
+    device: Make,
+    fcm: FakeFcmServer,
+) -> None:
+    """A hand-off slower than the lease: its late results neither mark it sent nor retry it."""
+    app = client.application
+    delivered = [device().id for _ in range(3)]
+    busy = device(prefix="quota-").id  # answered RESOURCE_EXHAUSTED: would go back to pending
+    campaign_id = create_campaign()
+    client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
+    settings = dispatch.Settings.from_config(app.config)
+    with app.app_context():
+        push = dispatch.transport(app)
+
+        class LeaseLapses:
+            name = "lapsing"
+            max_batch = push.max_batch
+
+            def send(self, messages: list[Any]) -> list[Any]:
+                results = push.send(messages)
+                # Meanwhile another dispatcher found the claim older than its lease.
+                lapsed = dispatch.Settings(claim_lease_seconds=0.0)
+                assert dispatch.resolve_interrupted(db.session, lapsed) == 4
+                return results
+
+            def close(self) -> None:
+                push.close()
+
+        dispatch.enumerate_batch(db.session, campaign_id, settings)
+        result = dispatch.process_chunk(db.session, LeaseLapses(), campaign_id, settings)
+        db.session.remove()
+
+    assert result.claimed == 4
+    assert len(fcm.received) == 4
+    rows = deliveries(app, campaign_id)
+    assert {rows[d] for d in [*delivered, busy]} == {("failed", "interrupted")}
+    drain(app)
+    assert len(fcm.received) == 4  # never re-sent
+    counts = client.get(f"/v1/campaigns/{campaign_id}", headers=marketing).get_json()["counts"]
+    assert (counts["sent"], counts["failed"]) == (0, 4)
+    assert_balanced(counts)
+
+
 def test_state_changes_mid_campaign_suppress_the_rest(
     app_factory: Callable[..., Flask],
     fcm_settings: dict[str, Any],

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import firebase_admin
 import pytest
+import requests
 from firebase_admin import messaging
 
 from mobile_api.push import (
@@ -267,6 +268,55 @@ def test_zero_ttl_means_now_or_never(transport: FcmTransport, fake: FakeFcmServe
     body = fake.received[0].body["message"]
     assert body["android"]["ttl"] == "0s"
     assert body["apns"]["headers"]["apns-expiration"] == "0"
+
+
+def test_firebase_admin_request_headers_reach_fcm(
+    transport: FcmTransport, fake: FakeFcmServer
+) -> None:
+    transport.send([msg("device-a")])
+
+    headers = fake.received[0].headers
+    assert headers["authorization"] == "Bearer fake-access-token"
+    assert headers["content-type"] == "application/json"
+    assert headers["x-goog-api-format-version"] == "2"
+    assert headers["x-firebase-client"] == f"fire-admin-python/{firebase_admin.__version__}"
+    assert "gl-python/" in headers["x-goog-api-client"]
+    assert int(headers["content-length"]) > 0
+
+
+def test_connections_are_kept_alive_from_batch_to_batch(
+    transport: FcmTransport, fake: FakeFcmServer
+) -> None:
+    first = transport.send([msg(f"d{i}") for i in range(40)])
+    second = transport.send([msg(f"d{i}") for i in range(40)])
+
+    assert {r.outcome for r in first + second} == {Outcome.SENT}
+    assert fake.request_count == 80
+    # At most one connection per request in flight (40) and the token request's,
+    # each kept alive and reused, rather than one per message.
+    assert fake.connections <= 41
+
+
+def test_other_requests_of_the_session_take_the_ordinary_path(
+    transport: FcmTransport, fake: FakeFcmServer
+) -> None:
+    response = transport._session.request("GET", f"{fake.url}/nothing-here")
+    posted = transport._session.request("POST", f"{fake.url}/token", data=b"grant_type=x")
+
+    assert response.status_code == 404
+    assert posted.json()["access_token"] == "fake-access-token"
+    assert fake.request_count == 0
+
+
+def test_a_payload_json_cannot_carry_is_refused_before_sending(
+    transport: FcmTransport, fake: FakeFcmServer
+) -> None:
+    url = f"{fake.url}/v1/projects/{PROJECT}/messages:send"
+
+    with pytest.raises(requests.exceptions.InvalidJSONError):
+        transport._session.request("post", url, json={"message": {"ttl": float("nan")}})
+
+    assert fake.request_count == 0
 
 
 def test_endpoint_and_project_override_redirect_requests(

@@ -340,17 +340,19 @@ def _record(
 ) -> dict[str, int]:
     """Write the outcome of a hand-off, in one transaction."""
     now = utcnow()
+    sent: list[int] = []
     updates: list[dict[str, Any]] = []
     pruned: list[dict[str, Any]] = []
     counts = {"sent": 0, "failed": 0, "retrying": 0}
     # send() keeps the order of messages, so result i belongs to row i.
     for row, result in zip(rows, results, strict=True):
         attempts = row.attempts + 1
-        update = {"b_id": row.id, "b_reason": result.error, "b_next": now, "b_now": now}
         if result.outcome == Outcome.SENT:
-            update.update(b_status=DeliveryStatus.SENT, b_reason=None)
+            sent.append(row.id)  # all alike: one UPDATE … WHERE id IN (…) below
             counts["sent"] += 1
-        elif result.outcome == Outcome.RETRY and attempts < settings.max_attempts:
+            continue
+        update = {"b_id": row.id, "b_reason": result.error, "b_next": now, "b_now": now}
+        if result.outcome == Outcome.RETRY and attempts < settings.max_attempts:
             delay = backoff_seconds(attempts, result.retry_after, settings, _rng)
             update.update(b_status=DeliveryStatus.PENDING, b_next=now + timedelta(seconds=delay))
             counts["retrying"] += 1
@@ -365,6 +367,18 @@ def _record(
     # rows go back to pending (and is seen by _suppress_if_cancelled), and a later
     # cancel waits for this commit, so no retry is left pending on a cancelled campaign.
     _lock_campaign(session, campaign_id, exclusive=False)
+    if sent:
+        session.execute(
+            sa.update(table)
+            .where(table.c.id.in_(sent), table.c.status == DeliveryStatus.SENDING)
+            .values(
+                status=DeliveryStatus.SENT,
+                reason=None,
+                next_attempt_at=now,
+                updated_at=now,
+                claimed_at=None,
+            )
+        )
     if updates:
         session.execute(
             sa.update(table)

@@ -17,6 +17,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
+from email.message import Message
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -82,6 +83,7 @@ class ReceivedMessage:
     body: dict[str, Any]
     answer: str
     message_id: str | None
+    headers: dict[str, str]  # names in lower case
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -91,6 +93,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         """Stay quiet: benchmarks push millions of requests through here."""
+
+    def setup(self) -> None:
+        """Count the connection (one handler serves one keep-alive connection)."""
+        super().setup()
+        self.server.fake._count_connection()
 
     def _reply(self, status: int, body: bytes, retry_after: str | None = None) -> None:
         # One write for status line, headers and body: split writes meet Nagle and
@@ -129,7 +136,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(raw)
         token = body["message"].get("token", "")
         project = path[len(SEND_PATH_PREFIX) : -len(SEND_PATH_SUFFIX)]
-        answer, message_id = fake._answer(project, token, body)
+        answer, message_id = fake._answer(project, token, body, self.headers)
         if fake.delay:
             time.sleep(fake.delay)
         if message_id is not None:
@@ -174,6 +181,7 @@ class FakeFcmServer(LoopbackFake):
         self.request_count = 0
         self.token_requests = 0
         self.rejected_auth = 0
+        self.connections = 0
         self._failures: dict[str, list[Any]] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -203,6 +211,11 @@ class FakeFcmServer(LoopbackFake):
             self.request_count = 0
             self.token_requests = 0
             self.rejected_auth = 0
+            self.connections = 0
+
+    def _count_connection(self) -> None:
+        with self._lock:
+            self.connections += 1
 
     def _count_token_request(self) -> None:
         with self._lock:
@@ -212,7 +225,9 @@ class FakeFcmServer(LoopbackFake):
         with self._lock:
             self.rejected_auth += 1
 
-    def _answer(self, project: str, token: str, body: dict[str, Any]) -> tuple[str, str | None]:
+    def _answer(
+        self, project: str, token: str, body: dict[str, Any], headers: Message
+    ) -> tuple[str, str | None]:
         with self._lock:
             self.request_count += 1
             answer = self._planned_failure(token) or self._behaviour(token)
@@ -221,7 +236,15 @@ class FakeFcmServer(LoopbackFake):
                 message_id = f"projects/{project}/messages/{next(self._ids)}"
             if self.record:
                 self.attempts[token] += 1
-                self.received.append(ReceivedMessage(project, token, body, answer, message_id))
+                received = ReceivedMessage(
+                    project,
+                    token,
+                    body,
+                    answer,
+                    message_id,
+                    {k.lower(): v for k, v in headers.items()},
+                )
+                self.received.append(received)
         return answer, message_id
 
     def _planned_failure(self, token: str) -> str | None:
