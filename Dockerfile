@@ -25,7 +25,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     WEB_CONCURRENCY=2 \
-    GUNICORN_THREADS=4 \
     PORT=8000 \
     PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus
 RUN groupadd --system --gid 10001 app \

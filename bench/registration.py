@@ -4,12 +4,12 @@ One command, from the repository root (needs `wrk`: apt-get install -y wrk):
 
     /work/main/.venv/bin/python bench/registration.py            # full run, ~15 min
     /work/main/.venv/bin/python bench/registration.py --quick    # smoke run, ~1 min
-    /work/main/.venv/bin/python bench/registration.py --threads 1  # sync workers, to compare
+    /work/main/.venv/bin/python bench/registration.py --threads 4  # gthread workers, to compare
 
 For each backend (SQLite file in WAL mode in a temp dir; a scratch PostgreSQL
 database, created and dropped) and each number of pre-registered devices (0 and
 1,000,000, seeded with bulk SQL), it starts gunicorn with the project's
-gunicorn.conf.py and 2 workers (`-w 2`, gthread, 4 threads each) with rate
+gunicorn.conf.py and 2 workers (`-w 2`, sync; `--threads N` for gthread) with rate
 limits off and a fresh SECRET_KEY, then measures separately, `--runs` times each:
 
 - registration: POST /v1/devices, a unique installation id and push token per request;
@@ -259,10 +259,10 @@ def gunicorn(env: dict[str, str], port: int, log: Path, threads: int | None) -> 
     `threads` overrides the configuration's threads per worker; 1 means sync workers.
     """
     workers = ["--config", "gunicorn.conf.py", "-w", "2"]
-    if threads == 1:
-        workers += ["-k", "sync"]
+    if threads == 1:  # gunicorn runs gthread whenever threads > 1, whatever -k says
+        workers += ["-k", "sync", "--threads", "1"]
     elif threads:
-        workers += ["--threads", str(threads)]
+        workers += ["-k", "gthread", "--threads", str(threads)]
     with log.open("w") as log_file:
         server = subprocess.Popen(
             [str(BIN / "gunicorn"), *workers, "-b", f"127.0.0.1:{port}", "wsgi:app"],
