@@ -7,7 +7,6 @@ from flask import Flask
 from flask.cli import AppGroup
 
 from mobile_api.extensions import db
-from mobile_api.services import audit
 from mobile_api.services import keys as key_service
 from models import Role
 
@@ -22,11 +21,7 @@ def create_key(role: str, name: str) -> None:
     name = name.strip()
     if not name or len(name) > 128:
         raise click.BadParameter("must be 1–128 characters", param_hint="--name")
-    key, secret = key_service.create(db.session, role, name)
-    audit.record(
-        db.session, actor="cli", action="key.created", target=key.id, details={"role": role}
-    )
-    db.session.commit()
+    key, secret = key_service.create(db.session, role, name, actor="cli")
     click.echo(f"Created key {key.id} (role {key.role}, name {key.name!r}).")
     click.echo("The secret below is shown only now; store it safely:")
     click.echo(secret)
@@ -44,11 +39,9 @@ def list_keys() -> None:
 @click.argument("key_id")
 def revoke_key(key_id: str) -> None:
     """Revoke a key at once."""
-    key = key_service.revoke(db.session, key_id)
+    key = key_service.revoke(db.session, key_id, actor="cli")
     if key is None:
         raise click.ClickException(f"no key with id {key_id}")
-    audit.record(db.session, actor="cli", action="key.revoked", target=key.id)
-    db.session.commit()
     click.echo(f"Revoked key {key.id}.")
 
 

@@ -31,9 +31,4 @@ class ApiKey(Base):
     name: Mapped[str] = mapped_column(String(128))
     secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    revoked_at: Mapped[datetime | None]
-
-    @property
-    def active(self) -> bool:
-        """Whether the key still authenticates."""
-        return self.revoked_at is None
+    revoked_at: Mapped[datetime | None]  # set: the key no longer authenticates

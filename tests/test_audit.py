@@ -104,11 +104,12 @@ def test_key_commands_are_audited(app: Flask) -> None:
     with app.app_context():
         key_id = db.session.scalars(sa.select(AuditEvent.target)).one()
     assert runner.invoke(args=["keys", "revoke", key_id]).exit_code == 0
+    assert runner.invoke(args=["keys", "revoke", key_id]).exit_code == 0  # already revoked
     with app.app_context():
         events = db.session.scalars(sa.select(AuditEvent).order_by(AuditEvent.id)).all()
         trail = [(e.actor, e.action, e.target, e.details) for e in events]
     assert trail == [
         ("cli", "key.created", key_id, {"role": "support"}),
-        ("cli", "key.revoked", key_id, {}),
+        ("cli", "key.revoked", key_id, {}),  # once: the second revoke changed nothing
     ]
     assert secret not in str(trail)

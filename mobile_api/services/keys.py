@@ -8,17 +8,22 @@ from typing import cast
 
 import sqlalchemy as sa
 
-from mobile_api.services import Db
+from mobile_api.services import Db, audit
 from mobile_api.services.secrets import API_KEY_PREFIX, hash_secret, matches, new_secret
-from models import ApiKey, Role, utcnow
+from models import ApiKey, Role, new_id, utcnow
 
 
-def create(session: Db, role: str, name: str) -> tuple[ApiKey, str]:
-    """Create a key and return it with its secret, which is never retrievable again."""
+def create(session: Db, role: str, name: str, *, actor: str = "cli") -> tuple[ApiKey, str]:
+    """Create a key and return it with its secret, which is never retrievable again.
+
+    The key and its `key.created` audit event are committed together: no usable key
+    without its trace.
+    """
     role = Role(role).value
     secret = new_secret(API_KEY_PREFIX)
-    key = ApiKey(role=role, name=name, secret_hash=hash_secret(secret))
+    key = ApiKey(id=new_id(), role=role, name=name, secret_hash=hash_secret(secret))
     session.add(key)
+    audit.record(session, actor=actor, action="key.created", target=key.id, details={"role": role})
     session.commit()
     return key, secret
 
@@ -28,13 +33,18 @@ def list_keys(session: Db) -> Sequence[ApiKey]:
     return session.scalars(sa.select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)).all()
 
 
-def revoke(session: Db, key_id: str) -> ApiKey | None:
-    """Revoke a key at once; None when no such key exists."""
+def revoke(session: Db, key_id: str, *, actor: str = "cli") -> ApiKey | None:
+    """Revoke a key at once; None when no such key exists.
+
+    The revocation and its `key.revoked` audit event are committed together; revoking
+    a revoked key changes nothing and records nothing.
+    """
     key = session.get(ApiKey, key_id)
     if key is None:
         return None
     if key.revoked_at is None:
         key.revoked_at = utcnow()
+        audit.record(session, actor=actor, action="key.revoked", target=key.id)
         session.commit()
     return key
 
