@@ -98,11 +98,16 @@ def subject(identifier: str) -> str:
     return audit.subject(current_app.config["SECRET_KEY"], identifier)
 
 
+def is_terminated(session: Db, account_id: str | None) -> bool:
+    """Whether the account is terminated (and not yet purged); False without an account."""
+    return account_id is not None and session.get(AccountTermination, account_id) is not None
+
+
 def ensure_account_open(session: Db, account_id: str | None) -> None:
     """Refuse (403 account_terminated) an account that is terminated or was purged."""
     if not account_id:
         return
-    if session.get(AccountTermination, account_id) is not None:
+    if is_terminated(session, account_id):
         raise AccountTerminated()
     if session.get(AccountTombstone, subject(account_id)) is not None:
         raise AccountTerminated()

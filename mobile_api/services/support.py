@@ -6,9 +6,9 @@ import logging
 
 import sqlalchemy as sa
 
-from mobile_api.services import Db, audit
+from mobile_api.services import Db, audit, privacy
 from mobile_api.services.privacy import subject
-from models import AccountTermination, ConsentRecord, ConsentSource, Device, Purpose, utcnow
+from models import ConsentRecord, ConsentSource, Device, Purpose, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def mask_push_token(token: str | None) -> str | None:
 
 def _record_delivery(session: Db, device: Device, granted: bool) -> None:
     """Ledger entry for a change of deliverability (none while the account is terminated)."""
-    if _account_terminated(session, device):
+    if privacy.is_terminated(session, device.account_id):
         return
     session.add(
         ConsentRecord(
@@ -117,11 +117,3 @@ def _set_disabled(
     )
     session.commit()
     return device
-
-
-def _account_terminated(session: Db, device: Device) -> bool:
-    """A terminated account's devices stay undeliverable whatever support does."""
-    return (
-        device.account_id is not None
-        and session.get(AccountTermination, device.account_id) is not None
-    )

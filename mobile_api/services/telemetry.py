@@ -11,10 +11,9 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 
-from mobile_api.services import Db, is_postgresql
+from mobile_api.services import Db, is_postgresql, privacy
 from mobile_api.services.export import device_section, to_json
 from models import (
-    AccountTermination,
     Device,
     DeviceVersionChange,
     TelemetryEvent,
@@ -44,7 +43,7 @@ def ingest(session: Db, device: Device, events: Sequence[Mapping[str, Any]]) -> 
     """
     if not device.analytics:
         return Ingestion(0, len(events), CONSENT_OFF)
-    if device.account_id is not None and _terminated(session, device.account_id):
+    if privacy.is_terminated(session, device.account_id):
         # The account's data is about to be erased: collect nothing new about it.
         return Ingestion(0, len(events), ACCOUNT_TERMINATED)
     if is_postgresql(session):
@@ -115,10 +114,6 @@ def _sqlite_insert(
         .values(rows)
         .on_conflict_do_nothing(index_elements=[_TABLE.c.device_id, _TABLE.c.event_id])
     )
-
-
-def _terminated(session: Db, account_id: str) -> bool:
-    return session.get(AccountTermination, account_id) is not None
 
 
 _VERSION_CHANGE_INSERT = sa.insert(cast(sa.Table, DeviceVersionChange.__table__))
