@@ -245,3 +245,15 @@ def test_unknown_query_parameters_are_refused(client, register):
     )
     assert response.status_code == 422
     assert response.get_json()["errors"]["query"] == {"limt": ["Unknown field."]}
+
+    # An operation that takes no query arguments refuses a query string too, and
+    # changes nothing: nothing is accepted in a URL.
+    refused = client.put(
+        "/v1/devices/me/preferences?lat=48.1",
+        json={"promotional_push": True},
+        headers=bearer(token),
+    )
+    assert refused.status_code == 422
+    assert refused.get_json()["errors"]["query"] == {"lat": ["Unknown field."]}
+    preferences = client.get("/v1/devices/me/preferences", headers=bearer(token)).get_json()
+    assert preferences["promotional_push"] is False

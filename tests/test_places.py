@@ -495,10 +495,17 @@ def test_only_finite_numbers_are_coordinates(
 def test_coordinates_in_the_url_are_not_accepted(
     client: FlaskClient, device_token: str, nominatim: FakeNominatim
 ) -> None:
-    response = client.post(
-        f"/v1/places/reverse?lat={LAT}&lon={LON}", json={}, headers=bearer(device_token)
-    )
-    assert response.status_code == 422
+    # A valid body from a consenting device: only the query string is refused.
+    for path, body in (
+        ("/v1/places/reverse", {"lat": LAT, "lon": LON}),
+        ("/v1/places/search", {"lat": LAT, "lon": LON, "category": "cafe"}),
+    ):
+        response = client.post(
+            f"{path}?lat={LAT}&lon={LON}", json=body, headers=bearer(device_token)
+        )
+        assert response.status_code == 422
+        assert set(response.get_json()["errors"]["query"]) == {"lat", "lon"}
+        assert str(LAT) not in response.get_data(as_text=True)
     assert client.get("/v1/places/reverse", headers=bearer(device_token)).status_code == 405
     assert nominatim.recorded == []
 
