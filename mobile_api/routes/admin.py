@@ -186,9 +186,7 @@ class AdminDevice(MethodView):
     @blp.alt_response(404, **_NOT_FOUND)
     def delete(self, data: dict[str, Any], device_id: str) -> None:
         """Erase this device and everything tied to it, now."""
-        erased = privacy.erase_device(
-            db.session, device_id, reason=data.get("reason", "user_request"), **_staff()
-        )
+        erased = privacy.erase_device(db.session, device_id, reason=data["reason"], **_staff())
         _found(erased or None)
 
 
@@ -214,11 +212,7 @@ class AdminAccount(MethodView):
     @blp.alt_response(404, **_NOT_FOUND)
     def delete(self, data: dict[str, Any], account_id: str) -> None:
         """Erase every device of this account and everything tied to them, now."""
-        _found(
-            privacy.erase_account(
-                db.session, account_id, reason=data.get("reason", "user_request"), **_staff()
-            )
-        )
+        _found(privacy.erase_account(db.session, account_id, reason=data["reason"], **_staff()))
 
 
 @blp.route("/accounts/<account_id>/terminate")

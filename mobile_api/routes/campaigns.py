@@ -14,16 +14,13 @@ from mobile_api.errors import ErrorSchema
 from mobile_api.extensions import db
 from mobile_api.pagination import PageArgsSchema, page_schema, paginate
 from mobile_api.routes import Blueprint
-from mobile_api.routes.fields import Locale, Timestamp, printable
+from mobile_api.routes.fields import VERSION, Locale, Timestamp, printable
 from mobile_api.services import campaigns as campaign_service
 from mobile_api.services import dispatch as dispatch_service
 from models import CampaignCategory, Delivery, DeliveryStatus, Platform, Role
 
 blp = Blueprint("campaigns", __name__, url_prefix="/v1/campaigns", description="Push campaigns")
 
-_VERSION = ma.validate.Regexp(
-    r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,31}$", error="Up to 32 characters, e.g. 17.4.1."
-)
 _MIN_VERSION = ma.validate.Regexp(r"^[0-9]{1,9}(\.[0-9]{1,9}){0,4}$", error="e.g. 10.0 or 17.4.1")
 _ID = ma.validate.Regexp(r"^[0-9A-Z]{26}$", error="A device id.")
 # FCM refuses these data keys.
@@ -51,7 +48,7 @@ class AudienceSchema(ma.Schema):
     """Which devices a campaign targets; every filter set must match (none set: all)."""
 
     platforms = _list(ma.fields.String(validate=ma.validate.OneOf([p.value for p in Platform])))
-    app_versions = _list(ma.fields.String(validate=_VERSION))
+    app_versions = _list(ma.fields.String(validate=VERSION))
     min_os_version = ma.fields.String(
         validate=_MIN_VERSION,
         metadata={"description": "Compared as a version: 10.0 > 9.3"},

@@ -14,6 +14,7 @@ from mobile_api.extensions import db, device_limit_key, limiter
 from mobile_api.pagination import PageArgsSchema, page_schema, paginate
 from mobile_api.routes import Blueprint
 from mobile_api.routes.fields import (
+    VERSION,
     Locale,
     StrictBoolean,
     Timestamp,
@@ -36,9 +37,6 @@ blp = Blueprint("devices", __name__, url_prefix="/v1/devices", description="Devi
 _INSTALLATION_ID = ma.validate.Regexp(
     r"^[A-Za-z0-9._:-]{8,128}$", error="8–128 characters of A-Z a-z 0-9 . _ : -"
 )
-_VERSION = ma.validate.Regexp(
-    r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,31}$", error="Up to 32 characters, e.g. 17.4.1."
-)
 _PUSH_TOKEN = ma.validate.Regexp(
     r"^[\x21-\x7e]{1,4096}$", error="Up to 4096 printable ASCII characters."
 )
@@ -59,9 +57,9 @@ def _device_limit() -> str:
 class DeviceFieldsSchema(ma.Schema):
     """Fields the app reports about itself."""
 
-    os_version = ma.fields.String(validate=_VERSION)
+    os_version = ma.fields.String(validate=VERSION)
     device_model = ma.fields.String(allow_none=True, validate=printable(64))
-    app_version = ma.fields.String(allow_none=True, validate=_VERSION)
+    app_version = ma.fields.String(allow_none=True, validate=VERSION)
     locale = Locale(allow_none=True, metadata={"description": "BCP 47 tag, e.g. id-ID"})
     timezone = ma.fields.String(
         allow_none=True,
@@ -90,7 +88,7 @@ class DeviceRegisterSchema(DeviceFieldsSchema):
     platform = ma.fields.String(
         required=True, validate=ma.validate.OneOf([p.value for p in Platform])
     )
-    os_version = ma.fields.String(required=True, validate=_VERSION)
+    os_version = ma.fields.String(required=True, validate=VERSION)
 
 
 class DeviceCheckInSchema(DeviceFieldsSchema):

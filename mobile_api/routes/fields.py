@@ -19,6 +19,11 @@ _BCP47 = re.compile(
     r"(?:-(?:[A-Za-z0-9]{5,8}|[0-9][A-Za-z0-9]{3}))*$"
 )
 
+# An app or OS version as devices report it; campaign audiences match the same form.
+VERSION = ma.validate.Regexp(
+    r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,31}$", error="Up to 32 characters, e.g. 17.4.1."
+)
+
 
 @cache
 def _time_zones() -> frozenset[str]:
