@@ -109,6 +109,12 @@ def test_only_deliverable_devices_reach_fcm(
     assert rows[ok] == ("sent", None)
     assert rows[unreg] == ("failed", "unregistered")
     assert rows[refused] == ("failed", "invalid_argument")
+    failed = client.get(
+        f"/v1/campaigns/{campaign_id}/deliveries?status=failed", headers=marketing
+    ).get_json()["items"]
+    assert sorted((i["device_id"], i["status"], i["reason"]) for i in failed) == sorted(
+        [(unreg, "failed", "unregistered"), (refused, "failed", "invalid_argument")]
+    )
     assert rows[out] == ("suppressed", "promotional_opt_out")
     assert rows[denied] == ("suppressed", "push_permission_denied")
     assert rows[tokenless] == ("suppressed", "no_push_token")
@@ -705,3 +711,31 @@ def test_the_sweep_recovers_lost_chunks_once(
         assert campaign.progress_at is not None and campaign.progress_at > long_ago
         db.session.remove()
     assert _tokens(fcm) == collections.Counter(dict.fromkeys(tokens, 1))
+
+
+def test_devices_registered_after_sending_started_are_not_targeted(
+    client: FlaskClient,
+    marketing: Headers,
+    create_campaign: Callable[..., str],
+    device: Make,
+    fcm: FakeFcmServer,
+) -> None:
+    """API.md: `targeted` counts the devices matching the audience when sending started."""
+    app = client.application
+    app.config["DISPATCH_ENUMERATE_BATCH"] = 1  # enumeration is still under way below
+    early = [device() for _ in range(3)]
+    campaign_id = create_campaign()
+    assert client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing).status_code == 202
+    _step(app, campaign_id, chunks=1)
+    late = device()  # matches the audience, but only after sending started
+
+    drain(app)
+
+    body = client.get(f"/v1/campaigns/{campaign_id}", headers=marketing).get_json()
+    assert body["status"] == "completed"
+    assert body["counts"]["targeted"] == 3
+    assert body["counts"]["sent"] == 3
+    assert late.id not in deliveries(app, campaign_id)
+    assert _tokens(fcm) == collections.Counter(d.push_token for d in early)
+    explained = client.get(f"/v1/campaigns/{campaign_id}/explain/{late.id}", headers=marketing)
+    assert explained.get_json()["targeted"] is False
