@@ -26,7 +26,7 @@ from tests.campaign_fixtures import (
     terminate_account,
     update_device,
 )
-from tests.conftest import bearer
+from tests.conftest import bearer, device_body
 
 __all__ = ["admin", "app", "create_campaign", "device", "fcm", "fcm_settings", "marketing"]
 
@@ -74,14 +74,43 @@ def test_service_campaigns_need_admin(
     assert send.get_json()["error"] == "service_campaign_requires_admin"
 
 
-@pytest.mark.parametrize("role", ["app", "support", "privacy"])
-def test_other_roles_are_forbidden(
-    client: FlaskClient, make_key: Callable[[str], str], role: str
+CAMPAIGN_ENDPOINTS = [
+    ("post", "/v1/campaigns"),
+    ("get", "/v1/campaigns/{id}"),
+    ("post", "/v1/campaigns/{id}/preview"),
+    ("post", "/v1/campaigns/{id}/send"),
+    ("post", "/v1/campaigns/{id}/cancel"),
+    ("get", "/v1/campaigns/{id}/deliveries"),
+    ("get", "/v1/campaigns/{id}/explain/{device}"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), CAMPAIGN_ENDPOINTS)
+def test_every_campaign_endpoint_refuses_other_roles_alike_for_real_and_unknown_ids(
+    client: FlaskClient,
+    make_key: Callable[[str], str],
+    create_campaign: Callable[..., str],
+    method: str,
+    path: str,
 ) -> None:
-    response = client.post("/v1/campaigns", json=campaign_body(), headers=bearer(make_key(role)))
-    assert response.status_code == 403
-    assert response.get_json()["error"] == "forbidden"
-    assert client.post("/v1/campaigns", json=campaign_body()).status_code == 401
+    registered = client.post(
+        "/v1/devices", json=device_body(), headers=bearer(make_key("app"))
+    ).get_json()
+    real = path.format(id=create_campaign(), device=registered["device"]["id"])
+    unknown = path.format(id="NOPE", device="NOPE")
+    for url in (real, unknown):  # the answer never tells whether the campaign exists
+        for role in ("app", "support", "privacy"):
+            response = getattr(client, method)(
+                url, json=campaign_body(), headers=bearer(make_key(role))
+            )
+            assert response.status_code == 403, (role, url)
+            assert response.get_json()["error"] == "forbidden"
+        device_token = bearer(registered["device_token"])
+        assert (
+            getattr(client, method)(url, json=campaign_body(), headers=device_token).status_code
+            == 403
+        )
+        assert getattr(client, method)(url, json=campaign_body()).status_code == 401
 
 
 @pytest.mark.parametrize(
