@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import re
 import statistics
+import threading
 import time
 import traceback
 import uuid
@@ -861,3 +862,30 @@ def test_the_gateway_adds_little_to_each_search() -> None:
         gateway.search(EXACT_LAT + (i % 50) / 10, EXACT_LON, category="cafe", limit=40)
         durations.append(time.perf_counter() - started)
     assert statistics.median(durations) < 0.005
+
+
+def test_a_lookup_queued_behind_the_same_cell_takes_the_answer_from_the_cache(
+    fake: FakeNominatim, gateways: Callable[..., PlacesGateway]
+) -> None:
+    lookups: list[tuple[str, str, str]] = []
+    gateway = gateways(
+        fake, limiter=InProcessLimiter(0.5), on_lookup=lambda *args: lookups.append(args)
+    )
+    barrier = threading.Barrier(2)
+    names: list[set[str]] = []
+
+    def search() -> None:
+        barrier.wait()
+        names.append({p.name for p in gateway.search(EXACT_LAT, EXACT_LON, category="cafe")})
+
+    threads = [threading.Thread(target=search) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # The second lookup waited for the provider's next slot; by then the first had
+    # stored the cell's answer, so the slot was not spent on the same request again.
+    assert len(fake.recorded) == 1
+    assert len(names) == 2 and names[0] == names[1] != set()
+    assert sorted(lookups) == [("search", "hit", "ok"), ("search", "miss", "ok")]

@@ -177,14 +177,11 @@ class PlacesGateway:
         cell_lat, cell_lon = self._coarsen(lat, lon)
         # The term goes last: the fields before it have fixed formats, so keys cannot collide.
         key = f"search|{self._fmt(cell_lat)}|{self._fmt(cell_lon)}|{limit}|{term}"
-        records: list[PlaceRecord] | None = self._cache.get(key)
-        cache_state = "miss" if records is None else "hit"
-        if records is None:
-            box = self._box(cell_lat, cell_lon)
-            records = self._forward(
-                "search", started, lambda t: self._provider.search(term, box, limit, t)
-            )
-            self._cache.set(key, records, self._cache_ttl)
+        box = self._box(cell_lat, cell_lon)
+        records: list[PlaceRecord]
+        records, cache_state = self._cached(
+            "search", key, started, lambda t: self._provider.search(term, box, limit, t)
+        )
         places = [
             Place(
                 name=r["name"],
@@ -206,15 +203,10 @@ class PlacesGateway:
         _check_point(lat, lon)
         cell_lat, cell_lon = self._coarsen(lat, lon)
         key = f"reverse|{self._fmt(cell_lat)}|{self._fmt(cell_lon)}"
-        record: AreaRecord | None = self._cache.get(key)
-        cache_state = "miss" if record is None else "hit"
-        if record is None:
-            record = self._forward(
-                "reverse",
-                started,
-                lambda t: self._provider.reverse(cell_lat, cell_lon, t),
-            )
-            self._cache.set(key, record, self._cache_ttl)
+        record: AreaRecord
+        record, cache_state = self._cached(
+            "reverse", key, started, lambda t: self._provider.reverse(cell_lat, cell_lon, t)
+        )
         self._report("reverse", cache_state, "ok")
         return Area(
             city=record.get("city"),
@@ -244,23 +236,34 @@ class PlacesGateway:
             round(min(cell_lon + half_lon, 180.0), places) + 0.0,
         )
 
-    def _forward(self, kind: str, started: float, call: Callable[[float], _T]) -> _T:
-        """Send one request upstream within what is left of the deadline, reporting failures."""
+    def _cached(
+        self, kind: str, key: str, started: float, call: Callable[[float], _T]
+    ) -> tuple[_T, str]:
+        """The cached answer for `key` ("hit"), else the provider's, cached on the way ("miss")."""
+        value: _T | None = self._cache.get(key)
+        if value is not None:
+            return value, "hit"
         try:
             # A slot that leaves the request less than its minimum budget is refused now:
             # waiting for it would only end in a timeout, and would spend a provider slot.
             budget = min(_MIN_REQUEST_BUDGET, self._timeout / 2)
             elapsed = time.monotonic() - started
-            self._limiter.acquire(max_wait=self._timeout - elapsed - budget)
+            if self._limiter.acquire(max_wait=self._timeout - elapsed - budget) > 0:
+                # Queued behind other lookups: one of them may have fetched this very answer.
+                value = self._cache.get(key)
+                if value is not None:
+                    return value, "hit"
             remaining = self._timeout - (time.monotonic() - started)
             if remaining <= 0:
                 raise ProviderTimeout("no time left for the mapping provider request")
-            return call(remaining)
+            value = call(remaining)
         except ProviderFailure as exc:
             outcome = _OUTCOMES.get(type(exc), "error")
             log.warning("mapping provider %s failed (%s): %s", kind, outcome, exc)
             self._report(kind, "miss", outcome)
             raise
+        self._cache.set(key, value, self._cache_ttl)
+        return value, "miss"
 
     def _report(self, kind: str, cache_state: str, outcome: str) -> None:
         if self._on_lookup is None:
