@@ -74,7 +74,7 @@ def test_search_filters_paginates_and_masks_push_tokens(
     client: FlaskClient, register: Register, staff: Staff
 ) -> None:
     account = unique("acct")
-    token = "fcm-" + "x" * 100 + "WXYZ"
+    token = "fcm-" + "x" * 100 + "UVWXYZ"
     first, _ = register(account_id=account, push_token=token)
     second, _ = register(account_id=account, platform="ios")
     register(account_id=unique("other"))
@@ -86,7 +86,7 @@ def test_search_filters_paginates_and_masks_push_tokens(
     body = response.get_json()
     assert [d["id"] for d in body["items"]] == [first["id"], second["id"]]
     assert body["next_cursor"] is None
-    assert body["items"][0]["push_token"] == "…WXYZ"
+    assert body["items"][0]["push_token"] == "…UVWXYZ"
     assert body["items"][1]["push_token"] is None
     assert token not in response.get_data(as_text=True)
 

@@ -30,13 +30,6 @@ def search_query(
     return stmt
 
 
-def mask_push_token(token: str | None) -> str | None:
-    """Enough of a push token to compare with what the user reads out, never all of it."""
-    if token is None:
-        return None
-    return "…" + token[-4:] if len(token) >= 16 else "…"
-
-
 def _record_delivery(session: Db, device: Device, granted: bool) -> None:
     """Ledger entry for a change of deliverability (none while the account is terminated)."""
     if privacy.is_terminated(session, device.account_id):
