@@ -12,6 +12,7 @@ from models.campaign import (
     DeliveryStatus,
 )
 from models.device import (
+    LOCATION_ALLOWED,
     PREFERENCES,
     ConsentRecord,
     ConsentSource,
@@ -27,6 +28,7 @@ from models.telemetry import DeviceVersionChange, TelemetryEvent, VersionField
 __all__ = [
     "ACTIVE_STATUSES",
     "FINAL_STATUSES",
+    "LOCATION_ALLOWED",
     "PREFERENCES",
     "AccountTermination",
     "AccountTombstone",

@@ -37,6 +37,10 @@ class LocationPermission(StrEnum):
     NOT_DETERMINED = "not_determined"
 
 
+# The OS permissions that let the app use location (places, the opt-in rate of insights).
+LOCATION_ALLOWED = frozenset({LocationPermission.PRECISE, LocationPermission.APPROXIMATE})
+
+
 class Purpose(StrEnum):
     """What a consent record is about."""
 

@@ -11,10 +11,10 @@ import sqlalchemy as sa
 
 from mobile_api.services import Db
 from models import (
+    LOCATION_ALLOWED,
     AccountTermination,
     Device,
     DeviceVersionChange,
-    LocationPermission,
     PushPermission,
     VersionField,
     utcnow,
@@ -26,7 +26,6 @@ SEEN_WITHIN_DAYS = (1, 7, 30)
 VERSION_CHANGE_WINDOW_DAYS = 30
 
 _PUSH_GRANTED = (PushPermission.GRANTED.value, PushPermission.PROVISIONAL.value)
-_LOCATION_GRANTED = (LocationPermission.PRECISE.value, LocationPermission.APPROXIMATE.value)
 
 
 def active_devices() -> sa.ColumnElement[bool]:
@@ -81,7 +80,7 @@ def device_aggregate_statement(now: datetime) -> sa.Select[Any]:
             _count_if(Device.location_services.is_(True), "location_services"),
             _count_if(Device.analytics.is_(True), "analytics"),
             _count_if(Device.push_permission.in_(_PUSH_GRANTED), "os_push_permission"),
-            _count_if(Device.location_permission.in_(_LOCATION_GRANTED), "os_location_permission"),
+            _count_if(Device.location_permission.in_(LOCATION_ALLOWED), "os_location_permission"),
             *(
                 _count_if(Device.last_seen_at >= now - timedelta(days=days), f"seen_{days}")
                 for days in SEEN_WITHIN_DAYS

@@ -35,7 +35,7 @@ from mobile_api.geo import (
     make_cache,
     make_limiter,
 )
-from models import Device, LocationPermission
+from models import LOCATION_ALLOWED, Device
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,6 @@ CATEGORIES: dict[str, str] = {
     "supermarket": "supermarket",
     "toilets": "toilets",
 }
-
-_PERMITTED = frozenset({LocationPermission.PRECISE.value, LocationPermission.APPROXIMATE.value})
 
 # The most places one search returns (and always asks the provider for).
 MAX_LIMIT = PROVIDER_MAX_LIMIT
@@ -144,7 +142,7 @@ def current_gateway() -> PlacesGateway:
 
 def require_location_consent(device: Device, endpoint: str) -> None:
     """Refuse unless the user allows location use in the app and in the OS settings."""
-    if device.location_services and device.location_permission in _PERMITTED:
+    if device.location_services and device.location_permission in LOCATION_ALLOWED:
         return
     CONSENT_REFUSALS.labels(endpoint).inc()
     raise LocationConsentRequired()
