@@ -91,7 +91,6 @@ class Batch:
 
     first_id: int | None
     last_id: int | None
-    count: int
     done: bool
 
 
@@ -101,10 +100,6 @@ class ChunkResult:
 
     claimed: int = 0
     last_id: int | None = None
-    sent: int = 0
-    failed: int = 0
-    suppressed: int = 0
-    retrying: int = 0
 
 
 def transport(app: Flask) -> PushTransport:
@@ -222,7 +217,7 @@ def enumerate_batch(session: Db, campaign_id: str, settings: Settings) -> Batch 
     campaign.progress_at = now
     session.commit()
     ids = [row.id for row in rows]
-    return Batch(min(ids, default=None), max(ids, default=None), len(rows), done)
+    return Batch(min(ids, default=None), max(ids, default=None), done)
 
 
 def _message(campaign: Campaign, token: str) -> PushMessage:
@@ -313,13 +308,8 @@ def process_chunk(
     results: list[SendResult] = []
     for start in range(0, len(messages), push.max_batch):
         results += push.send(messages[start : start + push.max_batch])
-    counts = _record(session, campaign_id, to_send, results, settings)
-    return ChunkResult(
-        claimed=len(rows),
-        last_id=rows[-1].id,
-        suppressed=len(rows) - len(to_send),
-        **counts,
-    )
+    _record(session, campaign_id, to_send, results, settings)
+    return ChunkResult(claimed=len(rows), last_id=rows[-1].id)
 
 
 def _set(session: Db, ids: list[int], **values: Any) -> None:
@@ -337,7 +327,7 @@ def _record(
     rows: list[Any],
     results: list[SendResult],
     settings: Settings,
-) -> dict[str, int]:
+) -> None:
     """Write the outcome of a hand-off, in one transaction."""
     now = utcnow()
     sent: list[int] = []
@@ -420,7 +410,6 @@ def _record(
             len(pruned),
             counts["retrying"],
         )
-    return counts
 
 
 def _suppress_if_cancelled(session: Db, campaign_id: str, now: datetime) -> None:
