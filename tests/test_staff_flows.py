@@ -79,3 +79,20 @@ def test_campaign_actions_are_in_the_audit_trail_and_deliveries_in_the_export(
     ]
     own = client.get("/v1/devices/me/export", headers=bearer(made.device_token)).get_json()
     assert own["deliveries"] == export["deliveries"]
+
+    # A cancel is in the trail too, and so are the CLI's key changes.
+    cancelled = create_campaign()
+    assert client.post(f"/v1/campaigns/{cancelled}/send", headers=marketing).status_code == 202
+    assert client.post(f"/v1/campaigns/{cancelled}/cancel", headers=marketing).status_code == 200
+    actions = client.get(
+        "/v1/admin/audit", query_string={"target": cancelled}, headers=privacy
+    ).get_json()["items"]
+    assert [event["action"] for event in actions] == [
+        "campaign.cancel",
+        "campaign.send",
+        "campaign.create",
+    ]
+    keys = client.get(
+        "/v1/admin/audit", query_string={"action": "key.created"}, headers=privacy
+    ).get_json()["items"]
+    assert {event["actor"] for event in keys} == {"cli"} and len(keys) >= 2
