@@ -7,6 +7,7 @@ import logging
 import sqlalchemy as sa
 
 from mobile_api.services import Db, audit, privacy
+from mobile_api.services.caller import Caller
 from mobile_api.services.privacy import subject
 from models import ConsentRecord, ConsentSource, Device, Purpose, utcnow
 
@@ -57,25 +58,22 @@ def _audit_details(ticket: str | None, reason: str | None = None) -> dict[str, o
 def disable(
     session: Db,
     device_id: str,
+    caller: Caller,
     *,
     reason: str,
     ticket: str | None,
-    actor: str,
-    request_id: str | None = None,
 ) -> Device | None:
     """Stop every push to a device until it is enabled; None if unknown."""
-    return _set_disabled(session, device_id, reason, ticket, actor=actor, request_id=request_id)
+    return _set_disabled(session, device_id, reason, ticket, caller)
 
 
 def enable(
     session: Db,
     device_id: str,
-    *,
-    actor: str,
-    request_id: str | None = None,
+    caller: Caller,
 ) -> Device | None:
     """Let pushes reach a disabled device again; None if unknown."""
-    return _set_disabled(session, device_id, None, None, actor=actor, request_id=request_id)
+    return _set_disabled(session, device_id, None, None, caller)
 
 
 def _set_disabled(
@@ -83,9 +81,7 @@ def _set_disabled(
     device_id: str,
     reason: str | None,
     ticket: str | None,
-    *,
-    actor: str,
-    request_id: str | None,
+    caller: Caller,
 ) -> Device | None:
     """Disable (with a reason) or enable (reason None); recorded in the ledger and the trail."""
     disable = reason is not None
@@ -102,11 +98,10 @@ def _set_disabled(
     device.disabled_ticket = ticket
     audit.record(
         session,
-        actor=actor,
+        caller,
         action="device.disabled" if disable else "device.enabled",
         target=subject(device.id),
         details=_audit_details(audit_ticket, reason),
-        request_id=request_id,
     )
     session.commit()
     return device
