@@ -6,6 +6,7 @@ import logging
 
 import sqlalchemy as sa
 
+from mobile_api.push import mask_token
 from mobile_api.services import Db, audit, privacy
 from mobile_api.services.caller import Caller
 from mobile_api.services.privacy import subject
@@ -29,6 +30,11 @@ def search_query(
     if platform is not None:
         stmt = stmt.where(Device.platform == platform)
     return stmt
+
+
+def masked_push_token(device: Device) -> str | None:
+    """The device's push token as staff may see it: never whole, the same tail the logs show."""
+    return mask_token(device.push_token) if device.push_token else None
 
 
 def _record_delivery(session: Db, device: Device, granted: bool) -> None:
