@@ -122,7 +122,13 @@ _VERSION_CHANGE_INSERT = sa.insert(cast(sa.Table, DeviceVersionChange.__table__)
 def record_version_change(
     session: Db, device: Device, changes: Mapping[str, Any], now: datetime
 ) -> None:
-    """Append a history row for each OS or app version that `changes` alters."""
+    """Append a history row per OS or app version that `changes` alters, with analytics consent.
+
+    Without it only the device's current versions are kept (they pick the right notifications);
+    a history of upgrades is analytics, and the policy promises none without consent.
+    """
+    if not device.analytics:
+        return
     rows = []
     for field in VersionField:
         if field.value not in changes:
@@ -143,6 +149,13 @@ def record_version_change(
         )
     if rows:  # append-only history: a plain INSERT, no unit-of-work flush per check-in
         session.execute(_VERSION_CHANGE_INSERT, rows)
+
+
+def forget_version_history(session: Db, device_id: str) -> None:
+    """Delete the device's version history (analytics consent was withdrawn); not committed."""
+    session.execute(
+        sa.delete(DeviceVersionChange).where(DeviceVersionChange.device_id == device_id)
+    )
 
 
 @device_section("telemetry")
