@@ -19,33 +19,16 @@ import sqlalchemy as sa
 
 from mobile_api.services import Db
 from models import AccountTermination, ConsentRecord, Device, utcnow
+from models.inventory import exported_device_fields
 
 DeviceSection = Callable[[Db, Device], Any]
 S = TypeVar("S", bound=DeviceSection)
 
 _DEVICE_SECTIONS: dict[str, DeviceSection] = {}
 
-_DEVICE_FIELDS = (
-    "id",
-    "installation_id",
-    "platform",
-    "os_version",
-    "device_model",
-    "app_version",
-    "locale",
-    "timezone",
-    "push_token",
-    "push_token_invalid_at",
-    "push_permission",
-    "location_permission",
-    "account_id",
-    "disabled_at",
-    "disabled_reason",
-    "disabled_ticket",
-    "created_at",
-    "updated_at",
-    "last_seen_at",
-)
+# The device columns the inventory exports under "device" (a new column declared there with
+# an export path "device.<column>" appears in every export without a change here).
+_DEVICE_FIELDS = exported_device_fields()
 
 
 def device_section(name: str) -> Callable[[S], S]:
