@@ -358,8 +358,9 @@ def personal(table: str) -> dict[str, Personal]:
 
 def exported_device_fields() -> tuple[str, ...]:
     """The device columns exported under `device` in every device export, in declared order."""
-    return tuple(
-        path.removeprefix("device.")
-        for column, e in personal("devices").items()
-        if (path := e.export) is not None and path == f"device.{column}"
-    )
+    return tuple(c for c, e in personal("devices").items() if e.export == f"device.{c}")
+
+
+def exported_columns(table: str, path: str) -> tuple[str, ...]:
+    """The columns of `table` exported in each item of the export's list at `path`."""
+    return tuple(c for c, e in personal(table).items() if e.export == f"{path}[].{c}")

@@ -38,16 +38,7 @@ def _export_deliveries(session: Db, device: Device) -> list[dict[str, Any]]:
     rows = session.scalars(
         sa.select(Delivery).where(Delivery.device_id == device.id).order_by(Delivery.id)
     )
-    return [
-        {
-            "campaign_id": row.campaign_id,
-            "status": row.status,
-            "reason": row.reason,
-            "attempts": row.attempts,
-            "updated_at": export.to_json(row.updated_at),
-        }
-        for row in rows
-    ]
+    return export.items(rows, "campaign_deliveries", "deliveries")
 
 
 @erasure.scrubber("campaigns", "audience")

@@ -11,8 +11,8 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 
-from mobile_api.services import Db, is_postgresql, privacy
-from mobile_api.services.export import device_section, to_json
+from mobile_api.services import Db, export, is_postgresql, privacy
+from mobile_api.services.export import device_section
 from models import (
     Device,
     DeviceVersionChange,
@@ -177,23 +177,8 @@ def export_section(session: Db, device_id: str) -> dict[str, list[dict[str, Any]
         .order_by(DeviceVersionChange.id)
     )
     return {
-        "events": [
-            {
-                "event_id": e.event_id,
-                "name": e.name,
-                "occurred_at": to_json(e.occurred_at),
-                "received_at": to_json(e.received_at),
-                "properties": e.properties,
-            }
-            for e in events
-        ],
-        "version_history": [
-            {
-                "field": c.field,
-                "old_value": c.old_value,
-                "new_value": c.new_value,
-                "changed_at": to_json(c.changed_at),
-            }
-            for c in changes
-        ],
+        "events": export.items(events, "telemetry_events", "telemetry.events"),
+        "version_history": export.items(
+            changes, "device_version_changes", "telemetry.version_history"
+        ),
     }
