@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from geographiclib.geodesic import Geodesic
 from geopy.distance import geodesic
 
+from mobile_api.geo.grid import grid_cell
 from tests.fakes.nominatim_server import FakeNominatim
 from tests.places_fixtures import (
     everything_sent,
@@ -29,6 +31,7 @@ from tests.places_fixtures import (
 )
 
 MIN_CELL_M = 3_000.0
+WGS84 = Geodesic.WGS84
 STEP_M = 100.0
 WALK_M = 9_000.0
 # Start points, each near the middle of an approximate-grid cell (the walks confirm the size).
@@ -180,3 +183,20 @@ def test_a_precise_device_keeps_location_precision_decimals(
     precise_request, approximate_request = nominatim.recorded
     assert (precise_request.param("lat"), precise_request.param("lon")) == ("60.02", "10.79")
     assert approximate_request.param("lat") != precise_request.param("lat")
+
+
+@pytest.mark.parametrize("hemisphere", [1.0, -1.0], ids=["north", "south"])
+def test_grid_cells_are_at_least_3_km_wide_and_high_at_every_latitude(hemisphere: float) -> None:
+    for degree in range(90):
+        lat = hemisphere * (degree + 0.0123)
+        cell = grid_cell(lat, 17.3)
+        south, north = cell.lat - cell.half_height, cell.lat + cell.half_height
+        poleward = max(south, north, key=abs)
+        assert south <= lat < north
+        height = WGS84.Inverse(south, cell.lon, north, cell.lon)["s12"]
+        assert height >= MIN_CELL_M, (lat, height)
+        if cell.half_width < 180.0:  # a polar cap is one cell all round
+            west, east = cell.lon - cell.half_width, cell.lon + cell.half_width
+            assert west <= 17.3 < east
+            width = WGS84.Inverse(poleward, west, poleward, east)["s12"]
+            assert width >= MIN_CELL_M, (lat, width)
