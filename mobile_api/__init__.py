@@ -27,6 +27,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.config.update(test_config)
 
     if not app.config["SECRET_KEY"]:
+        app.config["SECRET_KEY"] = _instance_secret_key(app.instance_path)
+    if not app.config["SECRET_KEY"]:
         if not (app.debug or app.testing):
             raise RuntimeError("SECRET_KEY must be set (see README: Configuration)")
         app.config["SECRET_KEY"] = "insecure-development-key"  # noqa: S105 - debug/testing only
@@ -72,6 +74,23 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     cli.init_app(app)
     make_celery(app)
     return app
+
+
+def _instance_secret_key(instance_path: str) -> str | None:
+    """The key bin/serve generated into instance/secret_key, if there is one.
+
+    So the flask CLI (keys create, audit verify) signs and hashes with the same key as
+    the server it sits beside, without SECRET_KEY in every shell. A file others may
+    read is refused: the key would be theirs too.
+    """
+    path = Path(instance_path) / "secret_key"
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return None
+    if mode & 0o077:
+        raise RuntimeError(f"{path} must be readable by its owner only: chmod 600 {path}")
+    return path.read_text(encoding="utf-8").strip() or None
 
 
 def _tune_engine(engine: sa.Engine) -> None:
