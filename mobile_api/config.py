@@ -15,6 +15,9 @@ class Defaults:
     # Read when SECRET_KEY is unset (None: secret_key in the instance folder, which
     # bin/serve generates); owner-only permissions required.
     SECRET_KEY_FILE: str | None = None
+    # A dispatcher (embedded or Celery worker) touches this file while its loop runs;
+    # the container healthcheck (mobile_api/healthcheck.py) reads its age. None: off.
+    HEARTBEAT_FILE: str | None = None
     SQLALCHEMY_DATABASE_URI: str | None = None  # None → SQLite file under instance/
     SQLALCHEMY_ENGINE_OPTIONS: dict[str, Any] = {}
     # A server connection idle this long is pinged before use, and replaced if dead
@@ -141,6 +144,7 @@ _ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "PROXY_FIX_X_PROTO": ("PROXY_FIX_X_PROTO", int),
     "LOG_LEVEL": ("LOG_LEVEL", str),
     "SECRET_KEY_FILE": ("SECRET_KEY_FILE", str),
+    "HEARTBEAT_FILE": ("HEARTBEAT_FILE", str),
 }
 
 
