@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
@@ -394,3 +395,12 @@ def test_hostile_device_fields_leave_the_device_as_it_was(world: World) -> None:
     assert {k: v for k, v in after.items() if k != "last_seen_at"} == {
         k: v for k, v in before.items() if k != "last_seen_at"
     }
+
+
+def test_database_errors_quote_no_parameters(world: World) -> None:
+    # Workers and periodic jobs log exceptions too: their messages must not carry ids.
+    secret_id = "acct-0042-ZZTOP"
+    statement = sa.text("SELECT no_such_column FROM devices WHERE id = :id")
+    with world.app.app_context(), pytest.raises(sa.exc.DBAPIError) as failure:
+        db.session.execute(statement, {"id": secret_id})
+    assert secret_id not in str(failure.value)
