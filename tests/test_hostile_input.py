@@ -289,14 +289,14 @@ hostile_scalars = st.one_of(
     st.booleans(),
     st.none(),
 )
+
+
+def _containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.lists(inner, max_size=4) | st.dictionaries(hostile_strings, inner, max_size=4)
+
+
 hostile_json = st.one_of(
-    st.recursive(
-        hostile_scalars,
-        lambda inner: (
-            st.lists(inner, max_size=4) | st.dictionaries(hostile_strings, inner, max_size=4)
-        ),
-        max_leaves=12,
-    ),
+    st.recursive(hostile_scalars, _containers, max_leaves=12),
     st.integers(min_value=30, max_value=3000).map(deep),
 )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Any
 
@@ -23,6 +24,7 @@ UNSTORABLE_MESSAGE = "Must not contain NUL characters or unpaired surrogates."
 # Raw JSON that may decode to such text: a \u0000 or a surrogate escape (pairs
 # included, which decode to one valid character). The body was checked to be
 # UTF-8, so it holds no surrogate byte sequences of its own.
+_CONTAINERS = frozenset((dict, list))
 _SUSPECT_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
 
 
@@ -63,13 +65,12 @@ def _deeper_than(data: Any, limit: int) -> bool:
     """Whether `data` nests more than `limit` lists and objects, level by level."""
     level = [data]
     for _ in range(limit):
-        below: list[Any] = []
-        for container in level:
-            items = container.values() if type(container) is dict else container
-            below += [item for item in items if type(item) is dict or type(item) is list]
-        if not below:
+        items = itertools.chain.from_iterable(
+            container.values() if type(container) is dict else container for container in level
+        )
+        level = [item for item in items if type(item) in _CONTAINERS]
+        if not level:
             return False
-        level = below
     return True
 
 
