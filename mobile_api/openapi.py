@@ -30,13 +30,14 @@ def nullable_enum_as_component(converter: Any, field: Any, ret: dict[str, Any], 
     if not values or not ret.get("nullable") or not field.name:
         return {}
     name = "".join(part.title() for part in field.name.split("_"))
-    definition = {"type": ret.pop("type", "string"), "enum": [v for v in values if v is not None]}
-    del ret["enum"]
+    definition = {"type": ret.get("type", "string"), "enum": [v for v in values if v is not None]}
     components = converter.spec.components
     if name not in components.schemas:
         components.schema(name, definition)
     elif components.schemas[name] != definition:
-        raise ValueError(f"two nullable enums named {name} differ: {definition}")
+        return {}  # another enum holds the name: keep apispec's inline form, valid still
+    del ret["enum"]
+    ret.pop("type", None)
     ret["allOf"] = [components.get_ref("schema", name)]
     return {}
 

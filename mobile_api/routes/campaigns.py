@@ -80,7 +80,9 @@ class CampaignCreateSchema(ma.Schema):
     audience = ma.fields.Nested(AudienceSchema)
     # strict: a JSON number with a fraction (2.5e-42) is refused, not truncated to 0.
     ttl_seconds = ma.fields.Integer(
-        strict=True, allow_none=True, validate=ma.validate.Range(min=0, max=28 * 24 * 3600)
+        strict=True,
+        allow_none=True,
+        validate=ma.validate.Range(min=0, max=28 * 24 * 3600),
     )
     collapse_key = ma.fields.String(allow_none=True, validate=printable(64))
     priority = ma.fields.String(validate=ma.validate.OneOf(["normal", "high"]))

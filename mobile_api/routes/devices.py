@@ -188,6 +188,11 @@ ConsentPageSchema = page_schema(ConsentSchema, "ConsentPage")
 class ExportedDeviceSchema(ma.Schema):
     """A device's stored fields, as an export shows them."""
 
+    class Meta:
+        # Documents services/export.py's field list, which grows with the model: a
+        # field added there is exported (and allowed here) before it is described.
+        unknown = ma.INCLUDE
+
     id = ma.fields.String(required=True)
     installation_id = ma.fields.String(required=True)
     platform = ma.fields.String(
