@@ -104,7 +104,7 @@ class Campaign(Base):
 
 
 class Delivery(Base):
-    """One device in one campaign: the exactly-once ledger of the dispatch."""
+    """One device in one campaign: the ledger of the dispatch, each delivery counted once."""
 
     __tablename__ = "campaign_deliveries"
     __table_args__ = (

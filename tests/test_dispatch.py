@@ -87,6 +87,9 @@ def test_only_deliverable_devices_reach_fcm(
     assert message["data"] == {"screen": "offers"}
     assert message["android"]["priority"] == "high"
     assert message["android"]["collapse_key"] == "sale"
+    # One identity on both platforms, the same at every hand-off (API.md v1.1).
+    assert message["android"]["notification"]["tag"] == "sale"
+    assert message["apns"]["headers"]["apns-collapse-id"] == "sale"
     assert message["android"]["ttl"] == "600s"
 
     assert body["status"] == "completed"

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import collections
 import itertools
+import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,7 @@ from tests.campaign_fixtures import (
     subprocess_env,
     wait_for,
 )
+from tests.conftest import REDIS_DEFAULT
 from tests.fakes.fcm_server import FakeFcmServer
 
 __all__ = ["app", "create_campaign", "device", "fcm", "fcm_settings", "marketing"]
@@ -50,6 +53,7 @@ __all__ = ["app", "create_campaign", "device", "fcm", "fcm_settings", "marketing
 Headers = dict[str, str]
 Make = Callable[..., Made]
 
+REDIS_URL = os.environ.get("TEST_REDIS_URL", REDIS_DEFAULT)
 LEASE = 1.0  # seconds; DISPATCH_CLAIM_LEASE_SECONDS in production: 30
 
 
@@ -144,6 +148,23 @@ def test_consent_withdrawn_after_a_crash_is_honoured_at_the_second_hand_off(
     leaves = device()
     campaign_id = create_campaign()
     client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
+    _die_mid_hand_off(app, campaign_id)
+    client.put(
+        "/v1/devices/me/preferences",
+        json={"promotional_push": False},
+        headers={"Authorization": f"Bearer {leaves.device_token}"},
+    )
+    app.config["DISPATCH_CLAIM_LEASE_SECONDS"] = 0.0  # the lease has lapsed
+    drain(app)
+    assert len(fcm.messages_for(str(stays.push_token))) == 2
+    assert len(fcm.messages_for(str(leaves.push_token))) == 1
+    counts = client.get(f"/v1/campaigns/{campaign_id}", headers=marketing).get_json()["counts"]
+    assert (counts["sent"], counts["suppressed"]) == (1, {"promotional_opt_out": 1})
+    assert_balanced(counts)
+
+
+def _die_mid_hand_off(app: Flask, campaign_id: str) -> None:
+    """Claim and hand over the first chunk, then die before recording any answer."""
     settings = dispatch.Settings.from_config(app.config)
     with app.app_context():
         push = dispatch.transport(app)
@@ -163,18 +184,37 @@ def test_consent_withdrawn_after_a_crash_is_honoured_at_the_second_hand_off(
         with pytest.raises(SystemExit):
             dispatch.process_chunk(db.session, DiesMidHandOff(), campaign_id, settings)
         db.session.remove()
-    client.put(
-        "/v1/devices/me/preferences",
-        json={"promotional_push": False},
-        headers={"Authorization": f"Bearer {leaves.device_token}"},
-    )
-    app.config["DISPATCH_CLAIM_LEASE_SECONDS"] = 0.0  # the lease has lapsed
+
+
+def test_a_cancelled_campaign_sends_nothing_again_after_a_crash(
+    client: FlaskClient,
+    marketing: Headers,
+    create_campaign: Callable[..., str],
+    device: Make,
+    fcm: FakeFcmServer,
+) -> None:
+    app = client.application
+    app.config["DISPATCH_CHUNK_SIZE"] = 2
+    for _ in range(5):
+        device()
+    campaign_id = create_campaign()
+    client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
+    _die_mid_hand_off(app, campaign_id)
+    assert client.post(f"/v1/campaigns/{campaign_id}/cancel", headers=marketing).status_code == 200
+    app.config["DISPATCH_CLAIM_LEASE_SECONDS"] = 0.0
     drain(app)
-    assert len(fcm.messages_for(str(stays.push_token))) == 2
-    assert len(fcm.messages_for(str(leaves.push_token))) == 1
+    assert len(fcm.received) == 2
     counts = client.get(f"/v1/campaigns/{campaign_id}", headers=marketing).get_json()["counts"]
-    assert (counts["sent"], counts["suppressed"]) == (1, {"promotional_opt_out": 1})
+    # What became of the two in flight is unknown: failed, interrupted; not sent again.
+    assert (counts["sent"], counts["failed"]) == (0, 2)
+    assert counts["suppressed"] == {"cancelled": 3}
     assert_balanced(counts)
+    with app.app_context():
+        reasons = db.session.scalars(
+            sa.select(Delivery.reason).where(Delivery.status == DeliveryStatus.FAILED)
+        ).all()
+        db.session.remove()
+    assert reasons == ["interrupted", "interrupted"]
 
 
 def test_a_live_dispatchers_lease_is_renewed_during_a_long_hand_off(
@@ -298,6 +338,7 @@ def test_the_breaker_waits_at_least_as_long_as_retry_after(
         assert after[0].at - before[-1].at >= 1.0 - 0.05
 
 
+@pytest.mark.parametrize("shared_through", ["file", "redis"])
 def test_a_send_rate_is_shared_by_every_dispatcher(
     app_factory: Callable[..., Flask],
     fcm_settings: dict[str, Any],
@@ -307,8 +348,9 @@ def test_a_send_rate_is_shared_by_every_dispatcher(
     device: Make,
     fcm: FakeFcmServer,
     tmp_path: Path,
+    shared_through: str,
 ) -> None:
-    """FCM_MAX_MESSAGES_PER_SECOND holds for two dispatchers together (the host's slot file)."""
+    """FCM_MAX_MESSAGES_PER_SECOND holds for two dispatchers together (slot file or Redis)."""
     tokens = {device().push_token for _ in range(50)}
     campaign_id = create_campaign()
     client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
@@ -318,7 +360,15 @@ def test_a_send_rate_is_shared_by_every_dispatcher(
         "FCM_MAX_MESSAGES_PER_SECOND": 50,
         "FCM_LIMITER_FILE": str(tmp_path / "fcm-slot"),
     }
-    apps = [app_factory(**settings), app_factory(**settings)]
+    if shared_through == "redis":
+        # Each its own slot file: only Redis can hold them to one rate.
+        settings.update(REDIS_URL=REDIS_URL, CELERY_QUEUE=f"test-{uuid.uuid4().hex[:12]}")
+    apps = [
+        app_factory(**{**settings, "FCM_LIMITER_FILE": str(tmp_path / f"fcm-slot-{i}")})
+        if shared_through == "redis"
+        else app_factory(**settings)
+        for i in range(2)
+    ]
     threads = [threading.Thread(target=drain, args=(one,)) for one in apps]
     for thread in threads:
         thread.start()

@@ -166,8 +166,18 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(ERRORS[answer][0], _ERROR_BODIES[answer], retry_after)
 
     def do_GET(self) -> None:
-        """Nothing is served over GET."""
-        self._reply(HTTPStatus.NOT_FOUND, b"{}")
+        """GET /stats: the fake's counters (benchmarks in another process read them)."""
+        if self.path != "/stats":
+            self._reply(HTTPStatus.NOT_FOUND, b"{}")
+            return
+        fake = self.server.fake
+        with fake._lock:
+            stats = {
+                "requests": fake.request_count,
+                "accepted": fake.accepted,
+                "in_outage": fake._outage_kind(fake.clock()) is not None,
+            }
+        self._reply(HTTPStatus.OK, json.dumps(stats).encode())
 
 
 class _Server(LoopbackServer):
@@ -199,6 +209,7 @@ class FakeFcmServer(LoopbackFake):
         self.received: list[ReceivedMessage] = []
         self.attempts: Counter[str] = Counter()
         self.request_count = 0
+        self.accepted = 0
         self.token_requests = 0
         self.rejected_auth = 0
         self.connections = 0
@@ -250,6 +261,7 @@ class FakeFcmServer(LoopbackFake):
             self.received.clear()
             self.attempts.clear()
             self.request_count = 0
+            self.accepted = 0
             self.token_requests = 0
             self.rejected_auth = 0
             self.connections = 0
@@ -276,6 +288,7 @@ class FakeFcmServer(LoopbackFake):
             answer = outage or self._planned_failure(token) or self._behaviour(token)
             message_id = None
             if answer == "ok":
+                self.accepted += 1
                 message_id = f"projects/{project}/messages/{next(self._ids)}"
             if self.record:
                 self.attempts[token] += 1
