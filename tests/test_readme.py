@@ -25,7 +25,7 @@ from tests.processes import background, free_port, wait_for_http
 
 ROOT = Path(__file__).resolve().parent.parent
 # A command line of an indented README block: optional VAR=value words, then one of these.
-_COMMAND = re.compile(r"^(?:[A-Z_]+=\S+ )*(?:bin/|\.venv/bin/|docker )")
+_COMMAND = re.compile(r"^(?:[A-Z_]+=\S+ )*(?:bin/[\w-]+|\.venv/bin/[\w-]+|docker)(?:\s|$)")
 # Commands this test does not run, and why.
 NOT_RUN = {
     "bin/test": "it is the command running this test",
