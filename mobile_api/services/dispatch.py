@@ -23,7 +23,6 @@ message is handed to FCM at most once.
 from __future__ import annotations
 
 import logging
-import os
 import random
 from collections import defaultdict
 from collections.abc import Mapping
@@ -34,14 +33,8 @@ from typing import Any, cast
 import sqlalchemy as sa
 from flask import Flask
 
-from mobile_api.push import (
-    FcmTransport,
-    Outcome,
-    PushMessage,
-    PushTransport,
-    SendResult,
-    make_transport,
-)
+from mobile_api import push as push_seam
+from mobile_api.push import Outcome, PushMessage, PushTransport, SendResult
 from mobile_api.services import Db, campaigns, is_postgresql
 from mobile_api.services import audience as aud
 from models import (
@@ -103,38 +96,8 @@ class ChunkResult:
 
 
 def transport(app: Flask) -> PushTransport:
-    """The app's push transport, built once per process from FCM_* config (log without).
-
-    A bad FCM_CREDENTIALS file raises here, so a dispatcher that builds it as it
-    starts fails then, not at its first chunk. A forked pool process builds its own:
-    connections and firebase-admin's state are not shared across a fork.
-    """
-    existing: PushTransport | None = app.extensions.get("push_transport")
-    if existing is not None and app.extensions.get("push_transport_pid") in (None, os.getpid()):
-        return existing
-    path = app.config["FCM_CREDENTIALS"]
-    try:
-        built = make_transport(
-            path,
-            app.config["FCM_PROJECT_ID"],
-            app.config["FCM_ENDPOINT"],
-            float(app.config["FCM_TIMEOUT"]),
-        )
-    except (OSError, ValueError) as exc:
-        raise RuntimeError(
-            f"FCM_CREDENTIALS {path!r} is not a usable service-account file: {exc}"
-        ) from exc
-    if isinstance(built, FcmTransport):
-        log.info(
-            "push transport: fcm (project %s, endpoint %s)",
-            built.project_id,
-            built.endpoint or "Google's",
-        )
-    else:
-        log.info("push transport: %s", built.name)
-    app.extensions["push_transport"] = built
-    app.extensions["push_transport_pid"] = os.getpid()
-    return built
+    """The app's push router (see mobile_api.push.transport)."""
+    return push_seam.transport(app)
 
 
 def notify_queued(app: Flask, campaign_id: str) -> None:

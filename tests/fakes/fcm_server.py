@@ -26,7 +26,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.fakes.loopback import LoopbackFake, LoopbackServer
+from tests.fakes.loopback import LoopbackFake, LoopbackServer, ScriptedAnswers
 
 ACCESS_TOKEN = "fake-access-token"
 SEND_PATH_PREFIX = "/v1/projects/"
@@ -43,7 +43,6 @@ ERRORS: dict[str, tuple[int, str, str]] = {
     "invalid_argument": (400, "INVALID_ARGUMENT", "INVALID_ARGUMENT"),
     "third_party_auth": (401, "UNAUTHENTICATED", "THIRD_PARTY_AUTH_ERROR"),
 }
-BEHAVIOURS = frozenset(ERRORS) | {"ok"}
 PREFIXES: tuple[tuple[str, str], ...] = (
     ("unreg-", "unregistered"),
     ("mismatch-", "sender_id_mismatch"),
@@ -154,12 +153,14 @@ class _Server(LoopbackServer):
     fake: FakeFcmServer
 
 
-class FakeFcmServer(LoopbackFake):
+class FakeFcmServer(ScriptedAnswers, LoopbackFake):
     """A threaded loopback FCM v1 + OAuth2 server; use as a context manager."""
 
     handler = _Handler
     server_class = _Server
     thread_name = "fake-fcm"
+    errors = ERRORS
+    prefixes = PREFIXES
 
     def __init__(
         self,
@@ -170,8 +171,8 @@ class FakeFcmServer(LoopbackFake):
         access_token: str = ACCESS_TOKEN,
         port: int = 0,
     ) -> None:
-        super().__init__(port)
-        self.behaviour: dict[str, str] = dict(behaviour or {})
+        LoopbackFake.__init__(self, port)
+        ScriptedAnswers.__init__(self, behaviour)
         self.delay = delay
         self.quota_retry_after: str | None = QUOTA_RETRY_AFTER
         self.record = record
@@ -182,21 +183,12 @@ class FakeFcmServer(LoopbackFake):
         self.token_requests = 0
         self.rejected_auth = 0
         self.connections = 0
-        self._failures: dict[str, list[Any]] = {}
-        self._lock = threading.Lock()
         self._ids = itertools.count(1)
 
     @property
     def token_uri(self) -> str:
         """The OAuth2 token endpoint to put in a service-account file."""
         return f"{self.url}/token"
-
-    def fail_times(self, token: str, times: int, kind: str = "unavailable") -> None:
-        """Answer `kind` for the next `times` sends to `token`, then its usual answer."""
-        if kind not in ERRORS:
-            raise ValueError(f"unknown error kind {kind!r}")
-        with self._lock:
-            self._failures[token] = [times, kind]
 
     def messages_for(self, token: str) -> list[ReceivedMessage]:
         """Every recorded send to `token`, oldest first."""
@@ -230,7 +222,7 @@ class FakeFcmServer(LoopbackFake):
     ) -> tuple[str, str | None]:
         with self._lock:
             self.request_count += 1
-            answer = self._planned_failure(token) or self._behaviour(token)
+            answer = self._scripted(token)
             message_id = None
             if answer == "ok":
                 message_id = f"projects/{project}/messages/{next(self._ids)}"
@@ -246,26 +238,6 @@ class FakeFcmServer(LoopbackFake):
                 )
                 self.received.append(received)
         return answer, message_id
-
-    def _planned_failure(self, token: str) -> str | None:
-        plan = self._failures.get(token)
-        if not plan:
-            return None
-        plan[0] -= 1
-        if plan[0] <= 0:
-            del self._failures[token]
-        return str(plan[1])
-
-    def _behaviour(self, token: str) -> str:
-        answer = self.behaviour.get(token)
-        if answer is not None:
-            if answer not in BEHAVIOURS:
-                raise ValueError(f"unknown behaviour {answer!r} for a token")
-            return answer
-        for prefix, kind in PREFIXES:
-            if token.startswith(prefix):
-                return kind
-        return "ok"
 
 
 @functools.cache
