@@ -168,7 +168,9 @@ def headers(message: PushMessage, topic: str, now: float) -> dict[str, str]:
         # An absolute expiry; "0" means deliver now or never.
         expiry = int(now) + message.ttl_seconds if message.ttl_seconds else 0
         result["apns-expiration"] = str(expiry)
-    collapse = getattr(message, "collapse_id", None) or message.collapse_key
+    # The message's identity on the device (a re-sent copy replaces the first), else
+    # the campaign's collapse key.
+    collapse = message.collapse_id or message.collapse_key
     if collapse:
         result["apns-collapse-id"] = collapse
     return result

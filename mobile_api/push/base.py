@@ -33,6 +33,10 @@ class PushMessage:
     ttl_seconds: int | None = None
     collapse_key: str | None = None
     priority: Priority = "normal"
+    # The message's identity on the device: Android's notification `tag` and APNs'
+    # `apns-collapse-id`. A message handed over twice with the same one replaces
+    # its first copy on the screen instead of showing a second.
+    collapse_id: str | None = None
     # Which transport hands it over (see PROVIDERS); the router groups by it.
     provider: str = FCM
     # iOS: passive | active | time-sensitive | critical (APNs' aps.interruption-level).
