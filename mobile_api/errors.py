@@ -241,3 +241,16 @@ class CampaignFinished(DomainError):
     code = 409
     error = "campaign_finished"
     description = "This campaign has already finished; there is nothing left to cancel."
+
+
+class PushProviderMismatch(DomainError):
+    """A push token, provider and platform that do not belong together."""
+
+    code = 422
+    error = "push_provider_mismatch"
+    description = "push_provider, push_token and platform do not belong together."
+
+    def __init__(self, errors: dict[str, list[str]]) -> None:
+        super().__init__()
+        # Reported like a validation error, keyed by field under "json".
+        self.data = {"errors": {"json": errors}}

@@ -12,6 +12,7 @@ from mobile_api.auth import DEVICE, auth_required, current_device
 from mobile_api.errors import ErrorSchema
 from mobile_api.extensions import db, device_limit_key, limiter
 from mobile_api.pagination import PageArgsSchema, page_schema, paginate
+from mobile_api.push import PROVIDERS
 from mobile_api.routes import Blueprint
 from mobile_api.routes.fields import (
     VERSION,
@@ -69,7 +70,17 @@ class DeviceFieldsSchema(ma.Schema):
     push_token = ma.fields.String(
         allow_none=True,
         validate=_PUSH_TOKEN,
-        metadata={"description": "FCM registration token"},
+        metadata={
+            "description": "FCM registration token, or the APNs device token (hex) with"
+            " push_provider apns or apns_sandbox"
+        },
+    )
+    push_provider = ma.fields.String(
+        validate=ma.validate.OneOf(PROVIDERS),
+        metadata={
+            "description": "Whose token push_token is: fcm (default), apns, or apns_sandbox"
+            " (debug builds); apns* only on ios, and a change needs its push_token"
+        },
     )
     push_permission = ma.fields.String(
         allow_none=True, validate=ma.validate.OneOf([p.value for p in PushPermission])
@@ -128,6 +139,7 @@ class DeviceSchema(ma.Schema):
     locale = ma.fields.String(allow_none=True)
     timezone = ma.fields.String(allow_none=True)
     push_token = ma.fields.String(allow_none=True)
+    push_provider = ma.fields.String(required=True)
     push_token_valid = ma.fields.Method("_push_token_valid", dump_only=True)
     push_permission = ma.fields.String(allow_none=True)
     location_permission = ma.fields.String(allow_none=True)

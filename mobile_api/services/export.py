@@ -35,6 +35,7 @@ _DEVICE_FIELDS = (
     "locale",
     "timezone",
     "push_token",
+    "push_provider",
     "push_token_invalid_at",
     "push_permission",
     "location_permission",

@@ -180,7 +180,9 @@ class FakeApnsServer(ScriptedAnswers, LoopbackFake):
         delay: float = 0.0,
         record: bool = True,
         port: int = 0,
+        like: FakeApnsServer | None = None,
     ) -> None:
+        """Serve from `directory` (key and CA written there), or share `like`'s key and CA."""
         LoopbackFake.__init__(self, port)
         ScriptedAnswers.__init__(self, behaviour)
         self.directory = Path(directory)
@@ -198,8 +200,12 @@ class FakeApnsServer(ScriptedAnswers, LoopbackFake):
         self.connections = 0
         self.provider_tokens: Counter[str] = Counter()  # each distinct JWT seen, with its uses
         self._ids = itertools.count(1)
-        self.key_file, self._public_key = write_key(self.directory / "AuthKey.p8")
-        self.ca_file, self.ssl_context = write_tls(self.directory)
+        if like is not None:  # another host of the same Apple: one key, one CA
+            self.key_file, self._public_key = like.key_file, like._public_key
+            self.ca_file, self.ssl_context = like.ca_file, like.ssl_context
+        else:
+            self.key_file, self._public_key = write_key(self.directory / "AuthKey.p8")
+            self.ca_file, self.ssl_context = write_tls(self.directory)
 
     @property
     def url(self) -> str:

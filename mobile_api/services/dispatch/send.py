@@ -39,9 +39,10 @@ class ChunkResult:
     last_id: int | None = None
 
 
-def _message(campaign: Campaign, token: str) -> PushMessage:
+def _message(campaign: Campaign, token: str, provider: str) -> PushMessage:
     return PushMessage(
         token=token,
+        provider=provider,
         title=campaign.title,
         body=campaign.body,
         data=dict(campaign.data or {}),
@@ -82,7 +83,14 @@ def process_chunk(
         (Device.id.is_(None), aud.ERASED), else_=aud.exclusion_reason(campaign.category)
     ).label("reason")
     stmt = aud.with_terminations(
-        sa.select(Delivery.id, Delivery.device_id, Delivery.attempts, Device.push_token, reason)
+        sa.select(
+            Delivery.id,
+            Delivery.device_id,
+            Delivery.attempts,
+            Device.push_token,
+            Device.push_provider,
+            reason,
+        )
         .select_from(Delivery)
         .outerjoin(Device, Device.id == Delivery.device_id)
     )
@@ -121,7 +129,8 @@ def process_chunk(
             attempts=Delivery.attempts + 1,
             updated_at=now,
         )
-    messages = [_message(campaign, row.push_token) for row in to_send]
+    # Each message names its device's provider: the router hands it to that transport.
+    messages = [_message(campaign, row.push_token, row.push_provider) for row in to_send]
     session.commit()  # the claim: from here on no other dispatcher takes these rows
 
     results: list[SendResult] = []
