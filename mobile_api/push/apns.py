@@ -246,6 +246,9 @@ class ApnsTransport:
         results = await asyncio.gather(*(self._send_one(m, token, now) for m in messages))
         if any(r.error == Reason.UNAUTHENTICATED for r in results):
             self._token.renew(token)
+        failed = sum(r.error == Reason.TRANSPORT_ERROR for r in results)
+        if failed:
+            logger.warning("%s: %s of %s messages not handed over", self, failed, len(results))
         return list(results)
 
     async def _send_one(self, message: PushMessage, token: str, now: float) -> SendResult:
@@ -268,7 +271,8 @@ class ApnsTransport:
                     extensions={"timeout": self._timeouts},
                 )
         except (httpcore.NetworkError, httpcore.TimeoutException, httpcore.ProtocolError) as error:
-            logger.warning("APNs push to %s: %r", mask_token(message.token), error)
+            # A lost connection fails every stream on it: one line per batch (_send_all).
+            logger.debug("APNs push to %s: %r", mask_token(message.token), error)
             return SendResult(Outcome.RETRY, Reason.TRANSPORT_ERROR)
         answer = {name.decode().lower(): value.decode() for name, value in response.headers}
         return classify(response.status, response.content, answer)
