@@ -16,6 +16,7 @@ from mobile_api import push
 from mobile_api.extensions import db
 from mobile_api.push import Outcome, PushMessage, Reason
 from mobile_api.push import apns as apns_module
+from mobile_api.services import dispatch
 from mobile_api.services import keys as key_service
 from tests.apns_fixtures import apns, apns_sandbox, apns_settings, ios_device
 from tests.campaign_fixtures import (
@@ -25,6 +26,7 @@ from tests.campaign_fixtures import (
     create_campaign,
     deliveries,
     device,
+    drain,
     fcm,
     fcm_settings,
     marketing,
@@ -417,6 +419,32 @@ def test_a_mixed_campaign_reaches_each_device_once_through_its_transport(
     assert_balanced(counts)
     dead = client.get("/v1/devices/me", headers=bearer(made["ios_apns_dead"].device_token))
     assert dead.get_json()["push_token_valid"] is False
+
+
+def test_consent_is_read_at_hand_off_for_apns_devices(
+    app: Flask,
+    client: FlaskClient,
+    marketing: dict[str, str],
+    create_campaign: Callable[..., str],
+    ios_device: Callable[..., Made],
+    apns: FakeApnsServer,
+) -> None:
+    stays, leaves = ios_device(), ios_device()
+    campaign_id = create_campaign()
+    assert client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing).status_code == 202
+    with app.app_context():
+        dispatch.enumerate_batch(db.session, campaign_id, dispatch.Settings.from_config(app.config))
+        db.session.remove()
+    # Targeted while opted in, opted out before the hand-off.
+    response = client.put(
+        "/v1/devices/me/preferences",
+        json={"promotional_push": False},
+        headers=bearer(leaves.device_token),
+    )
+    assert response.status_code == 200
+    drain(app)
+    assert [m.token for m in apns.received] == [stays.push_token]
+    assert deliveries(app, campaign_id)[leaves.id] == ("suppressed", "promotional_opt_out")
 
 
 @pytest.fixture
