@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -335,6 +336,24 @@ def test_a_wrong_key_id_or_team_fails_for_good(
         finally:
             built.close()
         assert (result.outcome, result.error) == (Outcome.FAILED, Reason.AUTH_ERROR)
+
+
+def test_an_unreachable_or_silent_host_is_retried_later(
+    app_factory: Callable[..., Flask],
+    apns_settings: dict[str, Any],
+    apns: FakeApnsServer,
+) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"https://127.0.0.1:{probe.getsockname()[1]}"
+    apns.delay = 1.0
+    for overrides in ({"APNS_ENDPOINT": closed}, {"APNS_TIMEOUT": 0.3}):
+        built = push.transport(app_factory(**{**apns_settings, **overrides}))
+        try:
+            results = built.send([_msg(apns_token()), _msg(apns_token())])
+        finally:
+            built.close()
+        assert {(r.outcome, r.error) for r in results} == {(Outcome.RETRY, Reason.TRANSPORT_ERROR)}
 
 
 def test_sandbox_tokens_go_to_the_sandbox_host(

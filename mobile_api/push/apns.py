@@ -232,11 +232,16 @@ class ApnsTransport:
         check_batch(messages, self.max_batch)
         if not messages:
             return []
+        # Every stream is bounded by the timeouts (connect, write, read) and at most
+        # IN_FLIGHT run at once, so a batch ends within its waves of them; the bound
+        # here only guards against a loop that stopped answering.
+        waves = -(-len(messages) // IN_FLIGHT)
+        future = asyncio.run_coroutine_threadsafe(self._send_all(messages), self._loop)
         try:
-            # Each stream has its own timeout; this bound only guards the thread hand-off.
-            results: list[SendResult] = self._call(self._send_all(messages), self.timeout * 2 + 5)
+            results: list[SendResult] = future.result(self.timeout * 3 * (waves + 1))
         except FutureTimeout:
-            logger.error("APNs batch of %s did not finish in time", len(messages))
+            future.cancel()
+            logger.error("%s: a batch of %s did not finish in time", self, len(messages))
             return [SendResult(Outcome.RETRY, Reason.TRANSPORT_ERROR)] * len(messages)
         return results
 
