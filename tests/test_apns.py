@@ -23,6 +23,7 @@ from tests.apns_fixtures import apns, apns_sandbox, apns_settings, ios_device
 from tests.campaign_fixtures import (
     Made,
     assert_balanced,
+    campaign_status,
     close_transport,
     create_campaign,
     deliveries,
@@ -33,11 +34,12 @@ from tests.campaign_fixtures import (
     marketing,
     send_and_drain,
     subprocess_env,
+    wait_for,
 )
 from tests.conftest import bearer, make_app, migrate_once, wipe
 from tests.fakes.apns_server import FakeApnsServer, apns_token
 from tests.fakes.fcm_server import FakeFcmServer
-from tests.test_dispatch_celery import REDIS_URL, _start_worker, _status, queue
+from tests.test_dispatch_celery import REDIS_URL, _start_worker, queue
 
 __all__ = [
     "apns",
@@ -538,13 +540,11 @@ def test_a_mixed_campaign_on_celery_workers(
         ).get_json()["id"]
         sent = web.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing_headers)
         assert sent.status_code == 202
-        deadline = time.monotonic() + 60
-        while _status(celery_app, campaign_id) != "completed" and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for(lambda: campaign_status(celery_app, campaign_id) == "completed", 60, 0.1)
     finally:
         worker.terminate()
         worker.wait(timeout=10)
-    assert _status(celery_app, campaign_id) == "completed", log.read_text()
+    assert campaign_status(celery_app, campaign_id) == "completed", log.read_text()
     assert collections.Counter(m.token for m in fcm.received) == collections.Counter(
         dict.fromkeys(fcm_tokens, 1)
     )

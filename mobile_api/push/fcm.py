@@ -234,8 +234,11 @@ def _to_fcm_message(message: PushMessage) -> messaging.Message:
         # APNs wants an absolute expiry; "0" means "deliver now or never".
         expiry = int(time.time()) + message.ttl_seconds if message.ttl_seconds else 0
         apns_headers["apns-expiration"] = str(expiry)
-    if message.collapse_key is not None:
-        apns_headers["apns-collapse-id"] = message.collapse_key
+    # The same identity on both platforms: a message handed over again (its first
+    # hand-off's answer lost with a dispatcher) replaces its first copy on screen.
+    apns_collapse_id = message.collapse_id or message.collapse_key
+    if apns_collapse_id is not None:
+        apns_headers["apns-collapse-id"] = apns_collapse_id
     fcm_message = messaging.Message(
         notification=messaging.Notification(title=message.title, body=message.body),
         data=dict(message.data),
@@ -243,6 +246,11 @@ def _to_fcm_message(message: PushMessage) -> messaging.Message:
             ttl=message.ttl_seconds,
             collapse_key=message.collapse_key,
             priority="high" if high else "normal",
+            notification=(
+                None
+                if message.collapse_id is None
+                else messaging.AndroidNotification(tag=message.collapse_id)
+            ),
         ),
         apns=messaging.APNSConfig(
             headers=apns_headers,
