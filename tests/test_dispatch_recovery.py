@@ -24,6 +24,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from mobile_api.extensions import db
+from mobile_api.push import PushMessage
 from mobile_api.services import dispatch
 from models import Delivery, DeliveryStatus, Device
 from tests.campaign_fixtures import (
@@ -247,6 +248,18 @@ def test_a_live_dispatchers_lease_is_renewed_during_a_long_hand_off(
     assert (counts["sent"], counts["failed"]) == (4, 0)
 
 
+def _warmed_up(app: Flask, fcm: FakeFcmServer) -> Flask:
+    """The app with its transport built and its access token fetched, the fake reset.
+
+    So a scripted outage starts when the campaign's first request is made, not
+    while firebase-admin is still starting (slow on a loaded machine).
+    """
+    with app.app_context():
+        dispatch.transport(app).send([PushMessage(token="warm-up", title="t", body="b")])
+    fcm.reset()
+    return app
+
+
 def _outage_settings(fcm_settings: dict[str, Any]) -> dict[str, Any]:
     # The defaults scaled by a fiftieth: base 2 s, breaker up to 30 s, retries up to 600 s.
     return {
@@ -278,7 +291,7 @@ def test_an_fcm_outage_loses_nothing_and_the_campaign_backs_off_as_a_whole(
     tokens = {device().push_token for _ in range(60)}
     campaign_id = create_campaign()
     client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
-    sender = app_factory(**_outage_settings(fcm_settings))
+    sender = _warmed_up(app_factory(**_outage_settings(fcm_settings)), fcm)
     started = fcm.clock()
     fcm.outage(outage, kind)
     try:
@@ -314,7 +327,7 @@ def test_the_breaker_waits_at_least_as_long_as_retry_after(
         device()
     campaign_id = create_campaign()
     client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
-    sender = app_factory(**_outage_settings(fcm_settings))
+    sender = _warmed_up(app_factory(**_outage_settings(fcm_settings)), fcm)
     fcm.outage_retry_after = "1"
     fcm.outage(2.5, "unavailable")
     try:
