@@ -315,6 +315,9 @@ def update_preferences(
             continue
         setattr(device, purpose.value, wanted)
         _record(session, device.id, purpose.value, wanted, source, policy_version)
+        if purpose is Purpose.ANALYTICS and not wanted:
+            # Withdrawn: what was collected under the consent goes with it, in the same commit.
+            telemetry.forget_version_history(session, device.id)
     commit_keeping_state(session)
     return device.preferences()
 

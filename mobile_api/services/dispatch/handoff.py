@@ -20,8 +20,8 @@ from types import TracebackType
 import sqlalchemy as sa
 from flask import Flask
 
-from mobile_api.geo.cache import make_limiter
 from mobile_api.geo.errors import ProviderUnavailable
+from mobile_api.geo.limiter import make_limiter
 from mobile_api.push import MAX_BATCH
 from models import Delivery, DeliveryStatus, utcnow
 
