@@ -53,6 +53,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             x_proto=app.config["PROXY_FIX_X_PROTO"],
         )
 
+    # Database errors quote no SQL parameters (ids, tokens) in their messages, which
+    # end up in logs whichever code path logged them.
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
+        "hide_parameters": True,
+        **app.config["SQLALCHEMY_ENGINE_OPTIONS"],
+    }
     db.init_app(app)
     with app.app_context():
         _tune_engine(db.engine)

@@ -90,6 +90,8 @@ class Defaults:
     # Number of proxies in front of the app whose X-Forwarded-* headers are trusted.
     PROXY_FIX_X_FOR = 0
     PROXY_FIX_X_PROTO = 0
+    # When set, GET /metrics answers only `Authorization: Bearer <METRICS_TOKEN>`.
+    METRICS_TOKEN: str | None = None
 
     LOG_LEVEL = "INFO"
 
@@ -173,6 +175,7 @@ _ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "RATELIMIT_STORAGE_URI": ("RATELIMIT_STORAGE_URI", str),
     "PROXY_FIX_X_FOR": ("PROXY_FIX_X_FOR", int),
     "PROXY_FIX_X_PROTO": ("PROXY_FIX_X_PROTO", int),
+    "METRICS_TOKEN": ("METRICS_TOKEN", str),
     "LOG_LEVEL": ("LOG_LEVEL", str),
     "SECRET_KEY_FILE": ("SECRET_KEY_FILE", str),
     "HEARTBEAT_FILE": ("HEARTBEAT_FILE", str),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import traceback
 from typing import Any
 
 import flask_smorest
@@ -15,7 +16,7 @@ from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.http import HTTP_STATUS_CODES
 
-from mobile_api import errors
+from mobile_api import errors, openapi
 
 log = logging.getLogger(__name__)
 
@@ -154,13 +155,22 @@ class Api(flask_smorest.Api):
 
     def __init__(self, *args: Any, spec_kwargs: dict[str, Any] | None = None, **kwargs: Any):
         spec_kwargs = dict(spec_kwargs or {})
-        spec_kwargs["extra_plugins"] = [*spec_kwargs.get("extra_plugins", ()), BodyRefusalsPlugin()]
+        spec_kwargs["extra_plugins"] = [
+            *spec_kwargs.get("extra_plugins", ()),
+            BodyRefusalsPlugin(),
+            openapi.SchemaRulesPlugin(),
+        ]
         super().__init__(*args, spec_kwargs=spec_kwargs, **kwargs)
 
     def init_app(self, app: Any, *args: Any, **kwargs: Any) -> None:
         """Also answer domain refusals from the table, and a lost or locked database with
         503, not as a bug (500)."""
         super().init_app(app, *args, **kwargs)
+        for function in openapi.ATTRIBUTE_FUNCTIONS:
+            self.ma_plugin.converter.add_attribute_function(function)
+        # Flask's own line for an unhandled error names the request path, which holds
+        # identifiers; handle_http_exception logs each one without them instead.
+        app.log_exception = _log_nothing
         app.register_error_handler(errors.DomainError, self.handle_domain_error)
         app.register_error_handler(sa_exc.OperationalError, self._database_unavailable)
         app.register_error_handler(sa_exc.InterfaceError, self._database_unavailable)
@@ -192,11 +202,7 @@ class Api(flask_smorest.Api):
         """Turn any HTTPException (and unhandled errors) into the one error shape."""
         code = error.code or 500
         if isinstance(error, InternalServerError) and error.original_exception is not None:
-            log.error(
-                "unhandled error: %s",
-                type(error.original_exception).__name__,
-                exc_info=error.original_exception,
-            )
+            _log_unhandled(error.original_exception)
         payload: dict[str, Any] = {
             "code": code,
             "status": error.name,
@@ -215,6 +221,9 @@ class Api(flask_smorest.Api):
             if "error" in data:
                 payload["error"] = data["error"]
             headers.update(data.get("headers") or {})
+        if code == 404:
+            # An unknown route is refused like an unknown resource.
+            payload.setdefault("error", DOMAIN_ERRORS[errors.NotFound][1])
         # Keep protocol headers such as Allow (405) and Retry-After (429, 503),
         # but not the HTML content type werkzeug would send.
         for name, value in error.get_headers():
@@ -225,3 +234,38 @@ class Api(flask_smorest.Api):
             payload["message"] = _DEFAULT_MESSAGES[429]
             headers.setdefault("Retry-After", str(_seconds_until_reset()))
         return payload, code, headers
+
+
+def _log_nothing(exc_info: Any) -> None:
+    """Stands in for Flask.log_exception (see Api.init_app)."""
+
+
+def _log_unhandled(exc: BaseException) -> None:
+    """Log an unhandled error with its stack but without any exception's message.
+
+    Messages quote values - a database error its SQL parameters, a KeyError its key -
+    and those values are identifiers from the request.
+    """
+    if not log.isEnabledFor(logging.ERROR):
+        return
+    record = log.makeRecord(
+        log.name, logging.ERROR, __file__, 0, "unhandled error: %s", (type(exc).__name__,), None
+    )
+    record.exc_text = _stack_without_messages(exc)
+    log.handle(record)
+
+
+def _stack_without_messages(exc: BaseException) -> str:
+    """Each exception of the chain, outermost last, as its frames and its type only."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    parts = [
+        "Traceback (most recent call last):\n"
+        + "".join(traceback.format_tb(link.__traceback__))
+        + f"{type(link).__module__}.{type(link).__qualname__} (message withheld)"
+        for link in reversed(chain)
+    ]
+    return "\n\nDuring handling of the above exception, another exception occurred:\n\n".join(parts)

@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 
 REQUESTS = Counter(
     "mobile_api_http_requests_total",
-    "HTTP requests by endpoint, method and status",
+    "HTTP requests by route template, method and status class (2xx, 4xx, 5xx)",
     ["endpoint", "method", "status"],
 )
 LATENCY = Histogram(
@@ -25,6 +25,10 @@ LATENCY = Histogram(
     ["endpoint", "method"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+
+# Label values come from closed sets only: any other method (clients may invent
+# them) is "other", an unrouted path is "unmatched", a status is its class.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 # Defence in depth: our code never logs secrets, but a library might echo a
@@ -90,8 +94,9 @@ def init_app(app: Flask) -> None:
         endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
         if endpoint != "/metrics":
-            REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
-            LATENCY.labels(endpoint, request.method).observe(elapsed)
+            method = request.method if request.method in _METHODS else "other"
+            REQUESTS.labels(endpoint, method, f"{response.status_code // 100}xx").inc()
+            LATENCY.labels(endpoint, method).observe(elapsed)
         response.headers["X-Request-ID"] = g.get("request_id", "")
         response.headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
         response.headers["X-Content-Type-Options"] = "nosniff"

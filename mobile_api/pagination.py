@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -13,9 +14,15 @@ import sqlalchemy as sa
 from sqlalchemy.orm import InstrumentedAttribute
 
 from mobile_api.errors import InvalidCursor
+from mobile_api.routes.fields import UNSTORABLE_TEXT
 from mobile_api.services import Db
 
 T = TypeVar("T")
+
+_MIN_KEY, _MAX_KEY = -(2**63), 2**63 - 1
+
+# What encode_cursor writes: unpadded URL-safe base64.
+CURSOR_PATTERN = re.compile(r"^[A-Za-z0-9_-]*$")
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
@@ -32,7 +39,11 @@ class PageArgsSchema(ma.Schema):
     cursor = ma.fields.String(
         load_default=None,
         validate=ma.validate.Length(max=200),
-        metadata={"description": "Opaque cursor from the previous page's next_cursor"},
+        metadata={
+            "description": "Opaque cursor from the previous page's next_cursor "
+            "(422 invalid_cursor if it is not one)",
+            "pattern": CURSOR_PATTERN.pattern,
+        },
     )
 
 
@@ -54,12 +65,21 @@ def encode_cursor(value: Any) -> str:
 
 def decode_cursor(cursor: str, kind: type) -> Any:
     """Unwrap a cursor, refusing anything this service did not make."""
+    if not CURSOR_PATTERN.match(cursor):
+        # b64decode would skip the characters it does not know instead.
+        raise InvalidCursor()
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         (value,) = json.loads(base64.urlsafe_b64decode(padded.encode()))
     except (ValueError, binascii.Error, TypeError) as exc:
         raise InvalidCursor() from exc
     if not isinstance(value, kind) or isinstance(value, bool):
+        raise InvalidCursor()
+    # Keys this service made are BIGINTs and storable text; anything else would
+    # only reach the database to fail there.
+    if isinstance(value, int) and not _MIN_KEY <= value <= _MAX_KEY:
+        raise InvalidCursor()
+    if isinstance(value, str) and UNSTORABLE_TEXT.search(value):
         raise InvalidCursor()
     return value
 

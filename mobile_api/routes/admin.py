@@ -14,7 +14,7 @@ from mobile_api.extensions import db
 from mobile_api.http_errors import ErrorSchema
 from mobile_api.pagination import PageArgsSchema, page_schema, paginate
 from mobile_api.routes import Blueprint
-from mobile_api.routes.devices import DeviceSchema
+from mobile_api.routes.devices import AccountExportSchema, DeviceExportSchema, DeviceSchema
 from mobile_api.routes.fields import Timestamp, printable
 from mobile_api.services import audit, privacy, support
 from models import AuditEvent, Device, Platform, Role
@@ -35,7 +35,9 @@ class DeviceSearchArgsSchema(PageArgsSchema):
 class AdminDeviceSchema(DeviceSchema):
     """A device as support sees it: the push token masked, the disabled state shown."""
 
-    disabled = ma.fields.Function(lambda device: device.disabled_at is not None)
+    disabled = ma.fields.Function(
+        lambda device: device.disabled_at is not None, metadata={"type": "boolean"}
+    )
     disabled_at = Timestamp(allow_none=True)
     disabled_reason = ma.fields.String(allow_none=True)
     disabled_ticket = ma.fields.String(allow_none=True)
@@ -165,7 +167,8 @@ class AdminDeviceExport(MethodView):
     """Export a device."""
 
     @auth_required(blp, Role.PRIVACY)
-    @blp.response(200)
+    # Documented, not dumped (see DeviceExport in routes/devices.py).
+    @blp.alt_response(200, schema=DeviceExportSchema, success=True, description="OK")
     @blp.alt_response(404, **_NOT_FOUND)
     def get(self, device_id: str) -> Any:
         """Everything held about this device, as one JSON document."""
@@ -193,7 +196,7 @@ class AdminAccountExport(MethodView):
     """Export an account."""
 
     @auth_required(blp, Role.PRIVACY)
-    @blp.response(200)
+    @blp.alt_response(200, schema=AccountExportSchema, success=True, description="OK")
     @blp.alt_response(404, **_NOT_FOUND)
     def get(self, account_id: str) -> Any:
         """Everything held about this account's devices, as one JSON document."""

@@ -58,7 +58,9 @@ class AudienceSchema(ma.Schema):
     )
     account_ids = _list(ma.fields.String(validate=printable(128)))
     device_ids = _list(ma.fields.String(validate=_ID), max_items=500)
-    last_seen_within_days = ma.fields.Integer(validate=ma.validate.Range(min=1, max=3650))
+    last_seen_within_days = ma.fields.Integer(
+        strict=True, validate=ma.validate.Range(min=1, max=3650)
+    )
 
 
 class CampaignCreateSchema(ma.Schema):
@@ -76,8 +78,11 @@ class CampaignCreateSchema(ma.Schema):
         validate=_validate_data,
     )
     audience = ma.fields.Nested(AudienceSchema)
+    # strict: a JSON number with a fraction (2.5e-42) is refused, not truncated to 0.
     ttl_seconds = ma.fields.Integer(
-        allow_none=True, validate=ma.validate.Range(min=0, max=28 * 24 * 3600)
+        strict=True,
+        allow_none=True,
+        validate=ma.validate.Range(min=0, max=28 * 24 * 3600),
     )
     collapse_key = ma.fields.String(allow_none=True, validate=printable(64))
     priority = ma.fields.String(validate=ma.validate.OneOf(["normal", "high"]))

@@ -15,6 +15,7 @@ from mobile_api.pagination import PageArgsSchema, page_schema, paginate
 from mobile_api.push import PROVIDERS
 from mobile_api.routes import Blueprint
 from mobile_api.routes.fields import (
+    TIME_ZONE_DOC,
     VERSION,
     Locale,
     StrictBoolean,
@@ -65,7 +66,7 @@ class DeviceFieldsSchema(ma.Schema):
     timezone = ma.fields.String(
         allow_none=True,
         validate=validate_time_zone,
-        metadata={"description": "IANA name"},
+        metadata=TIME_ZONE_DOC,
     )
     push_token = ma.fields.String(
         allow_none=True,
@@ -139,12 +140,33 @@ class DeviceSchema(ma.Schema):
     locale = ma.fields.String(allow_none=True)
     timezone = ma.fields.String(allow_none=True)
     push_token = ma.fields.String(allow_none=True)
-    push_provider = ma.fields.String(required=True)
-    push_token_valid = ma.fields.Method("_push_token_valid", dump_only=True)
-    push_permission = ma.fields.String(allow_none=True)
-    location_permission = ma.fields.String(allow_none=True)
+    push_provider = ma.fields.String(
+        required=True,
+        validate=ma.validate.OneOf(PROVIDERS),
+        metadata={"description": "The service push_token belongs to"},
+    )
+    push_token_valid = ma.fields.Method(
+        "_push_token_valid",
+        dump_only=True,
+        metadata={
+            "type": "boolean",
+            "nullable": True,
+            "description": "False once FCM refused the token; null without a token",
+        },
+    )
+    # The validators only document the values (this schema dumps, it never loads).
+    push_permission = ma.fields.String(
+        allow_none=True, validate=ma.validate.OneOf([p.value for p in PushPermission])
+    )
+    location_permission = ma.fields.String(
+        allow_none=True, validate=ma.validate.OneOf([p.value for p in LocationPermission])
+    )
     account_id = ma.fields.String(allow_none=True)
-    preferences = ma.fields.Method("_preferences", dump_only=True)
+    preferences = ma.fields.Method(
+        "_preferences",
+        dump_only=True,
+        metadata={"allOf": [{"$ref": "#/components/schemas/Preferences"}]},
+    )
     created_at = Timestamp(required=True)
     last_seen_at = Timestamp(required=True)
 
@@ -177,6 +199,74 @@ class ConsentSchema(ma.Schema):
 
 
 ConsentPageSchema = page_schema(ConsentSchema, "ConsentPage")
+
+
+class ExportedDeviceSchema(ma.Schema):
+    """A device's stored fields, as an export shows them."""
+
+    class Meta:
+        # Documents services/export.py's field list, which grows with the model: a
+        # field added there is exported (and allowed here) before it is described.
+        unknown = ma.INCLUDE
+
+    id = ma.fields.String(required=True)
+    installation_id = ma.fields.String(required=True)
+    platform = ma.fields.String(
+        required=True, validate=ma.validate.OneOf([p.value for p in Platform])
+    )
+    os_version = ma.fields.String(required=True)
+    device_model = ma.fields.String(required=True, allow_none=True)
+    app_version = ma.fields.String(required=True, allow_none=True)
+    locale = ma.fields.String(required=True, allow_none=True)
+    timezone = ma.fields.String(required=True, allow_none=True)
+    push_token = ma.fields.String(required=True, allow_none=True)
+    push_provider = ma.fields.String(required=True, validate=ma.validate.OneOf(PROVIDERS))
+    push_token_invalid_at = Timestamp(required=True, allow_none=True)
+    push_permission = ma.fields.String(
+        required=True,
+        allow_none=True,
+        validate=ma.validate.OneOf([p.value for p in PushPermission]),
+    )
+    location_permission = ma.fields.String(
+        required=True,
+        allow_none=True,
+        validate=ma.validate.OneOf([p.value for p in LocationPermission]),
+    )
+    account_id = ma.fields.String(required=True, allow_none=True)
+    disabled_at = Timestamp(required=True, allow_none=True)
+    disabled_reason = ma.fields.String(required=True, allow_none=True)
+    disabled_ticket = ma.fields.String(required=True, allow_none=True)
+    created_at = Timestamp(required=True)
+    updated_at = Timestamp(required=True)
+    last_seen_at = Timestamp(required=True)
+
+
+class DeviceDocumentSchema(ma.Schema):
+    """Everything held about one device: its fields, preferences, consent history, and one
+    more key per data section (deliveries, telemetry, ...)."""
+
+    class Meta:
+        # Documents the sections other modules add (services/export.py); never loads.
+        unknown = ma.INCLUDE
+
+    device = ma.fields.Nested(ExportedDeviceSchema, required=True)
+    preferences = ma.fields.Nested(PreferencesSchema, required=True)
+    consents = ma.fields.List(ma.fields.Nested(ConsentSchema), required=True)
+
+
+class DeviceExportSchema(DeviceDocumentSchema):
+    """Export of one device (GET /v1/devices/me/export, GET /v1/admin/devices/{id}/export)."""
+
+    exported_at = Timestamp(required=True)
+
+
+class AccountExportSchema(ma.Schema):
+    """Export of an account: each of its devices, and its termination if any."""
+
+    exported_at = Timestamp(required=True)
+    account_id = ma.fields.String(required=True)
+    terminated_at = Timestamp(required=True, allow_none=True)
+    devices = ma.fields.List(ma.fields.Nested(DeviceDocumentSchema), required=True)
 
 
 class DeviceTokenHeaderSchema(ma.Schema):
@@ -290,7 +380,9 @@ class DeviceExport(MethodView):
 
     @auth_required(blp, DEVICE)
     @_RATE_LIMITED
-    @blp.response(200)
+    # Documented, not dumped: the document goes out as the service built it, with
+    # every section other modules register.
+    @blp.alt_response(200, schema=DeviceExportSchema, success=True, description="OK")
     def get(self) -> Any:
         """Export everything the service holds about this device as one JSON document."""
         return export_service.export_device(db.session, current_device())

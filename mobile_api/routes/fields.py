@@ -13,11 +13,24 @@ import marshmallow as ma
 # Letters, digits and ordinary punctuation; no control characters or newlines
 # (free text must not be able to forge log lines or smuggle markup).
 _PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f]*$")
+# Text no database column can hold: NUL (PostgreSQL) and unpaired surrogates (UTF-8).
+UNSTORABLE_TEXT = re.compile("[\x00\ud800-\udfff]")
 # A pragmatic BCP 47 subset: language, optional script, region and variants.
-_BCP47 = re.compile(
+_BCP47_PATTERN = (
     r"^[A-Za-z]{2,3}(?:-[A-Za-z]{4})?(?:-(?:[A-Za-z]{2}|[0-9]{3}))?"
     r"(?:-(?:[A-Za-z0-9]{5,8}|[0-9][A-Za-z0-9]{3}))*$"
 )
+_BCP47 = re.compile(_BCP47_PATTERN)
+_LOCALE_MAX = 35
+
+# How a time zone field is documented; validate_time_zone enforces the name list.
+TIME_ZONE_DOC = {
+    "description": "IANA time zone name, e.g. Asia/Jakarta (one of the tz database's names)",
+    "format": "iana-time-zone",
+    "pattern": r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$",
+    "maxLength": 64,
+    "example": "Asia/Jakarta",
+}
 
 # An app or OS version as devices report it; campaign audiences match the same form.
 VERSION = ma.validate.Regexp(
@@ -47,9 +60,13 @@ def validate_time_zone(value: str) -> None:
 class Locale(ma.fields.String):
     """A BCP 47 language tag, returned in canonical case (id-ID, zh-Hant-TW)."""
 
+    def __init__(self, **kwargs: Any) -> None:
+        metadata = {"pattern": _BCP47_PATTERN, "maxLength": _LOCALE_MAX, "example": "id-ID"}
+        super().__init__(**{**kwargs, "metadata": {**metadata, **kwargs.get("metadata", {})}})
+
     def _deserialize(self, value: object, attr: str | None, data: object, **kwargs: object) -> str:
         text = super()._deserialize(value, attr, data, **kwargs)
-        if len(text) > 35 or not _BCP47.match(text):
+        if len(text) > _LOCALE_MAX or not _BCP47.match(text):
             raise ma.ValidationError("Not a BCP 47 language tag, e.g. id-ID.")
         parts = text.split("-")
         canonical = [parts[0].lower()]

@@ -1,16 +1,18 @@
-"""Liveness, readiness and metrics for the platform (no auth)."""
+"""Liveness, readiness and metrics for the platform (no auth; METRICS_TOKEN can guard /metrics)."""
 
 from __future__ import annotations
 
+import hmac
 from typing import Any
 
 import marshmallow as ma
 import sqlalchemy as sa
-from flask import Response
+from flask import Response, current_app
 from flask.views import MethodView
 from sqlalchemy.exc import SQLAlchemyError
 
-from mobile_api.errors import DatabaseUnavailable
+from mobile_api.auth import bearer_secret
+from mobile_api.errors import DatabaseUnavailable, Unauthenticated
 from mobile_api.extensions import db
 from mobile_api.http_errors import ErrorSchema
 from mobile_api.observability import metrics_response
@@ -56,6 +58,12 @@ class Metrics(MethodView):
     """Prometheus metrics."""
 
     @blp.response(200, content_type="text/plain")
+    @blp.alt_response(
+        401, schema=ErrorSchema, description="METRICS_TOKEN is set and was not presented"
+    )
     def get(self) -> Response:
-        """Prometheus text exposition."""
+        """Prometheus text exposition (bearer METRICS_TOKEN when the deployment sets one)."""
+        token = current_app.config.get("METRICS_TOKEN")
+        if token and not hmac.compare_digest((bearer_secret() or "").encode(), token.encode()):
+            raise Unauthenticated()
         return metrics_response()

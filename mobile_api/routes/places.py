@@ -63,6 +63,11 @@ class PointSchema(ma.Schema):
 class PlaceSearchSchema(PointSchema):
     """Body of POST /v1/places/search: a category or a free-text query, not both."""
 
+    OPENAPI_RULES = {
+        "description": "Give exactly one of category or query (422 otherwise).",
+        "x-exactly-one-of": ["category", "query"],
+    }
+
     category = ma.fields.String(
         validate=ma.validate.OneOf(sorted(places_service.CATEGORIES)),
         metadata={"description": "One of: " + ", ".join(sorted(places_service.CATEGORIES))},

@@ -78,7 +78,17 @@ class TelemetryEventSchema(ma.Schema):
         keys=ma.fields.String(validate=_PROPERTY_KEY),
         values=ma.fields.Raw(allow_none=True),
         validate=_validate_properties,
-        metadata={"description": f"Flat: ≤ {MAX_PROPERTIES} keys, ≤ {MAX_PROPERTIES_BYTES} bytes"},
+        metadata={
+            "description": f"Flat: ≤ {MAX_PROPERTIES} keys, ≤ {MAX_PROPERTIES_BYTES} bytes as "
+            "compact UTF-8 JSON; values are strings, finite numbers, booleans or null",
+            "maxProperties": MAX_PROPERTIES,
+            "additionalProperties": {
+                "nullable": True,
+                "anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}],
+            },
+            "x-max-json-bytes": MAX_PROPERTIES_BYTES,
+            "x-property-name-pattern": _PROPERTY_KEY.regex.pattern,
+        },
     )
 
 
