@@ -5,6 +5,11 @@ One configuration per run (so peak RSS of the dispatcher processes is that run's
     cd <worktree> && /work/main/.venv/bin/python -m bench.dispatch \
         --db sqlite|postgresql --devices 100000 --mode embedded|celery --workers 1|2
     /work/main/.venv/bin/python -m bench.dispatch --db postgresql --devices 1000000 --preview-only
+    /work/main/.venv/bin/python -m bench.dispatch --db postgresql --devices 20000 --push apns
+
+`--push apns` makes every device an iOS one with an APNs token and sends through the
+APNs transport to the loopback APNs server (HTTP/2 over TLS) instead. The JSON line
+also gives the dispatchers' and the fake server's CPU per message handed over.
 
 Devices: 30% opted out of promotional pushes, 1% with tokens the server answers
 UNREGISTERED, the rest OK. The loopback FCM server runs in its own process; the
@@ -70,6 +75,51 @@ def seed(engine: sa.Engine, devices: int) -> None:
             conn.execute(sa.text("ANALYZE devices"))
 
 
+def as_apns(engine: sa.Engine) -> None:
+    """Make every seeded device an iOS one with an APNs token (the 1% dead ones start "dead")."""
+    if engine.dialect.name == "postgresql":
+        hexed = "md5(push_token) || md5('a' || push_token)"
+        dead = "'dead' || substr(md5(push_token) || md5('a' || push_token), 5)"
+    else:
+        number = "CAST(id AS INTEGER)"
+        hexed = f"printf('%064x', {number})"
+        dead = f"'dead' || printf('%060x', {number})"
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE devices SET platform = 'ios', push_provider = 'apns', push_token ="
+                f" CASE WHEN push_token LIKE 'unreg-%' THEN {dead} ELSE {hexed} END"
+            )
+        )
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _fake_apns(workdir: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    port = 20000 + uuid.uuid4().int % 20000
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.fakes.apns_server",
+            "--port",
+            str(port),
+            "--dir",
+            str(workdir / "apns"),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None
+    settings = json.loads(server.stdout.readline())
+    return server, {key: str(value) for key, value in settings.items()}
+
+
 def _database(kind: str) -> tuple[str, Any]:
     if kind == "sqlite":
         path = Path(tempfile.mkdtemp()) / "bench.sqlite3"
@@ -119,6 +169,9 @@ def main() -> None:
     parser.add_argument("--mode", choices=["embedded", "celery"], default="embedded")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--preview-only", action="store_true")
+    parser.add_argument(
+        "--push", choices=["fcm", "apns"], default="fcm", help="every device's push service"
+    )
     args = parser.parse_args()
 
     url, drop = _database(args.db)
@@ -134,8 +187,12 @@ def main() -> None:
     )
     if args.mode == "celery":
         env["CELERY_BROKER_URL"] = REDIS_URL
-    os.environ.update(env)
     server = None
+    if args.push == "apns":
+        # Before the app is built: its preview counts APNs devices only when APNs is set.
+        server, apns_settings = _fake_apns(workdir)
+        env.update(apns_settings)
+    os.environ.update(env)
     try:
         from flask_migrate import upgrade
 
@@ -151,6 +208,8 @@ def main() -> None:
             upgrade()
             started = time.perf_counter()
             seed(db.engine, args.devices)
+            if args.push == "apns":
+                as_apns(db.engine)
             result: dict[str, Any] = {
                 "db": args.db,
                 "devices": args.devices,
@@ -184,8 +243,9 @@ def main() -> None:
             print(json.dumps(result), flush=True)
             return
 
-        server, endpoint, credentials = _fake_fcm(workdir)
-        env.update(FCM_CREDENTIALS=str(credentials), FCM_ENDPOINT=endpoint)
+        if server is None:
+            server, endpoint, credentials = _fake_fcm(workdir)
+            env.update(FCM_CREDENTIALS=str(credentials), FCM_ENDPOINT=endpoint)
         if args.mode == "celery":
             command = [
                 "celery",
@@ -246,6 +306,8 @@ def main() -> None:
                     time.sleep(0.05)
             elapsed = time.perf_counter() - sent_at
             counts = campaigns.counts(db.session, db.session.get(campaigns.Campaign, campaign_id))
+        dispatcher_cpu = sum(_cpu_seconds(worker.pid) for worker in workers)
+        server_cpu = _cpu_seconds(server.pid)
         for worker in workers:
             worker.terminate()
         for worker in workers:
@@ -262,6 +324,9 @@ def main() -> None:
             suppressed=counts["suppressed"],
             invalid_tokens_pruned=counts["invalid_tokens_pruned"],
             targeted=counts["targeted"],
+            push=args.push,
+            dispatcher_cpu_us_per_message=round(dispatcher_cpu / max(handed, 1) * 1e6),
+            fake_server_cpu_us_per_message=round(server_cpu / max(handed, 1) * 1e6),
             peak_rss_mb=round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
         )
         print(json.dumps(result), flush=True)

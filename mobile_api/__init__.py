@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from mobile_api import config, observability
+from mobile_api import config, observability, push
 from mobile_api.extensions import api, db, limiter, migrate
 from mobile_api.services.audience import register_sqlite_functions
 
@@ -84,6 +84,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     api.register_blueprint(inventory.blp)
     cli.init_app(app)
     docs.init_app(app)
+    push.init_app(app)
     make_celery(app)
     return app
 

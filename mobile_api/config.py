@@ -95,6 +95,19 @@ class Defaults:
 
     LOG_LEVEL = "INFO"
 
+    # Push transports: modules of mobile_api.push's seam (see its docstring).
+    PUSH_TRANSPORTS: tuple[str, ...] = ("mobile_api.push.fcm", "mobile_api.push.apns")
+    # APNs (token-based auth). Unset key, key id, team or topic → no APNs transport,
+    # and devices with APNs tokens count as no_push_token.
+    APNS_KEY_FILE: str | None = None  # the .p8 signing key
+    APNS_KEY_ID: str | None = None
+    APNS_TEAM_ID: str | None = None
+    APNS_TOPIC: str | None = None  # the app's bundle id
+    APNS_ENDPOINT = "https://api.push.apple.com"
+    APNS_SANDBOX_ENDPOINT = "https://api.sandbox.push.apple.com"
+    APNS_CA_FILE: str | None = None  # a CA bundle to trust instead of the system's (tests)
+    APNS_TIMEOUT = 10.0
+
     API_TITLE = "mobile_api"
     API_VERSION = __version__
     OPENAPI_VERSION = "3.0.3"
@@ -166,6 +179,14 @@ _ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "LOG_LEVEL": ("LOG_LEVEL", str),
     "SECRET_KEY_FILE": ("SECRET_KEY_FILE", str),
     "HEARTBEAT_FILE": ("HEARTBEAT_FILE", str),
+    "APNS_KEY_FILE": ("APNS_KEY_FILE", str),
+    "APNS_KEY_ID": ("APNS_KEY_ID", str),
+    "APNS_TEAM_ID": ("APNS_TEAM_ID", str),
+    "APNS_TOPIC": ("APNS_TOPIC", str),
+    "APNS_ENDPOINT": ("APNS_ENDPOINT", str),
+    "APNS_SANDBOX_ENDPOINT": ("APNS_SANDBOX_ENDPOINT", str),
+    "APNS_CA_FILE": ("APNS_CA_FILE", str),
+    "APNS_TIMEOUT": ("APNS_TIMEOUT", float),
 }
 
 

@@ -75,3 +75,12 @@ class CampaignAlreadySent(DomainError):
 
 class CampaignFinished(DomainError):
     """The campaign has finished; nothing is left to cancel."""
+
+
+class PushProviderMismatch(DomainError):
+    """A push token, provider and platform that do not belong together."""
+
+    def __init__(self, fields: dict[str, list[str]]) -> None:
+        super().__init__("push_provider, push_token and platform do not belong together.")
+        # What is wrong with which body field, reported as validation errors are.
+        self.fields = fields

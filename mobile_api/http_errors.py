@@ -94,6 +94,11 @@ DOMAIN_ERRORS: dict[type[errors.DomainError], tuple[int, str, str]] = {
         "campaign_finished",
         "This campaign has already finished; there is nothing left to cancel.",
     ),
+    errors.PushProviderMismatch: (
+        422,
+        "push_provider_mismatch",
+        "push_provider, push_token and platform do not belong together.",
+    ),
 }
 
 
@@ -185,6 +190,9 @@ class Api(flask_smorest.Api):
             "message": error.message or default_message,
             "error": identifier,
         }
+        fields = getattr(error, "fields", None)
+        if fields:  # per-field reasons, keyed like the validation errors of the body
+            payload["errors"] = {"json": fields}
         headers: dict[str, str] = {}
         if error.retry_after is not None:
             headers["Retry-After"] = str(error.retry_after)

@@ -88,6 +88,8 @@ class Device(Base):
     push_token: Mapped[str | None] = mapped_column(Text)
     push_token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
     push_token_invalid_at: Mapped[datetime | None]
+    # The service the token belongs to (mobile_api.push.PROVIDERS): fcm, apns, apns_sandbox.
+    push_provider: Mapped[str] = mapped_column(String(16), default="fcm", server_default="fcm")
     push_permission: Mapped[str | None] = mapped_column(String(16))
     location_permission: Mapped[str | None] = mapped_column(String(16))
     account_id: Mapped[str | None] = mapped_column(String(128))

@@ -144,6 +144,7 @@ INVENTORY: dict[str, dict[str, Entry]] = {
         "timezone": device(P.NOTIFICATIONS, B.CONTRACT, "device.timezone"),
         "push_token": device(P.NOTIFICATIONS, B.CONTRACT, "device.push_token"),
         "push_token_hash": device(P.NOTIFICATIONS, B.CONTRACT, None, why_not_exported=HASH_ONLY),
+        "push_provider": device(P.NOTIFICATIONS, B.CONTRACT, "device.push_provider"),
         "push_token_invalid_at": device(
             P.NOTIFICATIONS, B.CONTRACT, "device.push_token_invalid_at"
         ),
@@ -232,6 +233,8 @@ INVENTORY: dict[str, dict[str, Entry]] = {
                 "targeted",
                 "progress_at",
                 "recovery_queued_at",
+                "breaker_until",
+                "breaker_trips",
                 "final_sent",
                 "final_failed",
                 "final_invalid_tokens_pruned",
@@ -267,6 +270,7 @@ INVENTORY: dict[str, dict[str, Entry]] = {
         },
         "next_attempt_at": not_personal("the dispatcher's schedule of the row"),
         "claimed_at": not_personal("the dispatcher's lease of the row"),
+        "handed_at": not_personal("when the dispatcher handed the row's message over"),
     },
     "account_terminations": {
         "account_id": device(

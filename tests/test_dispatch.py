@@ -19,7 +19,7 @@ from flask.testing import FlaskClient
 
 from mobile_api import periodic, tasks
 from mobile_api.extensions import db
-from mobile_api.push import LogTransport, Outcome, SendResult
+from mobile_api.push import LogTransport, Outcome, Router, SendResult
 from mobile_api.services import dispatch
 from mobile_api.worker import Worker
 from models import Campaign, Delivery, Device, utcnow
@@ -449,7 +449,9 @@ def test_without_credentials_the_log_transport_says_so(
     plain = app_factory()
     with caplog.at_level("WARNING"):
         push = dispatch.transport(plain)
-    assert isinstance(push, LogTransport)
+    assert isinstance(push, Router)
+    assert isinstance(push.transports["fcm"], LogTransport)
+    assert set(push.transports) == {"fcm"}  # APNs unset: no transport for its devices
     assert dispatch.transport(plain) is push
     assert "FCM is not configured" in caplog.text
 

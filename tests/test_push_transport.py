@@ -551,7 +551,9 @@ def test_make_transport_with_credentials_is_fcm(credentials_path: str, fake: Fak
 
 def test_the_pruned_reasons_are_exactly_the_invalid_token_classifications():
     from mobile_api.push import INVALID_TOKEN_ERRORS, Outcome
+    from mobile_api.push.apns import _REASONS
     from mobile_api.push.fcm import _CLASSIFICATION
 
     dead = {reason for _, outcome, reason in _CLASSIFICATION if outcome == Outcome.INVALID_TOKEN}
+    dead |= {reason for outcome, reason in _REASONS.values() if outcome == Outcome.INVALID_TOKEN}
     assert dead == INVALID_TOKEN_ERRORS

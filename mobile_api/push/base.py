@@ -1,4 +1,4 @@
-"""The push transport interface shared by the FCM and log transports."""
+"""The push transport interface, and the result vocabulary every transport maps into."""
 
 from __future__ import annotations
 
@@ -14,6 +14,12 @@ from typing import Literal, Protocol
 MAX_BATCH = 500
 
 Priority = Literal["normal", "high"]
+
+# Push providers a device's token may belong to (Device.push_provider).
+FCM = "fcm"
+APNS = "apns"
+APNS_SANDBOX = "apns_sandbox"  # debug builds: Apple serves their tokens from another host
+PROVIDERS = (FCM, APNS, APNS_SANDBOX)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,18 +37,52 @@ class PushMessage:
     # `apns-collapse-id`. A message handed over twice with the same one replaces
     # its first copy on the screen instead of showing a second.
     collapse_id: str | None = None
+    # Which transport hands it over (see PROVIDERS); the router groups by it.
+    provider: str = FCM
+    # iOS: passive | active | time-sensitive | critical (APNs' aps.interruption-level).
+    interruption_level: str | None = None
 
 
-# The FCM error reasons that mean the token is dead (Outcome.INVALID_TOKEN): the
-# token is marked invalid, and the campaign counts it in invalid_tokens_pruned.
-INVALID_TOKEN_ERRORS = frozenset({"unregistered", "sender_id_mismatch"})
+class Reason(StrEnum):
+    """The stable reasons transports give for a message that was not sent.
+
+    Transports translate their service's own error names into these, so the
+    dispatcher, the counts and the delivery rows speak one language whatever the
+    provider. A reason not listed here is a service's own, in snake_case.
+    """
+
+    # The token is dead (Outcome.INVALID_TOKEN).
+    UNREGISTERED = "unregistered"  # FCM UNREGISTERED; APNs 410 Unregistered
+    SENDER_ID_MISMATCH = "sender_id_mismatch"  # FCM: the token belongs to another sender
+    BAD_DEVICE_TOKEN = "bad_device_token"  # noqa: S105 - APNs BadDeviceToken
+    # Transient (Outcome.RETRY).
+    QUOTA_EXCEEDED = "quota_exceeded"  # FCM QUOTA_EXCEEDED; APNs 429 TooManyRequests
+    UNAVAILABLE = "unavailable"  # 503
+    INTERNAL = "internal"  # 500
+    TRANSPORT_ERROR = "transport_error"  # no answer: connection failed or timed out
+    UNAUTHENTICATED = "unauthenticated"  # our credential expired: refreshed before the next try
+    # Permanent for this message (Outcome.FAILED).
+    INVALID_ARGUMENT = "invalid_argument"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    AUTH_ERROR = "auth_error"  # our credential is refused for good (configuration)
+    THIRD_PARTY_AUTH_ERROR = "third_party_auth_error"  # FCM: its APNs/web-push credential
+    TOPIC_DISALLOWED = "topic_disallowed"  # APNs: the key may not send to APNS_TOPIC
+    PROVIDER_NOT_CONFIGURED = "provider_not_configured"  # no transport for the device's provider
+    UNKNOWN = "unknown"
+
+
+# The reasons that mean the token is dead (Outcome.INVALID_TOKEN): the token is
+# marked invalid, and the campaign counts it in invalid_tokens_pruned.
+INVALID_TOKEN_ERRORS = frozenset(
+    {Reason.UNREGISTERED, Reason.SENDER_ID_MISMATCH, Reason.BAD_DEVICE_TOKEN}
+)
 
 
 class Outcome(StrEnum):
     """What the dispatcher should do with a message after a send."""
 
     SENT = "sent"
-    # The token is dead (UNREGISTERED, SENDER_ID_MISMATCH): prune it.
+    # The token is dead (INVALID_TOKEN_ERRORS): prune it.
     INVALID_TOKEN = "invalid_token"  # noqa: S105 - an outcome name, not a secret
     # Transient: quota, unavailable, internal, transport errors and timeouts.
     RETRY = "retry"

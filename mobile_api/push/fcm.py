@@ -21,14 +21,18 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from .base import (
+    FCM,
     MAX_BATCH,
     Outcome,
     PushMessage,
+    PushTransport,
+    Reason,
     SendResult,
     check_batch,
     mask_token,
     parse_retry_after,
 )
+from .log import LogTransport
 
 logger = logging.getLogger("mobile_api.push")
 
@@ -43,18 +47,18 @@ class FcmSetupError(RuntimeError):
 
 
 # Per-exception-type classification; subclasses come before their bases.
-_CLASSIFICATION: tuple[tuple[type[exceptions.FirebaseError], Outcome, str], ...] = (
-    (messaging.UnregisteredError, Outcome.INVALID_TOKEN, "unregistered"),
-    (messaging.SenderIdMismatchError, Outcome.INVALID_TOKEN, "sender_id_mismatch"),
-    (messaging.QuotaExceededError, Outcome.RETRY, "quota_exceeded"),
-    (messaging.ThirdPartyAuthError, Outcome.FAILED, "third_party_auth_error"),
-    (exceptions.ResourceExhaustedError, Outcome.RETRY, "quota_exceeded"),
-    (exceptions.UnavailableError, Outcome.RETRY, "unavailable"),
-    (exceptions.InternalError, Outcome.RETRY, "internal"),
-    (exceptions.DeadlineExceededError, Outcome.RETRY, "transport_error"),
+_CLASSIFICATION: tuple[tuple[type[exceptions.FirebaseError], Outcome, Reason], ...] = (
+    (messaging.UnregisteredError, Outcome.INVALID_TOKEN, Reason.UNREGISTERED),
+    (messaging.SenderIdMismatchError, Outcome.INVALID_TOKEN, Reason.SENDER_ID_MISMATCH),
+    (messaging.QuotaExceededError, Outcome.RETRY, Reason.QUOTA_EXCEEDED),
+    (messaging.ThirdPartyAuthError, Outcome.FAILED, Reason.THIRD_PARTY_AUTH_ERROR),
+    (exceptions.ResourceExhaustedError, Outcome.RETRY, Reason.QUOTA_EXCEEDED),
+    (exceptions.UnavailableError, Outcome.RETRY, Reason.UNAVAILABLE),
+    (exceptions.InternalError, Outcome.RETRY, Reason.INTERNAL),
+    (exceptions.DeadlineExceededError, Outcome.RETRY, Reason.TRANSPORT_ERROR),
     # Our access token was refused: send() refreshes it before the next batch.
-    (exceptions.UnauthenticatedError, Outcome.RETRY, "unauthenticated"),
-    (exceptions.InvalidArgumentError, Outcome.FAILED, "invalid_argument"),
+    (exceptions.UnauthenticatedError, Outcome.RETRY, Reason.UNAUTHENTICATED),
+    (exceptions.InvalidArgumentError, Outcome.FAILED, Reason.INVALID_ARGUMENT),
 )
 
 
@@ -360,5 +364,34 @@ class FcmTransport:
         self._session.close()
         self._token_session.close()
 
+    def __str__(self) -> str:
+        endpoint = self.endpoint or "Google's"
+        return f"fcm (project {self.project_id}, endpoint {endpoint})"
+
     def __repr__(self) -> str:
         return f"FcmTransport(project_id={self.project_id!r}, endpoint={self.endpoint!r})"
+
+
+def providers(config: Mapping[str, Any]) -> frozenset[str]:
+    """FCM is always served: by firebase-admin with FCM_CREDENTIALS, else by the log."""
+    return frozenset({FCM})
+
+
+def build(config: Mapping[str, Any]) -> dict[str, PushTransport]:
+    """The FCM transport from FCM_* settings, or the log transport without credentials."""
+    path = config["FCM_CREDENTIALS"]
+    if not path:
+        return {FCM: LogTransport()}
+    try:
+        return {
+            FCM: FcmTransport(
+                path,
+                config["FCM_PROJECT_ID"],
+                config["FCM_ENDPOINT"],
+                float(config["FCM_TIMEOUT"]),
+            )
+        }
+    except (OSError, ValueError) as exc:
+        raise RuntimeError(
+            f"FCM_CREDENTIALS {path!r} is not a usable service-account file: {exc}"
+        ) from exc

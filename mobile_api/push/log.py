@@ -53,3 +53,6 @@ class LogTransport:
 
     def close(self) -> None:
         """Nothing to release."""
+
+    def __str__(self) -> str:
+        return self.name

@@ -12,6 +12,7 @@ from mobile_api.auth import DEVICE, auth_required, current_caller, current_devic
 from mobile_api.extensions import db, device_limit_key, limiter
 from mobile_api.http_errors import ErrorSchema
 from mobile_api.pagination import PageArgsSchema, page_schema, paginate
+from mobile_api.push import PROVIDERS
 from mobile_api.routes import Blueprint
 from mobile_api.routes.fields import (
     TIME_ZONE_DOC,
@@ -70,7 +71,17 @@ class DeviceFieldsSchema(ma.Schema):
     push_token = ma.fields.String(
         allow_none=True,
         validate=_PUSH_TOKEN,
-        metadata={"description": "FCM registration token"},
+        metadata={
+            "description": "FCM registration token, or the APNs device token (hex) with"
+            " push_provider apns or apns_sandbox"
+        },
+    )
+    push_provider = ma.fields.String(
+        validate=ma.validate.OneOf(PROVIDERS),
+        metadata={
+            "description": "Whose token push_token is: fcm (default), apns, or apns_sandbox"
+            " (debug builds); apns* only on ios, and a change needs its push_token"
+        },
     )
     push_permission = ma.fields.String(
         allow_none=True, validate=ma.validate.OneOf([p.value for p in PushPermission])
@@ -129,6 +140,11 @@ class DeviceSchema(ma.Schema):
     locale = ma.fields.String(allow_none=True)
     timezone = ma.fields.String(allow_none=True)
     push_token = ma.fields.String(allow_none=True)
+    push_provider = ma.fields.String(
+        required=True,
+        validate=ma.validate.OneOf(PROVIDERS),
+        metadata={"description": "The service push_token belongs to"},
+    )
     push_token_valid = ma.fields.Method(
         "_push_token_valid",
         dump_only=True,
@@ -204,6 +220,7 @@ class ExportedDeviceSchema(ma.Schema):
     locale = ma.fields.String(required=True, allow_none=True)
     timezone = ma.fields.String(required=True, allow_none=True)
     push_token = ma.fields.String(required=True, allow_none=True)
+    push_provider = ma.fields.String(required=True, validate=ma.validate.OneOf(PROVIDERS))
     push_token_invalid_at = Timestamp(required=True, allow_none=True)
     push_permission = ma.fields.String(
         required=True,

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from flask import current_app
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 
+from mobile_api import push
 from models import AccountTermination, CampaignCategory, Device, PushPermission
 
 # Exclusion reasons, in the order they are tested: a device is counted under the
@@ -110,12 +112,23 @@ def with_terminations(stmt: sa.Select[Any]) -> sa.Select[Any]:
     return stmt.outerjoin(AccountTermination, AccountTermination.account_id == Device.account_id)
 
 
-def exclusion_reason(category: str) -> ColumnElement[str | None]:
-    """Why a device may not get this category of push now, or NULL when it may."""
+def exclusion_reason(
+    category: str, providers: Collection[str] | None = None
+) -> ColumnElement[str | None]:
+    """Why a device may not get this category of push now, or NULL when it may.
+
+    A token of a provider this deployment has no transport for (`providers`; by
+    default the app's, e.g. APNs without its key) counts as no token at all.
+    """
+    if providers is None:
+        providers = push.providers(current_app)
     whens: list[tuple[ColumnElement[bool], str]] = [
         (Device.disabled_at.is_not(None), "disabled"),
         (terminated(), "account_terminated"),
-        (Device.push_token.is_(None), "no_push_token"),
+        (
+            sa.or_(Device.push_token.is_(None), Device.push_provider.not_in(sorted(providers))),
+            "no_push_token",
+        ),
         (Device.push_token_invalid_at.is_not(None), "invalid_push_token"),
         (Device.push_permission == PushPermission.DENIED, "push_permission_denied"),
     ]

@@ -307,11 +307,11 @@ def deliveries_query(campaign_id: str, status: str | None) -> sa.Select[tuple[De
 
 
 _EXPLANATIONS = {
-    "sent": "Handed to FCM, which accepted it.",
-    "failed": "FCM refused it ({reason}).",
+    "sent": "Handed to its push service (FCM or APNs), which accepted it.",
+    "failed": "Its push service refused it ({reason}).",
     "suppressed": "Not sent: {reason}.",
     "pending": "Not decided yet: waiting for the dispatcher.",
-    "sending": "Being handed to FCM right now.",
+    "sending": "Being handed to its push service right now.",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -12,7 +13,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
-from mobile_api.errors import InstallationExists
+from mobile_api.errors import InstallationExists, PushProviderMismatch
+from mobile_api.push import APNS, APNS_SANDBOX, FCM
 from mobile_api.services import Db, commit_keeping_state, is_postgresql, privacy, telemetry
 from mobile_api.services.caller import Caller
 from mobile_api.services.secrets import (
@@ -27,6 +29,7 @@ from models import (
     ConsentSource,
     Device,
     LocationPermission,
+    Platform,
     Purpose,
     PushPermission,
     new_id,
@@ -44,6 +47,7 @@ CHECK_IN_FIELDS = (
     "push_permission",
     "location_permission",
     "account_id",
+    "push_provider",
 )
 _OS_PERMISSIONS = {
     "push_permission": (Purpose.OS_PUSH_PERMISSION, PushPermission.DENIED),
@@ -54,6 +58,8 @@ _INSERT_COLUMNS = tuple(column.key for column in _devices.columns)
 # SET takes the columns named by the parameters of each execution.
 _UPDATE_DEVICE = sa.update(_devices).where(_devices.c.id == sa.bindparam("device_id"))
 _ATTEMPTS = 3  # a push-token race with another registration is retried this often
+_APNS_PROVIDERS = frozenset({APNS, APNS_SANDBOX})
+_APNS_TOKEN = re.compile(r"^[0-9a-fA-F]{64,}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,9 +154,31 @@ def _record_os_permissions(
             _record(session, device_id, purpose, value != denied, ConsentSource.OS_SETTINGS)
 
 
+def check_push_provider(current: Device | None, data: Mapping[str, Any]) -> None:
+    """Refuse a provider, token and platform that do not belong together (422).
+
+    APNs tokens (apns, apns_sandbox) are for iOS and are 64+ hex characters; a
+    device that changes provider must send the new provider's token with it, so an
+    FCM token is never taken for an APNs one (or the other way round).
+    """
+    provider = data.get("push_provider", current.push_provider if current else FCM)
+    platform = data.get("platform", current.platform if current else None)
+    errors: dict[str, list[str]] = {}
+    if provider in _APNS_PROVIDERS and platform != Platform.IOS:
+        errors["push_provider"] = [f"{provider} is for platform ios only."]
+    if current is not None and provider != current.push_provider and "push_token" not in data:
+        errors["push_token"] = ["A change of push_provider must come with its push_token."]
+    token = data.get("push_token")
+    if provider in _APNS_PROVIDERS and token is not None and not _APNS_TOKEN.match(token):
+        errors["push_token"] = ["An APNs device token is 64 or more hexadecimal characters."]
+    if errors:
+        raise PushProviderMismatch(errors)
+
+
 def register(session: Db, data: Mapping[str, Any], presented_token: str | None) -> Registration:
     """Register an installation, or update it when the caller proves it owns it."""
     privacy.ensure_account_open(session, data.get("account_id"))
+    check_push_provider(None, data)
     # Most push tokens are new, so the first attempt just inserts; only when the
     # unique index says another device holds the token is it taken from that
     # device (under the token's lock) and the registration tried again.
@@ -192,6 +220,7 @@ def _register_once(
         "promotional_push": False,
         "location_services": False,
         "analytics": False,
+        "push_provider": FCM,
     }
     for field in CHECK_IN_FIELDS:
         if field in data:
@@ -213,6 +242,11 @@ def _register_once(
     if presented_token is None or not matches(presented_token, existing.token_hash):
         session.rollback()
         raise InstallationExists()
+    try:
+        check_push_provider(existing, data)
+    except PushProviderMismatch:
+        session.rollback()
+        raise
     changes = {field: data[field] for field in CHECK_IN_FIELDS if field in data}
     changes["platform"] = data["platform"]
     # Rotation: the old token stops working with this commit.
@@ -224,6 +258,7 @@ def _register_once(
 def check_in(session: Db, device: Device, changes: Mapping[str, Any]) -> Device:
     """Apply a check-in: new OS facts, permissions and push token; mark the device seen."""
     privacy.ensure_account_open(session, changes.get("account_id"))
+    check_push_provider(device, changes)
     for attempt in range(_ATTEMPTS):
         try:
             _apply_check_in(session, device, changes, utcnow())

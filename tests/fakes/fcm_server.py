@@ -31,7 +31,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.fakes.loopback import LoopbackFake, LoopbackServer
+from tests.fakes.loopback import LoopbackFake, LoopbackServer, ScriptedAnswers
 
 ACCESS_TOKEN = "fake-access-token"
 SEND_PATH_PREFIX = "/v1/projects/"
@@ -48,7 +48,6 @@ ERRORS: dict[str, tuple[int, str, str]] = {
     "invalid_argument": (400, "INVALID_ARGUMENT", "INVALID_ARGUMENT"),
     "third_party_auth": (401, "UNAUTHENTICATED", "THIRD_PARTY_AUTH_ERROR"),
 }
-BEHAVIOURS = frozenset(ERRORS) | {"ok"}
 PREFIXES: tuple[tuple[str, str], ...] = (
     ("unreg-", "unregistered"),
     ("mismatch-", "sender_id_mismatch"),
@@ -184,12 +183,14 @@ class _Server(LoopbackServer):
     fake: FakeFcmServer
 
 
-class FakeFcmServer(LoopbackFake):
+class FakeFcmServer(ScriptedAnswers, LoopbackFake):
     """A threaded loopback FCM v1 + OAuth2 server; use as a context manager."""
 
     handler = _Handler
     server_class = _Server
     thread_name = "fake-fcm"
+    errors = ERRORS
+    prefixes = PREFIXES
 
     def __init__(
         self,
@@ -200,8 +201,8 @@ class FakeFcmServer(LoopbackFake):
         access_token: str = ACCESS_TOKEN,
         port: int = 0,
     ) -> None:
-        super().__init__(port)
-        self.behaviour: dict[str, str] = dict(behaviour or {})
+        LoopbackFake.__init__(self, port)
+        ScriptedAnswers.__init__(self, behaviour)
         self.delay = delay
         self.quota_retry_after: str | None = QUOTA_RETRY_AFTER
         self.record = record
@@ -213,8 +214,6 @@ class FakeFcmServer(LoopbackFake):
         self.token_requests = 0
         self.rejected_auth = 0
         self.connections = 0
-        self._failures: dict[str, list[Any]] = {}
-        self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self.clock = time.monotonic
         self._outage: tuple[float, float, str] | None = None  # (start, end, kind)
@@ -224,13 +223,6 @@ class FakeFcmServer(LoopbackFake):
     def token_uri(self) -> str:
         """The OAuth2 token endpoint to put in a service-account file."""
         return f"{self.url}/token"
-
-    def fail_times(self, token: str, times: int, kind: str = "unavailable") -> None:
-        """Answer `kind` for the next `times` sends to `token`, then its usual answer."""
-        if kind not in ERRORS:
-            raise ValueError(f"unknown error kind {kind!r}")
-        with self._lock:
-            self._failures[token] = [times, kind]
 
     def outage(self, seconds: float, kind: str = "unavailable", *, after: float = 0.0) -> None:
         """From `after` seconds on, answer every send `kind` for `seconds` (on `clock`)."""
@@ -285,7 +277,7 @@ class FakeFcmServer(LoopbackFake):
             self.request_count += 1
             now = self.clock()
             outage = self._outage_kind(now)
-            answer = outage or self._planned_failure(token) or self._behaviour(token)
+            answer = outage or self._scripted(token)
             message_id = None
             if answer == "ok":
                 self.accepted += 1
@@ -309,26 +301,6 @@ class FakeFcmServer(LoopbackFake):
             return None
         start, end, kind = self._outage
         return kind if start <= now < end else None
-
-    def _planned_failure(self, token: str) -> str | None:
-        plan = self._failures.get(token)
-        if not plan:
-            return None
-        plan[0] -= 1
-        if plan[0] <= 0:
-            del self._failures[token]
-        return str(plan[1])
-
-    def _behaviour(self, token: str) -> str:
-        answer = self.behaviour.get(token)
-        if answer is not None:
-            if answer not in BEHAVIOURS:
-                raise ValueError(f"unknown behaviour {answer!r} for a token")
-            return answer
-        for prefix, kind in PREFIXES:
-            if token.startswith(prefix):
-                return kind
-        return "ok"
 
 
 @functools.cache

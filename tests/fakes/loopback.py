@@ -8,6 +8,7 @@ the fake's own type, its `LoopbackServer` subclass), and its handlers reach the 
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, ClassVar, Self
@@ -82,3 +83,50 @@ class LoopbackFake:
     def url(self) -> str:
         """Base URL, e.g. http://127.0.0.1:54321."""
         return f"http://127.0.0.1:{self.port}"
+
+
+class ScriptedAnswers:
+    """Per-token answers of a push fake: `fail_times`, then `behaviour[token]`, then a prefix.
+
+    A fake sets `errors` (kind → its wire answer), `prefixes` ((token prefix, kind), …),
+    and calls `_scripted(token)` under its lock for the kind to answer ("ok" or a key
+    of `errors`).
+    """
+
+    errors: ClassVar[Mapping[str, Any]]
+    prefixes: ClassVar[tuple[tuple[str, str], ...]]
+
+    def __init__(self, behaviour: Mapping[str, str] | None = None) -> None:
+        self.behaviour: dict[str, str] = dict(behaviour or {})
+        self._failures: dict[str, list[Any]] = {}
+        self._lock = threading.Lock()
+
+    def fail_times(self, token: str, times: int, kind: str = "unavailable") -> None:
+        """Answer `kind` for the next `times` sends to `token`, then its usual answer."""
+        if kind not in self.errors:
+            raise ValueError(f"unknown error kind {kind!r}")
+        with self._lock:
+            self._failures[token] = [times, kind]
+
+    def _scripted(self, token: str) -> str:
+        return self._planned_failure(token) or self._behaviour(token)
+
+    def _planned_failure(self, token: str) -> str | None:
+        plan = self._failures.get(token)
+        if not plan:
+            return None
+        plan[0] -= 1
+        if plan[0] <= 0:
+            del self._failures[token]
+        return str(plan[1])
+
+    def _behaviour(self, token: str) -> str:
+        answer = self.behaviour.get(token)
+        if answer is not None:
+            if answer != "ok" and answer not in self.errors:
+                raise ValueError(f"unknown behaviour {answer!r} for a token")
+            return answer
+        for prefix, kind in self.prefixes:
+            if token.startswith(prefix):
+                return kind
+        return "ok"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +10,8 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Flask
 
-from mobile_api.push import FcmTransport, PushTransport, make_transport
+from mobile_api import push as push_seam
+from mobile_api.push import PushTransport
 from mobile_api.services import Db, is_postgresql
 from models import Campaign, Delivery, DeliveryStatus
 
@@ -50,38 +50,8 @@ class Settings:
 
 
 def transport(app: Flask) -> PushTransport:
-    """The app's push transport, built once per process from FCM_* config (log without).
-
-    A bad FCM_CREDENTIALS file raises here, so a dispatcher that builds it as it
-    starts fails then, not at its first chunk. A forked pool process builds its own:
-    connections and firebase-admin's state are not shared across a fork.
-    """
-    existing: PushTransport | None = app.extensions.get("push_transport")
-    if existing is not None and app.extensions.get("push_transport_pid") in (None, os.getpid()):
-        return existing
-    path = app.config["FCM_CREDENTIALS"]
-    try:
-        built = make_transport(
-            path,
-            app.config["FCM_PROJECT_ID"],
-            app.config["FCM_ENDPOINT"],
-            float(app.config["FCM_TIMEOUT"]),
-        )
-    except (OSError, ValueError) as exc:
-        raise RuntimeError(
-            f"FCM_CREDENTIALS {path!r} is not a usable service-account file: {exc}"
-        ) from exc
-    if isinstance(built, FcmTransport):
-        log.info(
-            "push transport: fcm (project %s, endpoint %s)",
-            built.project_id,
-            built.endpoint or "Google's",
-        )
-    else:
-        log.info("push transport: %s", built.name)
-    app.extensions["push_transport"] = built
-    app.extensions["push_transport_pid"] = os.getpid()
-    return built
+    """The app's push router, built once per process (see mobile_api.push.transport)."""
+    return push_seam.transport(app)
 
 
 def lock_campaign(session: Db, campaign_id: str, *, exclusive: bool) -> Campaign | None:

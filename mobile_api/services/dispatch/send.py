@@ -50,9 +50,10 @@ def collapse_id(campaign: Campaign) -> str:
     return campaign.collapse_key or campaign.id
 
 
-def _message(campaign: Campaign, token: str) -> PushMessage:
+def _message(campaign: Campaign, token: str, provider: str) -> PushMessage:
     return PushMessage(
         token=token,
+        provider=provider,
         title=campaign.title,
         body=campaign.body,
         data=dict(campaign.data or {}),
@@ -114,7 +115,14 @@ def process_chunk(
         (Device.id.is_(None), aud.ERASED), else_=aud.exclusion_reason(campaign.category)
     ).label("reason")
     stmt = aud.with_terminations(
-        sa.select(Delivery.id, Delivery.device_id, Delivery.attempts, Device.push_token, reason)
+        sa.select(
+            Delivery.id,
+            Delivery.device_id,
+            Delivery.attempts,
+            Device.push_token,
+            Device.push_provider,
+            reason,
+        )
         .select_from(Delivery)
         .outerjoin(Device, Device.id == Delivery.device_id)
     )
@@ -158,7 +166,8 @@ def process_chunk(
             attempts=Delivery.attempts + 1,
             updated_at=now,
         )
-    messages = [_message(campaign, row.push_token) for row in to_send]
+    # Each message names its device's provider: the router hands it to that transport.
+    messages = [_message(campaign, row.push_token, row.push_provider) for row in to_send]
     deadline = retry_deadline(campaign, settings, now)
     trips = campaign.breaker_trips
     session.commit()  # the claim: from here on no other dispatcher takes these rows
