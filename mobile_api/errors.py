@@ -241,3 +241,45 @@ class CampaignFinished(DomainError):
     code = 409
     error = "campaign_finished"
     description = "This campaign has already finished; there is nothing left to cancel."
+
+
+class CategoryKindImmutable(DomainError):
+    code = 422
+    error = "category_kind_immutable"
+    description = "A category's kind is fixed once it is created."
+
+
+class CategorySettingsInvalid(DomainError):
+    code = 422
+    error = "category_settings_invalid"
+    description = (
+        "A promotional category cannot be enabled by default, and a service category "
+        "cannot be opted out of."
+    )
+
+
+class UnknownCategory(DomainError):
+    code = 422
+    error = "unknown_category"
+    description = "No such notification category."
+
+
+class CategoryNotChangeable(DomainError):
+    code = 422
+    error = "category_not_changeable"
+    description = (
+        "This category is unknown or not the user's to change "
+        "(promotions follows promotional_push)."
+    )
+
+
+class CategoryNotAllowed(DomainError):
+    code = 422
+    error = "category_not_allowed"
+    description = "Campaigns take a promotional or service category, not a transactional one."
+
+
+class CategoryMismatch(DomainError):
+    code = 422
+    error = "category_mismatch"
+    description = "category and category_key disagree: category must be the key's kind."
