@@ -7,10 +7,9 @@ from typing import Any
 
 import flask_smorest
 import marshmallow as ma
-from flask import g
 from flask.views import MethodView
 
-from mobile_api.auth import DEVICE, auth_required, current_principal
+from mobile_api.auth import DEVICE, auth_required, current_caller
 from mobile_api.errors import ErrorSchema
 from mobile_api.extensions import db
 from mobile_api.routes import Blueprint
@@ -95,11 +94,5 @@ class CategoryItem(MethodView):
             flask_smorest.abort(
                 422, errors={"path": {"key": ["[a-z][a-z0-9_]{1,39}, e.g. order_updates."]}}
             )
-        category, created = category_service.put(
-            db.session,
-            key,
-            data,
-            actor=current_principal().actor,
-            request_id=g.get("request_id"),
-        )
+        category, created = category_service.put(db.session, key, data, current_caller())
         return category, (201 if created else 200)

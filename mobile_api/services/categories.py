@@ -22,6 +22,7 @@ from mobile_api.errors import (
 )
 from mobile_api.services import Db, audit, consent, dialect_insert, export
 from mobile_api.services import audience as aud
+from mobile_api.services.caller import Caller
 from models import (
     PROMOTIONS,
     SERVICE,
@@ -101,9 +102,7 @@ def put(
     session: Db,
     key: str,
     data: Mapping[str, Any],
-    *,
-    actor: str,
-    request_id: str | None = None,
+    caller: Caller,
 ) -> tuple[Category, bool]:
     """Create or update a category (admin); (category, created). Its kind never changes."""
     values = dict(data)
@@ -138,11 +137,10 @@ def put(
         category.updated_at = now
     audit.record(
         session,
-        actor=actor,
+        caller,
         action="category.created" if created else "category.updated",
         target=key,
         details={field: values[field] for field in _FIELDS if field != "name"},
-        request_id=request_id,
     )
     session.commit()
     return category, created is not None
