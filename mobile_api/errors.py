@@ -283,3 +283,12 @@ class CategoryMismatch(DomainError):
     code = 422
     error = "category_mismatch"
     description = "category and category_key disagree: category must be the key's kind."
+
+
+class CampaignScheduledFieldFixed(DomainError):
+    code = 409
+    error = "campaign_already_scheduled"
+    description = (
+        "A scheduled campaign keeps its audience and category (targeted was fixed when "
+        "it was sent); cancel it and create another to change them."
+    )
