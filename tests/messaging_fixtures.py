@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
@@ -37,6 +38,25 @@ def run_passes(app: Flask, passes: int = 3) -> None:
     worker = Worker(app)
     for _ in range(passes):
         worker.run_pass()
+
+
+def race(*targets: Callable[[], None]) -> None:
+    """Run the callables in threads at once; re-raise the first error any of them hit."""
+    errors: list[BaseException] = []
+
+    def run(target: Callable[[], None]) -> None:
+        try:
+            target()
+        except BaseException as exc:  # pragma: no cover - re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(target,)) for target in targets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
 
 
 def received(fcm: FakeFcmServer, token: str) -> list[ReceivedMessage]:

@@ -194,7 +194,8 @@ def update(session: Db, campaign_id: str, data: Mapping[str, Any], caller: Calle
 
 def _replan(session: Db, campaign: Campaign, now: datetime) -> None:
     """Give a scheduled campaign's waiting deliveries their due time under the new schedule."""
-    not_before = max(campaign.send_at or now, now)
+    sent_at = campaign.queued_at or now
+    not_before = max(campaign.send_at or sent_at, sent_at)
     table = cast(sa.Table, Delivery.__table__)
     waiting = sa.and_(table.c.campaign_id == campaign.id, table.c.status == DeliveryStatus.PENDING)
     if campaign.local_time is None:

@@ -97,7 +97,9 @@ def _due(
     A local time is worked out once per timezone of the page (a CASE over them), not
     per device: the waves of a million devices in 40 zones are 40 computations.
     """
-    not_before = max(campaign.send_at or now, now)
+    # As of the send, not of this page: a page enumerated late keeps the send's waves.
+    sent_at = campaign.queued_at or now
+    not_before = max(campaign.send_at or sent_at, sent_at)
     if campaign.local_time is None:
         return sa.literal(not_before, UTCDateTime())
     zone_of = sa.func.coalesce(Device.timezone, campaign.fallback_timezone)
