@@ -350,3 +350,39 @@ def test_two_claims_at_the_same_moment_cannot_both_pass_a_cap(
         for one in apps:
             close_transport(one)
     assert collections.Counter(m.token for m in fcm.received) == {m.push_token: 1 for m in made}
+
+
+def test_a_new_schedule_replans_the_waiting_deliveries(
+    app: Flask,
+    client: FlaskClient,
+    marketing: Headers,
+    create_campaign: Callable[..., str],
+    device: Make,
+    fcm: FakeFcmServer,
+    clock: Clock,
+) -> None:
+    clock(at("2027-03-13T20:00"))
+    tokyo = device(timezone="Asia/Tokyo")
+    london = device(timezone="Europe/London")
+    campaign_id = create_campaign(send_at="2027-03-20T00:00:00Z")
+    client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
+    run_passes(app)
+    # Moved to 10:00 local from the 14th: Tokyo at 01:00 UTC, London at 10:00 UTC.
+    patched = client.patch(
+        f"/v1/campaigns/{campaign_id}",
+        json={"send_at": "2027-03-14T00:00:00Z", "local_time": "10:00"},
+        headers=marketing,
+    )
+    assert patched.status_code == 200, patched.get_json()
+    clock(at("2027-03-14T01:00:10"))
+    run_passes(app)
+    assert {m.token for m in fcm.received} == {tokyo.push_token}
+    clock(at("2027-03-14T10:00:10"))
+    run_passes(app)
+    assert {m.token for m in fcm.received} == {tokyo.push_token, london.push_token}
+    assert (
+        client.patch(
+            f"/v1/campaigns/{campaign_id}", json={"title": "late"}, headers=marketing
+        ).status_code
+        == 409
+    )

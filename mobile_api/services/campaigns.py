@@ -217,7 +217,9 @@ def _replan(session: Db, campaign: Campaign, now: datetime) -> None:
             )
             for name in {*(n for n in names if n), campaign.fallback_timezone}
         }
-        due = sa.case(waves, value=zone_of)
+        # An erased device's row (device_id NULL) gets the fallback's wave: it is
+        # suppressed `erased` when that comes.
+        due = sa.case(waves, value=zone_of, else_=waves[campaign.fallback_timezone])
     session.execute(sa.update(table).where(waiting).values(due_at=due, next_attempt_at=due))
 
 
