@@ -86,7 +86,9 @@ def _database(kind: str) -> tuple[str, Any]:
     return sa.make_url(PG_BASE).set(database=name).render_as_string(hide_password=False), drop
 
 
-def _fake_fcm(workdir: Path) -> tuple[subprocess.Popen[str], str, Path]:
+def _fake_fcm(
+    workdir: Path, extra: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen[str], str, Path]:
     credentials = workdir / "service-account.json"
     port = 20000 + uuid.uuid4().int % 20000
     server = subprocess.Popen(
@@ -98,6 +100,7 @@ def _fake_fcm(workdir: Path) -> tuple[subprocess.Popen[str], str, Path]:
             str(port),
             "--service-account",
             str(credentials),
+            *extra,
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,

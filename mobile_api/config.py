@@ -32,18 +32,31 @@ class Defaults:
     FCM_TIMEOUT = 10.0
 
     # Push campaigns: retries of retryable FCM errors, and the dispatcher's units of work.
-    PUSH_MAX_ATTEMPTS = 5
+    PUSH_MAX_ATTEMPTS = 0  # 0: retries are bounded by time only (PUSH_RETRY_WINDOW_SECONDS)
     PUSH_RETRY_BASE_SECONDS = 2.0
     PUSH_RETRY_MAX_SECONDS = 600.0
     DISPATCH_CHUNK_SIZE = 500  # devices claimed and handed to FCM at once (≤ 500)
     DISPATCH_ENUMERATE_BATCH = 5000  # audience devices turned into deliveries per step
-    # A chunk claimed longer ago than this belongs to a dead dispatcher: it is
-    # recorded as failed (interrupted), never re-sent. Keep it well above FCM_TIMEOUT.
-    DISPATCH_CLAIM_LEASE_SECONDS = 600.0
+    # A claim not renewed for this long belongs to a dead dispatcher (a live one
+    # renews it every third of it while it hands the chunk over): another
+    # dispatcher sends the chunk again, with the same collapse identity.
+    DISPATCH_CLAIM_LEASE_SECONDS = 30.0
     DISPATCH_POLL_SECONDS = 1.0  # embedded worker: idle wait between passes
     # Celery: a campaign with work overdue and no enumeration, claim or record for
     # this long has lost its tasks; the sweep queues one recovery at a time.
     DISPATCH_STALL_SECONDS = 300.0
+    # Retries of a message stop this long after its campaign started sending (its
+    # ttl_seconds instead when it has one), however many attempts that took.
+    PUSH_RETRY_WINDOW_SECONDS = 86400.0
+    # Circuit breaker: while FCM fails a campaign's chunks, it waits (doubling from
+    # PUSH_RETRY_BASE_SECONDS up to this, or Retry-After) before one probe message.
+    PUSH_BREAKER_MAX_SECONDS = 30.0
+    # Deployment-wide FCM send rate shared by every dispatcher (None: unlimited):
+    # through Redis with REDIS_URL, else through FCM_LIMITER_FILE on this host.
+    FCM_MAX_MESSAGES_PER_SECOND: float | None = None
+    FCM_LIMITER_FILE: str | None = None  # None: fcm-slot in the instance folder
+    # Celery on Redis: a task a dead worker had taken goes back to the queue after this.
+    CELERY_VISIBILITY_TIMEOUT = 30.0
     CELERY_QUEUE = "mobile_api"
     # Promotional messages due inside quiet hours ("21:00-08:00", device's timezone)
     # wait for their end; caps ("2/1d,5/7d") limit promotional hand-offs per device.
@@ -133,6 +146,11 @@ _ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "DISPATCH_POLL_SECONDS": ("DISPATCH_POLL_SECONDS", float),
     "DATABASE_PING_AFTER_IDLE_SECONDS": ("DATABASE_PING_AFTER_IDLE_SECONDS", float),
     "DISPATCH_STALL_SECONDS": ("DISPATCH_STALL_SECONDS", float),
+    "PUSH_RETRY_WINDOW_SECONDS": ("PUSH_RETRY_WINDOW_SECONDS", float),
+    "PUSH_BREAKER_MAX_SECONDS": ("PUSH_BREAKER_MAX_SECONDS", float),
+    "FCM_MAX_MESSAGES_PER_SECOND": ("FCM_MAX_MESSAGES_PER_SECOND", float),
+    "FCM_LIMITER_FILE": ("FCM_LIMITER_FILE", str),
+    "CELERY_VISIBILITY_TIMEOUT": ("CELERY_VISIBILITY_TIMEOUT", float),
     "CELERY_QUEUE": ("CELERY_QUEUE", str),
     "GEOCODER_DOMAIN": ("GEOCODER_DOMAIN", str),
     "GEOCODER_SCHEME": ("GEOCODER_SCHEME", str),

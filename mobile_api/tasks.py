@@ -70,6 +70,7 @@ def make_celery(app: Flask) -> Celery:
     celery.steps["worker"].add(PushTransportStep)
     celery.steps["worker"].add(HeartbeatStep)
     queue = app.config["CELERY_QUEUE"]
+    visibility = float(app.config["CELERY_VISIBILITY_TIMEOUT"])
     schedule: dict[str, Any] = {
         "dispatch-sweep": {"task": "mobile_api.dispatch.sweep", "schedule": SWEEP_SECONDS},
     }
@@ -85,7 +86,18 @@ def make_celery(app: Flask) -> Celery:
         broker_url=app.config["CELERY_BROKER_URL"] or "memory://",
         broker_connection_retry_on_startup=True,
         # Keys and queues of this deployment stay apart from anything else on the broker.
-        broker_transport_options={"global_keyprefix": f"{queue}:"},
+        broker_transport_options={
+            "global_keyprefix": f"{queue}:",
+            # Redis: a task a killed worker had taken (unacknowledged, acks_late)
+            # goes back to the queue after the visibility timeout; Redis' default
+            # of an hour left a campaign's chunk waiting that long. A task still
+            # running by then is delivered once more, which the claims make harmless,
+            # and no countdown is ever longer than half of it (_come_back).
+            # RabbitMQ gives such a task back as soon as the connection drops.
+            "visibility_timeout": visibility,
+            "unacked_restore_interval": max(1.0, visibility / 6),
+            "unacked_restore_throttle": 1,
+        },
         task_default_queue=queue,
         task_ignore_result=True,
         # A chunk task lost with its worker is delivered again; the claim makes
@@ -118,16 +130,19 @@ def notify_queued(app: Flask, campaign_id: str) -> None:
 def _come_back(task: Task, args: tuple[Any, ...], at: datetime | None) -> None:
     """Run `task` again with `args` when the scheduling contract says its work is due.
 
-    Only for work due soon: under acks_late a countdown is a message the broker
-    keeps unacknowledged until then (Redis redelivers it after its visibility
-    timeout, a second copy). Later work, scheduled waves and quiet hours, is found
-    by the sweep when it falls due.
+    Never later than half the visibility timeout from now: a task waiting for its
+    countdown is unacknowledged (acks_late), and one held past the timeout would be
+    delivered again, and again. Work due soon is asked about again then; work due
+    later than DISPATCH_COUNTDOWN_MAX_SECONDS (scheduled waves, the end of quiet
+    hours) is not polled for by every chunk: the sweep finds it when it falls due.
     """
     if at is None:
         return
     wait = max((at - utcnow()).total_seconds(), 0.0)
-    if wait <= float(current_app.config["DISPATCH_COUNTDOWN_MAX_SECONDS"]):
-        task.apply_async(args, countdown=wait)
+    if wait > float(current_app.config["DISPATCH_COUNTDOWN_MAX_SECONDS"]):
+        return
+    longest = float(current_app.config["CELERY_VISIBILITY_TIMEOUT"]) / 2
+    task.apply_async(args, countdown=min(wait, longest))
 
 
 def _settings() -> dispatch.Settings:
@@ -142,11 +157,22 @@ def _send_due(campaign_id: str, first_id: int, last_id: int | None) -> None:
     """Claim, send and record the due deliveries of an id range, noting the progress."""
     settings = _settings()
     push = dispatch.transport(current_app)
+    limiter = dispatch.send_limiter(current_app)
     every = _stall() / PROGRESS_NOTES_PER_STALL
+    # A worker killed mid-chunk: its rows are this range's again once the lease lapses.
+    dispatch.release_lapsed_claims(
+        db.session, settings, campaign_id=campaign_id, first_id=first_id, last_id=last_id
+    )
     after = first_id - 1
     while True:
         result = dispatch.process_chunk(
-            db.session, push, campaign_id, settings, after_id=after, upto_id=last_id
+            db.session,
+            push,
+            campaign_id,
+            settings,
+            after_id=after,
+            upto_id=last_id,
+            limiter=limiter,
         )
         if not result.claimed:
             break
@@ -180,7 +206,9 @@ def dispatch_campaign(campaign_id: str) -> None:
 def dispatch_chunk(self: Task, campaign_id: str, first_id: int, last_id: int | None) -> None:
     """Send the due deliveries of one id range; come back when its retries are due."""
     _send_due(campaign_id, first_id, last_id)
-    at = dispatch.due_at(db.session, campaign_id, first_id=first_id, last_id=last_id)
+    at = dispatch.due_at(
+        db.session, campaign_id, first_id=first_id, last_id=last_id, settings=_settings()
+    )
     _come_back(self, (campaign_id, first_id, last_id), at)
     dispatch.finish_if_done(db.session, campaign_id)
 
@@ -192,11 +220,11 @@ def sweep() -> None:
     A campaign whose tasks merely wait behind a long queue is not stalled while
     any of its chunks progresses; one that is gets at most one recovery at a time.
     """
-    dispatch.resolve_interrupted(db.session, _settings())
+    dispatch.release_lapsed_claims(db.session, _settings())
     stall = _stall()
     now = utcnow()
     for campaign_id in dispatch.active_campaign_ids(db.session):
-        due = dispatch.due_at(db.session, campaign_id, first_id=0)
+        due = dispatch.next_due(db.session, campaign_id)
         campaign = db.session.get(Campaign, campaign_id)
         if campaign is None:
             continue
@@ -254,7 +282,7 @@ def recover_campaign(self: Task, campaign_id: str) -> None:
         return
     else:
         _send_due(campaign_id, 0, None)
-        due = dispatch.due_at(db.session, campaign_id, first_id=0)
+        due = dispatch.due_at(db.session, campaign_id, first_id=0, settings=_settings())
         dispatch.hold_recovery(db.session, campaign_id, due)
         _come_back(self, (campaign_id,), due)
     dispatch.finish_if_done(db.session, campaign_id)

@@ -43,22 +43,30 @@ class Worker:
         """One pass over the campaigns due now: (chunks claimed, campaigns still active)."""
         with self.app.app_context():
             push = dispatch.transport(self.app)
-            dispatch.resolve_interrupted(db.session, self.settings)
+            limiter = dispatch.send_limiter(self.app)
+            # Chunks whose dispatcher died (lease lapsed) are due again at once.
+            dispatch.release_lapsed_claims(db.session, self.settings)
             chunks = 0
             # Only what the scheduling contract says is due: a campaign waiting for
-            # retries is not touched, so polling it never writes.
-            plan = dispatch.agenda(db.session)
+            # retries, or behind its open circuit breaker, is not touched, so
+            # polling it never writes.
+            plan = dispatch.agenda(db.session, settings=self.settings)
             for campaign_id in plan.due:
                 if self._stop.is_set():
                     break
                 try:
                     chunks += dispatch.run_campaign(
-                        db.session, push, campaign_id, self.settings, max_chunks=CHUNKS_PER_TURN
+                        db.session,
+                        push,
+                        campaign_id,
+                        self.settings,
+                        max_chunks=CHUNKS_PER_TURN,
+                        limiter=limiter,
                     )
                 except Exception:
                     # A database hiccup must not stop the dispatcher: the campaign is
                     # retried on the next pass (a chunk caught mid-hand-off stays
-                    # claimed and is resolved as interrupted after the lease).
+                    # claimed until its lease lapses, then is sent again).
                     log.exception("campaign %s: dispatch pass failed", campaign_id)
                     db.session.rollback()
             self.schedule.run_due()

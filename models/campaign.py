@@ -89,6 +89,10 @@ class Campaign(Base):
     # Celery: when the sweep's recovery of this campaign was queued (or, once it
     # waits for retries, when it comes back); NULL when none is outstanding.
     recovery_queued_at: Mapped[datetime | None]
+    # The circuit breaker: while FCM keeps failing, the campaign claims nothing
+    # until `breaker_until`, then one probe; `breaker_trips` in a row decide the wait.
+    breaker_until: Mapped[datetime | None]
+    breaker_trips: Mapped[int] = mapped_column(default=0, server_default="0")
     # The counts once every delivery is decided, kept here because delivery rows
     # are deleted after DELIVERY_RETENTION_DAYS; NULL until then (and for drafts).
     final_sent: Mapped[int | None]
@@ -116,7 +120,7 @@ class Campaign(Base):
 
 
 class Delivery(Base):
-    """One device in one campaign: the exactly-once ledger of the dispatch."""
+    """One device in one campaign: the ledger of the dispatch, each delivery counted once."""
 
     __tablename__ = "campaign_deliveries"
     __table_args__ = (
@@ -146,10 +150,14 @@ class Delivery(Base):
     reason: Mapped[str | None] = mapped_column(String(32))
     attempts: Mapped[int] = mapped_column(default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The claim's lease: renewed while its dispatcher works on the row; a lapsed
+    # one means the dispatcher died and another takes the row over.
     claimed_at: Mapped[datetime | None]
+    # When the row was last handed to the push service. Set on a row still
+    # `sending` (or `pending` again after its lease lapsed), it was in flight:
+    # the next hand-off repeats the same collapse identity.
+    handed_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     # When the message became due for this device (send_at or its local-time wave):
     # its TTL counts from here, whatever deferral or retries follow.
     due_at: Mapped[datetime | None]
-    # When a promotional message was handed over; frequency caps count these.
-    handed_at: Mapped[datetime | None]

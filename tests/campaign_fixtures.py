@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,11 +22,12 @@ from flask.testing import FlaskClient
 
 from mobile_api.extensions import db
 from mobile_api.worker import Worker
-from models import AccountTermination, Delivery, Device, utcnow
+from models import AccountTermination, Campaign, Delivery, Device, utcnow
 from tests.conftest import bearer
-from tests.fakes.fcm_server import FakeFcmServer, write_service_account
+from tests.fakes.fcm_server import FakeFcmServer, ReceivedMessage, write_service_account
 
 PROJECT = "fake-project"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -42,7 +49,9 @@ def fcm_settings(fcm: FakeFcmServer, tmp_path: Path) -> dict[str, Any]:
         "FCM_TIMEOUT": 5.0,
         "PUSH_RETRY_BASE_SECONDS": 0.01,
         "PUSH_RETRY_MAX_SECONDS": 0.05,
-        "PUSH_MAX_ATTEMPTS": 3,
+        # Retries for a second at most; the breaker pauses a campaign only briefly.
+        "PUSH_RETRY_WINDOW_SECONDS": 1.0,
+        "PUSH_BREAKER_MAX_SECONDS": 0.05,
         "DISPATCH_POLL_SECONDS": 0.02,
         "RATELIMIT_ENABLED": False,
     }
@@ -202,6 +211,7 @@ def subprocess_env(database_url: str, settings: dict[str, Any], **extra: str) ->
             "FCM_PROJECT_ID": PROJECT,
             "PUSH_RETRY_BASE_SECONDS": "0.01",
             "PUSH_RETRY_MAX_SECONDS": "0.05",
+            "PUSH_BREAKER_MAX_SECONDS": "0.05",
             "DISPATCH_POLL_SECONDS": "0.05",
             "LOG_LEVEL": "INFO",
         }
@@ -209,3 +219,68 @@ def subprocess_env(database_url: str, settings: dict[str, Any], **extra: str) ->
     env.pop("CELERY_BROKER_URL", None)
     env.update(extra)
     return env
+
+
+def start_dispatcher(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """`flask --app wsgi dispatch worker` in a session of its own (so kill -9 takes it all)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "dispatch", "worker"],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def kill_hard(process: subprocess.Popen[Any]) -> None:
+    """kill -9 the process and everything it started, as a crashed host would."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def stop(process: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then kill -9 if it does not exit in time."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:  # pragma: no cover - a stuck process
+        kill_hard(process)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:
+    """Poll `condition` until it holds or `timeout` seconds pass; whether it held."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(step)
+    return True
+
+
+def campaign_status(app: Flask, campaign_id: str) -> str:
+    """The campaign's status, read from the database."""
+    with app.app_context():
+        status = db.session.scalar(sa.select(Campaign.status).where(Campaign.id == campaign_id))
+        db.session.remove()
+    return str(status)
+
+
+def assert_handed_over(
+    fcm: FakeFcmServer, tokens: set[str | None], in_flight: set[str | None] | None = None
+) -> None:
+    """Every token got the message, through one accepted hand-off (the last).
+
+    Tokens in `in_flight` may have been handed over twice, with the same collapse
+    identity; every other token exactly once. Nothing else was sent.
+    """
+    handed: dict[str, list[ReceivedMessage]] = collections.defaultdict(list)
+    for message in fcm.received:
+        handed[message.token].append(message)
+    assert set(handed) == tokens, "a device was missed, or one outside the audience reached"
+    for token, copies in handed.items():
+        limit = 2 if in_flight is None or token in in_flight else 1
+        assert len(copies) <= limit, f"handed over {len(copies)} times"
+        assert len({m.identity for m in copies}) == 1, "a second copy with another identity"
+        assert copies[-1].answer == "ok"

@@ -24,13 +24,17 @@ from models import Campaign
 from tests.campaign_fixtures import (
     PROJECT,
     Made,
+    assert_handed_over,
+    campaign_status,
     close_transport,
     create_campaign,
     device,
     fcm,
     fcm_settings,
+    kill_hard,
     marketing,
     subprocess_env,
+    wait_for,
 )
 from tests.conftest import REDIS_DEFAULT, make_app, migrate_once, wipe
 from tests.fakes.fcm_server import FakeFcmServer
@@ -73,6 +77,7 @@ def app(postgres_url: str, fcm_settings: dict[str, Any], queue: str) -> Iterator
 
 
 def _start_worker(name: str, env: dict[str, str], queue: str, log: Path) -> subprocess.Popen[Any]:
+    # A session of its own: kill_hard takes its pool process with it.
     return subprocess.Popen(
         [
             sys.executable,
@@ -96,14 +101,8 @@ def _start_worker(name: str, env: dict[str, str], queue: str, log: Path) -> subp
         env=env,
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
-
-
-def _status(app: Flask, campaign_id: str) -> str:
-    with app.app_context():
-        status = db.session.scalar(sa.select(Campaign.status).where(Campaign.id == campaign_id))
-        db.session.remove()
-    return str(status)
 
 
 def test_two_celery_workers_process_one_campaign_without_duplicates(
@@ -136,7 +135,7 @@ def test_two_celery_workers_process_one_campaign_without_duplicates(
         response = client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
         assert response.status_code == 202
         deadline = time.monotonic() + 60
-        while _status(app, campaign_id) != "completed" and time.monotonic() < deadline:
+        while campaign_status(app, campaign_id) != "completed" and time.monotonic() < deadline:
             time.sleep(0.1)
     finally:
         for worker in workers:
@@ -147,7 +146,7 @@ def test_two_celery_workers_process_one_campaign_without_duplicates(
             except subprocess.TimeoutExpired:  # pragma: no cover - a stuck worker
                 worker.kill()
     output = [log.read_text() for log in logs]
-    assert _status(app, campaign_id) == "completed", output
+    assert campaign_status(app, campaign_id) == "completed", output
     assert collections.Counter(m.token for m in fcm.received) == collections.Counter(
         dict.fromkeys(tokens, 1)
     )
@@ -206,13 +205,13 @@ def test_a_campaign_waiting_in_a_long_queue_gets_one_recovery_not_one_per_sweep(
     worker = _start_worker("w1", env, queue, log)
     try:
         deadline = time.monotonic() + 60
-        while _status(app, campaign_id) != "completed" and time.monotonic() < deadline:
+        while campaign_status(app, campaign_id) != "completed" and time.monotonic() < deadline:
             time.sleep(0.1)
     finally:
         worker.terminate()
         worker.wait(timeout=10)
     output = log.read_text()
-    assert _status(app, campaign_id) == "completed", output
+    assert campaign_status(app, campaign_id) == "completed", output
     assert "mobile_api.dispatch.recover[" in output
     assert collections.Counter(m.token for m in fcm.received) == collections.Counter(
         dict.fromkeys(tokens, 1)
@@ -265,3 +264,65 @@ def test_a_celery_worker_builds_its_push_transport_as_it_starts(
         )
         == 2
     ), output
+
+
+def _running_chunks(log: Path) -> int:
+    lines = [line for line in log.read_text().splitlines() if "mobile_api.dispatch.chunk[" in line]
+    return sum("received" in line for line in lines) - sum("succeeded" in line for line in lines)
+
+
+def test_a_killed_celery_workers_chunk_is_taken_over_within_the_lease(
+    app: Flask,
+    client: FlaskClient,
+    postgres_url: str,
+    fcm_settings: dict[str, Any],
+    queue: str,
+    marketing: dict[str, str],
+    create_campaign: Callable[..., str],
+    device: Callable[..., Made],
+    fcm: FakeFcmServer,
+    tmp_path: Path,
+) -> None:
+    """kill -9 of a worker mid-chunk: its task comes back, its rows are sent again.
+
+    Scaled: a visibility timeout of 2 s and a lease of 1 s stand for the defaults of
+    30 s each (taken over within 60 s).
+    """
+    tokens = {device().push_token for _ in range(40)}
+    fcm.delay = 0.2  # a chunk is in flight for most of its task
+    env = subprocess_env(
+        postgres_url,
+        fcm_settings,
+        CELERY_BROKER_URL=REDIS_URL,
+        CELERY_QUEUE=queue,
+        DISPATCH_CHUNK_SIZE="5",
+        DISPATCH_ENUMERATE_BATCH="40",
+        DISPATCH_CLAIM_LEASE_SECONDS="1",
+        CELERY_VISIBILITY_TIMEOUT="2",
+    )
+    logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
+    doomed, survivor = (_start_worker(f"w{i}", env, queue, log) for i, log in enumerate(logs, 1))
+    try:
+        assert wait_for(lambda: all(" ready." in log.read_text() for log in logs), 60)
+        campaign_id = create_campaign()
+        assert (
+            client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing).status_code == 202
+        )
+        assert wait_for(lambda: _running_chunks(logs[0]) > 0, 30), logs[0].read_text()
+        time.sleep(0.1)  # into its hand-off, which FCM answers after 0.2 s
+        kill_hard(doomed)
+        killed_at = time.monotonic()
+        done = wait_for(lambda: campaign_status(app, campaign_id) == "completed", 60, 0.1)
+        taken_over_in = time.monotonic() - killed_at
+    finally:
+        kill_hard(doomed)
+        survivor.terminate()
+        try:
+            survivor.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover - a stuck worker
+            kill_hard(survivor)
+    assert done, logs[1].read_text()
+    assert taken_over_in < 2 + 1 + 1 + 10  # visibility, restore, lease, then sending
+    assert_handed_over(fcm, tokens)  # in flight at the kill: twice at most, same identity
+    counts = client.get(f"/v1/campaigns/{campaign_id}", headers=marketing).get_json()["counts"]
+    assert (counts["targeted"], counts["sent"], counts["failed"]) == (40, 40, 0)

@@ -1,7 +1,7 @@
 """Notification categories, category preferences, quiet hours; campaign schedules and content.
 
 Revision ID: 0010
-Revises: 0006
+Revises: 0007
 Create Date: 2026-12-04 16:00:00.000000
 
 """
@@ -14,7 +14,8 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision = "0010"
-down_revision = "0006"
+# The brief said 0006; relinked after 0007 (dispatch) was merged into this branch.
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
@@ -111,7 +112,6 @@ def upgrade():
         sa.Column("fallback_timezone", sa.String(length=64), nullable=False, server_default="UTC"),
     )
     op.add_column("campaign_deliveries", sa.Column("due_at", sa.DateTime(timezone=True)))
-    op.add_column("campaign_deliveries", sa.Column("handed_at", sa.DateTime(timezone=True)))
     op.create_index(
         "ix_campaign_deliveries_device_id_handed_at",
         "campaign_deliveries",
@@ -133,7 +133,6 @@ _CAMPAIGN_COLUMNS = [
 
 def downgrade():
     op.drop_index("ix_campaign_deliveries_device_id_handed_at", "campaign_deliveries")
-    op.drop_column("campaign_deliveries", "handed_at")
     op.drop_column("campaign_deliveries", "due_at")
     for name in ["fallback_timezone", *(c.name for c in _CAMPAIGN_COLUMNS), "category_key"]:
         op.drop_column("campaigns", name)

@@ -230,11 +230,23 @@ def _to_fcm_message(message: PushMessage) -> messaging.Message:
         # APNs wants an absolute expiry; "0" means "deliver now or never".
         expiry = int(time.time()) + message.ttl_seconds if message.ttl_seconds else 0
         apns_headers["apns-expiration"] = str(expiry)
-    if message.collapse_key is not None:
-        apns_headers["apns-collapse-id"] = message.collapse_key
+    # The same identity on both platforms: a message handed over again (its first
+    # hand-off's answer lost with a dispatcher) replaces its first copy on screen.
+    apns_collapse_id = message.collapse_id or message.collapse_key
+    if apns_collapse_id is not None:
+        apns_headers["apns-collapse-id"] = apns_collapse_id
     aps_extra = {}
     if message.ios_interruption_level is not None:
         aps_extra["interruption-level"] = message.ios_interruption_level
+    android_notification = {
+        key: value
+        for key, value in (
+            ("tag", message.collapse_id),
+            ("channel_id", message.android_channel_id),
+            ("sound", message.sound),
+        )
+        if value is not None
+    }
     fcm_message = messaging.Message(
         notification=messaging.Notification(
             title=message.title, body=message.body, image=message.image_url
@@ -244,8 +256,10 @@ def _to_fcm_message(message: PushMessage) -> messaging.Message:
             ttl=message.ttl_seconds,
             collapse_key=message.collapse_key,
             priority="high" if high else "normal",
-            notification=messaging.AndroidNotification(
-                channel_id=message.android_channel_id, sound=message.sound
+            notification=(
+                messaging.AndroidNotification(**android_notification)
+                if android_notification
+                else None
             ),
         ),
         apns=messaging.APNSConfig(

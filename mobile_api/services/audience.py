@@ -21,6 +21,7 @@ from models import (
     CampaignCategory,
     CategoryKind,
     CategoryPreference,
+    Delivery,
     Device,
     PushPermission,
 )
@@ -136,6 +137,12 @@ V1_RULES = {
     CampaignCategory.PROMOTIONAL.value: CategoryRule(PROMOTIONS, CategoryKind.PROMOTIONAL),
     CampaignCategory.SERVICE.value: CategoryRule(SERVICE, CategoryKind.SERVICE, True),
 }
+
+
+def hand_off_time() -> ColumnElement[datetime | None]:
+    """When a delivery was handed over, or claimed for it (a rate-limited claim marks
+    `handed_at` only as each slice leaves): what frequency caps count."""
+    return sa.func.coalesce(Delivery.handed_at, Delivery.claimed_at)
 
 
 def deliverability_whens() -> list[tuple[ColumnElement[bool], str]]:

@@ -233,9 +233,15 @@ def get(session: Db, campaign_id: str) -> Campaign:
 
 def capped_devices(caps: Sequence[messaging.Cap], now: datetime) -> sa.Select[Any] | None:
     """Devices that have reached a frequency cap as of `now` (None without caps)."""
+    at = aud.hand_off_time()
     selects = [
         sa.select(Delivery.device_id)
-        .where(Delivery.handed_at > now - cap.window, Delivery.device_id.is_not(None))
+        .join(Campaign, Campaign.id == Delivery.campaign_id)
+        .where(
+            at > now - cap.window,
+            Delivery.device_id.is_not(None),
+            Campaign.category == CampaignCategory.PROMOTIONAL,
+        )
         .group_by(Delivery.device_id)
         .having(sa.func.count() >= cap.limit)
         for cap in caps

@@ -4,7 +4,12 @@ Answers per message are chosen by registration token: an explicit `behaviour[tok
 else a token prefix (see `PREFIXES`), else success. Error bodies have the real FCM v1
 shape, so firebase-admin's own parsing maps them to its typed exceptions.
 
-Run standalone for benchmarks: `python -m tests.fakes.fcm_server --port 9099`.
+An outage can be scripted (`outage`): for a while every send gets the same error,
+whatever the token. Every hand-off is recorded with the identity it carried (Android
+notification tag and collapse key, apns-collapse-id) and when it arrived.
+
+Run standalone for benchmarks: `python -m tests.fakes.fcm_server --port 9099`
+(`--outage-after 10 --outage-seconds 300` scripts an outage).
 """
 
 from __future__ import annotations
@@ -84,6 +89,19 @@ class ReceivedMessage:
     answer: str
     message_id: str | None
     headers: dict[str, str]  # names in lower case
+    at: float = 0.0  # the fake's clock (monotonic) when it arrived
+
+    @property
+    def identity(self) -> tuple[str | None, str | None, str | None]:
+        """(Android notification tag, Android collapse key, apns-collapse-id) it carried."""
+        message = self.body["message"]
+        android = message.get("android") or {}
+        apns_headers = (message.get("apns") or {}).get("headers") or {}
+        return (
+            (android.get("notification") or {}).get("tag"),
+            android.get("collapse_key"),
+            apns_headers.get("apns-collapse-id"),
+        )
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -136,18 +154,30 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(raw)
         token = body["message"].get("token", "")
         project = path[len(SEND_PATH_PREFIX) : -len(SEND_PATH_SUFFIX)]
-        answer, message_id = fake._answer(project, token, body, self.headers)
+        answer, message_id, outage = fake._answer(project, token, body, self.headers)
         if fake.delay:
             time.sleep(fake.delay)
         if message_id is not None:
             self._reply(200, b'{"name": "%s"}' % message_id.encode())
             return
         retry_after = fake.quota_retry_after if answer == "quota" else None
+        if outage:
+            retry_after = fake.outage_retry_after
         self._reply(ERRORS[answer][0], _ERROR_BODIES[answer], retry_after)
 
     def do_GET(self) -> None:
-        """Nothing is served over GET."""
-        self._reply(HTTPStatus.NOT_FOUND, b"{}")
+        """GET /stats: the fake's counters (benchmarks in another process read them)."""
+        if self.path != "/stats":
+            self._reply(HTTPStatus.NOT_FOUND, b"{}")
+            return
+        fake = self.server.fake
+        with fake._lock:
+            stats = {
+                "requests": fake.request_count,
+                "accepted": fake.accepted,
+                "in_outage": fake._outage_kind(fake.clock()) is not None,
+            }
+        self._reply(HTTPStatus.OK, json.dumps(stats).encode())
 
 
 class _Server(LoopbackServer):
@@ -179,12 +209,16 @@ class FakeFcmServer(LoopbackFake):
         self.received: list[ReceivedMessage] = []
         self.attempts: Counter[str] = Counter()
         self.request_count = 0
+        self.accepted = 0
         self.token_requests = 0
         self.rejected_auth = 0
         self.connections = 0
         self._failures: dict[str, list[Any]] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
+        self.clock = time.monotonic
+        self._outage: tuple[float, float, str] | None = None  # (start, end, kind)
+        self.outage_retry_after: str | None = None
 
     @property
     def token_uri(self) -> str:
@@ -198,6 +232,24 @@ class FakeFcmServer(LoopbackFake):
         with self._lock:
             self._failures[token] = [times, kind]
 
+    def outage(self, seconds: float, kind: str = "unavailable", *, after: float = 0.0) -> None:
+        """From `after` seconds on, answer every send `kind` for `seconds` (on `clock`)."""
+        if kind not in ERRORS:
+            raise ValueError(f"unknown error kind {kind!r}")
+        start = self.clock() + after
+        with self._lock:
+            self._outage = (start, start + seconds, kind)
+
+    def in_outage(self) -> bool:
+        """Whether a scripted outage is going on now."""
+        with self._lock:
+            return self._outage_kind(self.clock()) is not None
+
+    def requests_between(self, start: float, end: float) -> int:
+        """How many sends arrived in [start, end) on the fake's clock."""
+        with self._lock:
+            return sum(1 for m in self.received if start <= m.at < end)
+
     def messages_for(self, token: str) -> list[ReceivedMessage]:
         """Every recorded send to `token`, oldest first."""
         with self._lock:
@@ -209,6 +261,7 @@ class FakeFcmServer(LoopbackFake):
             self.received.clear()
             self.attempts.clear()
             self.request_count = 0
+            self.accepted = 0
             self.token_requests = 0
             self.rejected_auth = 0
             self.connections = 0
@@ -227,12 +280,15 @@ class FakeFcmServer(LoopbackFake):
 
     def _answer(
         self, project: str, token: str, body: dict[str, Any], headers: Message
-    ) -> tuple[str, str | None]:
+    ) -> tuple[str, str | None, bool]:
         with self._lock:
             self.request_count += 1
-            answer = self._planned_failure(token) or self._behaviour(token)
+            now = self.clock()
+            outage = self._outage_kind(now)
+            answer = outage or self._planned_failure(token) or self._behaviour(token)
             message_id = None
             if answer == "ok":
+                self.accepted += 1
                 message_id = f"projects/{project}/messages/{next(self._ids)}"
             if self.record:
                 self.attempts[token] += 1
@@ -243,9 +299,16 @@ class FakeFcmServer(LoopbackFake):
                     answer,
                     message_id,
                     {k.lower(): v for k, v in headers.items()},
+                    now,
                 )
                 self.received.append(received)
-        return answer, message_id
+        return answer, message_id, outage is not None
+
+    def _outage_kind(self, now: float) -> str | None:
+        if self._outage is None:
+            return None
+        start, end, kind = self._outage
+        return kind if start <= now < end else None
 
     def _planned_failure(self, token: str) -> str | None:
         plan = self._failures.get(token)
@@ -307,8 +370,15 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=9099)
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--service-account", help="also write a credentials file here")
+    parser.add_argument("--outage-after", type=float, default=0.0, help="seconds from start")
+    parser.add_argument("--outage-seconds", type=float, default=0.0)
+    parser.add_argument("--outage-kind", default="unavailable", choices=sorted(ERRORS))
+    parser.add_argument("--outage-retry-after", default=None, help="Retry-After it sends")
     args = parser.parse_args()
     server = FakeFcmServer(port=args.port, delay=args.delay, record=False).start()
+    if args.outage_seconds:
+        server.outage_retry_after = args.outage_retry_after
+        server.outage(args.outage_seconds, args.outage_kind, after=args.outage_after)
     if args.service_account:
         write_service_account(args.service_account, server)
     print(f"fake FCM listening on {server.url}", flush=True)

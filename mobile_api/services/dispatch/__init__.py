@@ -6,7 +6,11 @@ By job:
   transaction.
 - `send`: claim a chunk of due rows (consent and deliverability read in that query),
   hand it to the push service, record the outcomes.
-- `recovery`: claims left by a dead dispatcher; campaigns whose Celery tasks were lost.
+- `handoff`: the deployment-wide send rate, and the lease a dispatcher keeps on the rows
+  it is handing over.
+- `breaker`: while FCM fails, a campaign backs off as a whole.
+- `recovery`: claims left by a dead dispatcher (sent again, in-flight ones with the
+  same collapse identity); campaigns whose Celery tasks were lost.
 - `schedule`: the one scheduling contract of both dispatchers, "this work is due at T".
 
 Callers import from here; the modules are how the code is organised, not an API.
@@ -14,25 +18,37 @@ Callers import from here; the modules are how the code is organised, not an API.
 
 from .core import INTERRUPTED, Settings, lock_campaign, transport
 from .enumerate import Batch, enumerate_batch
+from .handoff import SendLimiter, send_limiter
 from .recovery import (
     hold_recovery,
     note_progress,
     queue_recovery,
+    release_lapsed_claims,
     resolve_interrupted,
     stalled,
 )
 from .schedule import Agenda, active_campaign_ids, agenda, due_at, has_work, next_due
-from .send import ChunkResult, backoff_seconds, finish_if_done, process_chunk, run_campaign
+from .send import (
+    ChunkResult,
+    backoff_seconds,
+    collapse_id,
+    finish_if_done,
+    process_chunk,
+    retry_deadline,
+    run_campaign,
+)
 
 __all__ = [
     "INTERRUPTED",
     "Agenda",
     "Batch",
     "ChunkResult",
+    "SendLimiter",
     "Settings",
     "active_campaign_ids",
     "agenda",
     "backoff_seconds",
+    "collapse_id",
     "due_at",
     "enumerate_batch",
     "finish_if_done",
@@ -43,8 +59,11 @@ __all__ = [
     "note_progress",
     "process_chunk",
     "queue_recovery",
+    "release_lapsed_claims",
     "resolve_interrupted",
+    "retry_deadline",
     "run_campaign",
+    "send_limiter",
     "stalled",
     "transport",
 ]

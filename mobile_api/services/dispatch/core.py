@@ -28,10 +28,12 @@ class Settings:
 
     chunk_size: int = 500
     enumerate_batch: int = 5000
-    max_attempts: int = 5
+    max_attempts: int = 0  # 0: no count limit, only the retry window
     retry_base_seconds: float = 2.0
     retry_max_seconds: float = 600.0
-    claim_lease_seconds: float = 600.0
+    claim_lease_seconds: float = 30.0
+    retry_window_seconds: float = 86400.0
+    breaker_max_seconds: float = 30.0
     # v1.1, unset by default (v1 behaviour): the deployment's quiet hours for
     # promotional messages, and the frequency caps of promotional hand-offs.
     quiet_hours: QuietHours | None = None
@@ -47,6 +49,8 @@ class Settings:
             retry_base_seconds=float(config["PUSH_RETRY_BASE_SECONDS"]),
             retry_max_seconds=float(config["PUSH_RETRY_MAX_SECONDS"]),
             claim_lease_seconds=float(config["DISPATCH_CLAIM_LEASE_SECONDS"]),
+            retry_window_seconds=float(config["PUSH_RETRY_WINDOW_SECONDS"]),
+            breaker_max_seconds=float(config["PUSH_BREAKER_MAX_SECONDS"]),
             quiet_hours=QuietHours.parse(config.get("QUIET_HOURS")),
             caps=parse_caps(config.get("PROMO_FREQUENCY_CAP")),
         )

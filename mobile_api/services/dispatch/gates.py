@@ -22,6 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from mobile_api.services import Db, is_postgresql
+from mobile_api.services import audience as aud
 from mobile_api.services import messaging as rules
 from mobile_api.services.messaging import EXPIRED, FREQUENCY_CAPPED
 from models import Campaign, CampaignCategory, Delivery, Device
@@ -104,8 +105,9 @@ def _within_caps(
             .with_for_update(key_share=True)
         ).all()
     widest = max(cap.window for cap in settings.caps)
+    at = aud.hand_off_time()
     columns = [
-        sa.func.sum(sa.case((Delivery.handed_at > now - cap.window, 1), else_=0)).label(f"c{i}")
+        sa.func.sum(sa.case((at > now - cap.window, 1), else_=0)).label(f"c{i}")
         for i, cap in enumerate(settings.caps)
     ]
     # Other campaigns only: a retry of this campaign's message is the same message.
@@ -113,9 +115,11 @@ def _within_caps(
         row.device_id: row
         for row in session.execute(
             sa.select(Delivery.device_id, *columns)
+            .join(Campaign, Campaign.id == Delivery.campaign_id)
             .where(
                 Delivery.device_id.in_(device_ids),
-                Delivery.handed_at > now - widest,
+                at > now - widest,
+                Campaign.category == CampaignCategory.PROMOTIONAL,
                 Delivery.campaign_id != campaign_id,
             )
             .group_by(Delivery.device_id)

@@ -7,37 +7,96 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 
 from mobile_api.services import Db, campaigns
-from models import Campaign, Delivery, DeliveryStatus, utcnow
+from models import Campaign, CampaignStatus, Delivery, DeliveryStatus, utcnow
 
 from .core import INTERRUPTED, Settings, log
 
 
-def resolve_interrupted(session: Db, settings: Settings) -> int:
-    """Chunks claimed longer than the lease ago belong to a dead dispatcher: never re-send."""
-    cutoff = utcnow() - timedelta(seconds=settings.claim_lease_seconds)
-    lapsed = (Delivery.claimed_at < cutoff, Delivery.status == DeliveryStatus.SENDING)
+def release_lapsed_claims(
+    session: Db,
+    settings: Settings,
+    *,
+    campaign_id: str | None = None,
+    first_id: int | None = None,
+    last_id: int | None = None,
+) -> int:
+    """Give the rows of dead dispatchers (lease lapsed) back to be sent; how many.
+
+    A row claimed but never handed over is simply sent again. A row in flight
+    (handed over, its answer never recorded) is handed over once more: the same
+    campaign makes the same message with the same collapse identity (Android tag
+    and collapse key, apns-collapse-id), so a device that shows the first copy
+    replaces it. Either way it goes back to `pending`, due now, so the next claim
+    reads consent and deliverability again, and it is counted once, by the outcome
+    of its last hand-off (a late answer to the first one is fenced off by the
+    attempts value of the new claim).
+
+    On a cancelled campaign nothing is sent again: rows never handed over are
+    suppressed `cancelled`, rows in flight are failed `interrupted` (what became of
+    them is unknown).
+    """
+    now = utcnow()
+    lapsed = [
+        Delivery.status == DeliveryStatus.SENDING,
+        Delivery.claimed_at < now - timedelta(seconds=settings.claim_lease_seconds),
+    ]
+    if campaign_id is not None:
+        lapsed.append(Delivery.campaign_id == campaign_id)
+    if first_id is not None:
+        lapsed.append(Delivery.id >= first_id)
+    if last_id is not None:
+        lapsed.append(Delivery.id <= last_id)
     # Look before writing: an idle poll must not take SQLite's single write lock.
     if not session.scalar(sa.select(sa.select(Delivery.id).where(*lapsed).exists())):
         session.commit()
         return 0
-    campaign_ids = session.scalars(
+    cancelled = Delivery.campaign_id.in_(
+        sa.select(Campaign.id).where(Campaign.status == CampaignStatus.CANCELLED)
+    )
+    ended = session.execute(
+        sa.update(Delivery)
+        .where(*lapsed, cancelled)
+        .values(
+            status=sa.case(
+                (Delivery.handed_at.is_(None), DeliveryStatus.SUPPRESSED.value),
+                else_=DeliveryStatus.FAILED.value,
+            ),
+            reason=sa.case((Delivery.handed_at.is_(None), "cancelled"), else_=INTERRUPTED),
+            claimed_at=None,
+            updated_at=now,
+        )
+        .returning(Delivery.campaign_id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    released = session.execute(
         sa.update(Delivery)
         .where(*lapsed)
-        .values(status=DeliveryStatus.FAILED, reason=INTERRUPTED, claimed_at=None)
-        .returning(Delivery.campaign_id)
+        .values(status=DeliveryStatus.PENDING, next_attempt_at=now, claimed_at=None, updated_at=now)
+        .returning(Delivery.handed_at)
         .execution_options(synchronize_session=False)
     ).all()
     session.commit()
     # A cancelled campaign may have been waiting on these. After the commit, not
     # in it: holding these rows while waiting for a campaign row that a recording
     # worker holds (and that worker waiting for these rows) would deadlock.
-    for campaign_id in set(campaign_ids):
-        campaigns.store_final_counts(session, campaign_id)
+    for ended_id in {row.campaign_id for row in ended}:
+        campaigns.store_final_counts(session, ended_id)
         session.commit()
-    count = len(campaign_ids)
-    if count:
-        log.warning("%s deliveries were interrupted mid-hand-off; not re-sent", count)
-    return count
+    in_flight = sum(1 for row in released if row.handed_at is not None)
+    if released or ended:
+        log.warning(
+            "claims of a dead dispatcher lapsed: %s deliveries to send again "
+            "(%s of them in flight: same collapse identity), %s ended with their "
+            "cancelled campaign",
+            len(released),
+            in_flight,
+            len(ended),
+        )
+    return len(released) + len(ended)
+
+
+# The name the Celery sweep and the worker used before lapsed claims were sent again.
+resolve_interrupted = release_lapsed_claims
 
 
 def note_progress(session: Db, campaign_id: str, every: timedelta) -> None:

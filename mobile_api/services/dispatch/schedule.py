@@ -9,14 +9,16 @@ All of it only reads, so an idle dispatcher asking never takes SQLite's write lo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 
 from mobile_api.services import Db
 from models import ACTIVE_STATUSES, Campaign, Delivery, DeliveryStatus, utcnow
+from models.base import UTCDateTime
 
-from .core import UNFINISHED
+from .core import UNFINISHED, Settings
 
 
 def active_campaign_ids(session: Db) -> list[str]:
@@ -28,22 +30,6 @@ def active_campaign_ids(session: Db) -> list[str]:
     ).all()
     session.commit()
     return list(ids)
-
-
-def next_due(
-    session: Db, campaign_id: str, first_id: int = 0, last_id: int | None = None
-) -> datetime | None:
-    """When the earliest pending delivery in an id range may next be tried."""
-    stmt = sa.select(sa.func.min(Delivery.next_attempt_at)).where(
-        Delivery.campaign_id == campaign_id,
-        Delivery.status == DeliveryStatus.PENDING,
-        Delivery.id >= first_id,
-    )
-    if last_id is not None:
-        stmt = stmt.where(Delivery.id <= last_id)
-    value: datetime | None = session.scalar(stmt)
-    session.commit()
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,40 +47,94 @@ def due_at(
     first_id: int | None = None,
     last_id: int | None = None,
     now: datetime | None = None,
+    settings: Settings | None = None,
 ) -> datetime | None:
     """When this work is next due; a moment at or before `now` means now, None never.
 
     Without an id range it is the whole campaign: due now while it is active and has
     an audience left to enumerate or nothing left undecided (it is ready to
-    complete); else when its earliest pending delivery may be tried. With a range
-    (a Celery chunk), only that range's pending deliveries count. Work another
-    dispatcher holds is its own, so it never makes a campaign due here.
+    complete). Otherwise, within the range if one is given (a Celery chunk), the
+    earliest of: a pending delivery's next attempt (not before the campaign's
+    circuit breaker lets it through), and the lapse of the lease on a chunk
+    another dispatcher claimed (if that one died, its rows are sent again then).
     """
     now = now or utcnow()
-    if first_id is not None or last_id is not None:
-        return next_due(session, campaign_id, first_id or 0, last_id)
-    deliveries = sa.select(Delivery.id).where(Delivery.campaign_id == campaign_id)
-    undecided = deliveries.where(Delivery.status.in_(UNFINISHED)).exists()
-    campaign = session.execute(
-        sa.select(Campaign.status, Campaign.enumeration_done, undecided.label("undecided")).where(
-            Campaign.id == campaign_id
-        )
-    ).first()
-    session.commit()
-    if campaign is None or campaign.status not in ACTIVE_STATUSES:
+    lease = timedelta(seconds=(settings or Settings()).claim_lease_seconds)
+    whole = first_id is None and last_id is None
+    rows = [Delivery.campaign_id == campaign_id]
+    if first_id is not None:
+        rows.append(Delivery.id >= first_id)
+    if last_id is not None:
+        rows.append(Delivery.id <= last_id)
+    pending = (*rows, Delivery.status == DeliveryStatus.PENDING)
+    claimed = (
+        sa.select(sa.func.min(Delivery.claimed_at))
+        .where(*rows, Delivery.status == DeliveryStatus.SENDING)
+        .scalar_subquery()
+    )
+    columns: list[Any] = [
+        Campaign.status,
+        Campaign.enumeration_done,
+        Campaign.breaker_until,
+        # EXISTS stops at the first due row; the earliest of all is looked for
+        # only when none is due.
+        sa.select(Delivery.id)
+        .where(*pending, Delivery.next_attempt_at <= now)
+        .exists()
+        .label("due_now"),
+        sa.type_coerce(claimed, UTCDateTime()).label("claimed"),
+    ]
+    if whole:
+        undecided = sa.select(Delivery.id).where(*rows, Delivery.status.in_(UNFINISHED)).exists()
+        columns.append(undecided.label("undecided"))
+    found = session.execute(sa.select(*columns).where(Campaign.id == campaign_id)).first()
+    if found is None or found.status not in ACTIVE_STATUSES:
+        session.commit()
         return None
-    if not campaign.enumeration_done or not campaign.undecided:
+    if whole and (not found.enumeration_done or not found.undecided):
+        session.commit()
         return now
-    return next_due(session, campaign_id)
+    breaker = found.breaker_until
+    moments = []
+    if found.claimed is not None:
+        moments.append(found.claimed + lease)
+    if found.due_now and (breaker is None or breaker <= now):
+        moments.append(now)
+    else:
+        earliest = session.scalar(sa.select(sa.func.min(Delivery.next_attempt_at)).where(*pending))
+        if earliest is not None:
+            moments.append(max(earliest, breaker or earliest))
+    session.commit()
+    return min(moments, default=None)
 
 
-def agenda(session: Db, now: datetime | None = None) -> Agenda:
+def next_due(
+    session: Db, campaign_id: str, first_id: int = 0, last_id: int | None = None
+) -> datetime | None:
+    """The earliest next attempt of a pending delivery in an id range, however overdue.
+
+    The Celery sweep tells a lost campaign by how long its work has been overdue;
+    dispatchers deciding when to come back ask `due_at`.
+    """
+    stmt = sa.select(sa.func.min(Delivery.next_attempt_at)).where(
+        Delivery.campaign_id == campaign_id,
+        Delivery.status == DeliveryStatus.PENDING,
+        Delivery.id >= first_id,
+    )
+    if last_id is not None:
+        stmt = stmt.where(Delivery.id <= last_id)
+    value: datetime | None = session.scalar(stmt)
+    session.commit()
+    return value
+
+
+def agenda(session: Db, now: datetime | None = None, settings: Settings | None = None) -> Agenda:
     """The active campaigns due now (oldest first) and when the next one is."""
     now = now or utcnow()
     due: list[str] = []
     later: list[datetime] = []
     for campaign_id in active_campaign_ids(session):
-        at = due_at(session, campaign_id, now=now)
+        at = due_at(session, campaign_id, now=now, settings=settings)
         if at is None:
             continue
         if at <= now:
@@ -104,12 +144,12 @@ def agenda(session: Db, now: datetime | None = None) -> Agenda:
     return Agenda(due, min(later, default=None))
 
 
-def has_work(session: Db, campaign_id: str) -> bool:
+def has_work(session: Db, campaign_id: str, settings: Settings | None = None) -> bool:
     """Whether a pass over the campaign would change anything now; reads only.
 
     A campaign only waiting for retries or for another dispatcher's chunk is left
     alone, so an idle poll never takes SQLite's single write lock.
     """
     now = utcnow()
-    at = due_at(session, campaign_id, now=now)
+    at = due_at(session, campaign_id, now=now, settings=settings)
     return at is not None and at <= now

@@ -27,7 +27,6 @@ from mobile_api.services import audience as aud
 from mobile_api.services import messaging as rules
 from models import (
     Campaign,
-    CampaignCategory,
     CampaignStatus,
     Category,
     Delivery,
@@ -37,9 +36,10 @@ from models import (
 )
 from models.base import UTCDateTime
 
-from . import gates
+from . import breaker, gates
 from .core import UNFINISHED, Settings, lock_campaign, log, set_deliveries
 from .enumerate import enumerate_batch
+from .handoff import LeaseKeeper, SendLimiter
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +48,15 @@ class ChunkResult:
 
     claimed: int = 0
     last_id: int | None = None
+
+
+def collapse_id(campaign: Campaign) -> str:
+    """The campaign's identity on a device: every hand-off of it to one device carries it.
+
+    The campaign's collapse key when it has one (a newer campaign with the same key
+    replaces an older one, as marketers expect of a collapse key), else its id.
+    """
+    return campaign.collapse_key or campaign.id
 
 
 def _message(campaign: Campaign, category: Category | None, row: Any, now: datetime) -> PushMessage:
@@ -68,6 +77,7 @@ def _message(campaign: Campaign, category: Category | None, row: Any, now: datet
         image_url=campaign.image_url,
         sound=campaign.sound,
         badge=campaign.badge,
+        collapse_id=collapse_id(campaign),
     )
 
 
@@ -103,6 +113,25 @@ def backoff_seconds(
     return max(rng.uniform(ceiling / 2, ceiling), retry_after or 0.0)
 
 
+def retry_deadline(
+    campaign: Campaign, settings: Settings, now: datetime, due: datetime | None = None
+) -> datetime:
+    """Until when a message of the campaign is retried: the retry window, or its TTL if shorter.
+
+    Both count from when the campaign started sending, or from when the messages
+    became due if later (a scheduled wave); past it a message FCM keeps refusing as
+    retryable is failed with the last reason. (Promotions have a TTL by default in
+    v1.1, so the window must bound them too.)
+    """
+    window = settings.retry_window_seconds
+    if campaign.ttl_seconds is not None:
+        window = min(window, float(campaign.ttl_seconds))
+    origin = campaign.started_at or now
+    if due is not None:
+        origin = max(origin, due)
+    return origin + timedelta(seconds=window)
+
+
 _rng = random.Random()  # noqa: S311 - jitter, not a secret
 
 
@@ -114,8 +143,13 @@ def process_chunk(
     *,
     after_id: int = 0,
     upto_id: int | None = None,
+    limiter: SendLimiter | None = None,
 ) -> ChunkResult:
-    """Claim the next due pending deliveries (id > after_id), hand them to FCM, record."""
+    """Claim the next due pending deliveries (id > after_id), hand them to FCM, record.
+
+    Nothing while the campaign's circuit breaker is open; one probe message when it
+    is half-open (the wait after a failing chunk is over).
+    """
     now = utcnow()
     campaign = lock_campaign(session, campaign_id, exclusive=False)
     if campaign is not None and campaign.status == CampaignStatus.SCHEDULED:
@@ -126,6 +160,9 @@ def process_chunk(
         session.commit()
         return ChunkResult()
     category = session.get(Category, campaign.category_key)
+    if campaign.breaker_until is not None and campaign.breaker_until > now:
+        session.commit()
+        return ChunkResult()
     # The device's state is read here, in the query that selects the chunk.
     rule = categories.rule(category) if category is not None else campaign.category
     reason = sa.case((Device.id.is_(None), aud.ERASED), else_=aud.exclusion_reason(rule)).label(
@@ -155,7 +192,7 @@ def process_chunk(
             Delivery.id > after_id,
         )
         .order_by(Delivery.id)
-        .limit(settings.chunk_size)
+        .limit(1 if campaign.breaker_trips else settings.chunk_size)
     )
     if upto_id is not None:
         stmt = stmt.where(Delivery.id <= upto_id)
@@ -179,24 +216,32 @@ def process_chunk(
     if verdicts.deferred:
         _defer(session, verdicts.deferred, now)
     if to_send:
-        promotional = campaign.category == CampaignCategory.PROMOTIONAL
+        # Without a send rate to wait for, the hand-off follows at once: the claim
+        # marks the rows handed (in flight) in the same transaction. With one, each
+        # slice is marked just before it goes, so rows still waiting when the
+        # dispatcher dies are known never to have left.
         set_deliveries(
             session,
             [row.id for row in to_send],
             status=DeliveryStatus.SENDING,
             claimed_at=now,
+            handed_at=now if limiter is None else None,
             attempts=Delivery.attempts + 1,
             updated_at=now,
-            # What frequency caps count: promotional messages handed over.
-            handed_at=now if promotional else None,
         )
     messages = [_message(campaign, category, row, now) for row in to_send]
+    waves = [row.due_at for row in to_send if row.due_at is not None]
+    deadline = retry_deadline(campaign, settings, now, min(waves, default=None))
+    trips = campaign.breaker_trips
     session.commit()  # the claim: from here on no other dispatcher takes these rows
 
-    results: list[SendResult] = []
-    for start in range(0, len(messages), push.max_batch):
-        results += push.send(messages[start : start + push.max_batch])
-    _record(session, campaign_id, to_send, results, settings)
+    fence = {row.id: row.attempts + 1 for row in to_send}
+    bind = session.get_bind()
+    engine = bind if isinstance(bind, sa.Engine) else bind.engine
+    with LeaseKeeper(engine, fence, settings.claim_lease_seconds):
+        results = _hand_off(session, push, to_send, messages, limiter)
+    _record(session, campaign_id, to_send, results, settings, deadline)
+    breaker.update(session, campaign_id, trips, results, settings)
     return ChunkResult(claimed=len(rows), last_id=rows[-1].id)
 
 
@@ -215,30 +260,74 @@ def _defer(session: Db, deferred: list[tuple[int, datetime]], now: datetime) -> 
     )
 
 
+def _hand_off(
+    session: Db,
+    push: PushTransport,
+    rows: list[Any],
+    messages: list[PushMessage],
+    limiter: SendLimiter | None,
+) -> list[SendResult | None]:
+    """Hand the messages over, slice by slice; None for those never handed over."""
+    results: list[SendResult | None] = []
+    step = push.max_batch if limiter is None else min(push.max_batch, limiter.slice_size)
+    for start in range(0, len(messages), step):
+        batch = messages[start : start + step]
+        if limiter is not None:
+            if not limiter.acquire():
+                results += [None] * (len(messages) - start)
+                break
+            ids = [row.id for row in rows[start : start + step]]
+            set_deliveries(session, ids, handed_at=utcnow())
+            session.commit()
+        results += push.send(batch)
+    return results
+
+
 def _record(
     session: Db,
     campaign_id: str,
     rows: list[Any],
-    results: list[SendResult],
+    results: list[SendResult | None],
     settings: Settings,
+    deadline: datetime,
 ) -> None:
-    """Write the outcome of a hand-off, in one transaction."""
+    """Write the outcome of a hand-off, in one transaction.
+
+    Only rows still claimed by this hand-off are written (status `sending` and the
+    attempts value the claim set): a row whose lease lapsed meanwhile belongs to
+    whoever took it over, and is counted by the outcome of its last hand-off.
+    """
     now = utcnow()
-    sent: list[int] = []
+    sent: dict[int, list[int]] = defaultdict(list)
     updates: list[dict[str, Any]] = []
     pruned: list[dict[str, Any]] = []
-    counts = {"sent": 0, "failed": 0, "retrying": 0}
+    counts = {"sent": 0, "failed": 0, "retrying": 0, "not_handed": 0}
     # send() keeps the order of messages, so result i belongs to row i.
     for row, result in zip(rows, results, strict=True):
         attempts = row.attempts + 1
-        if result.outcome == Outcome.SENT:
-            sent.append(row.id)  # all alike: one UPDATE … WHERE id IN (…) below
+        if result is not None and result.outcome == Outcome.SENT:
+            sent[attempts].append(row.id)  # alike: one UPDATE … WHERE id IN (…) each
             counts["sent"] += 1
             continue
-        update = {"b_id": row.id, "b_reason": result.error, "b_next": now, "b_now": now}
-        if result.outcome == Outcome.RETRY and attempts < settings.max_attempts:
+        update = {
+            "b_id": row.id,
+            "b_claim": attempts,
+            "b_attempts": attempts,
+            "b_next": now,
+            "b_now": now,
+        }
+        if result is None:
+            # Never handed over (no send slot): simply sent again, not an attempt.
+            update.update(b_status=DeliveryStatus.PENDING, b_reason=None, b_attempts=row.attempts)
+            counts["not_handed"] += 1
+        elif (
+            result.outcome == Outcome.RETRY
+            and now < deadline
+            and (settings.max_attempts <= 0 or attempts < settings.max_attempts)
+        ):
             delay = backoff_seconds(attempts, result.retry_after, settings, _rng)
-            update.update(b_status=DeliveryStatus.PENDING, b_next=now + timedelta(seconds=delay))
+            retry_at = min(now + timedelta(seconds=delay), deadline)
+            update.update(b_status=DeliveryStatus.PENDING, b_reason=result.error, b_next=retry_at)
             counts["retrying"] += 1
         else:
             update.update(b_status=DeliveryStatus.FAILED, b_reason=result.error or "unknown")
@@ -251,10 +340,14 @@ def _record(
     # rows go back to pending (and is seen by _suppress_if_cancelled), and a later
     # cancel waits for this commit, so no retry is left pending on a cancelled campaign.
     lock_campaign(session, campaign_id, exclusive=False)
-    if sent:
+    for attempts, ids in sent.items():
         session.execute(
             sa.update(table)
-            .where(table.c.id.in_(sent), table.c.status == DeliveryStatus.SENDING)
+            .where(
+                table.c.id.in_(ids),
+                table.c.status == DeliveryStatus.SENDING,
+                table.c.attempts == attempts,
+            )
             .values(
                 status=DeliveryStatus.SENT,
                 reason=None,
@@ -269,10 +362,12 @@ def _record(
             .where(
                 table.c.id == sa.bindparam("b_id"),
                 table.c.status == DeliveryStatus.SENDING,
+                table.c.attempts == sa.bindparam("b_claim"),
             )
             .values(
                 status=sa.bindparam("b_status"),
                 reason=sa.bindparam("b_reason"),
+                attempts=sa.bindparam("b_attempts"),
                 next_attempt_at=sa.bindparam("b_next", type_=UTCDateTime()),
                 updated_at=sa.bindparam("b_now", type_=UTCDateTime()),
                 claimed_at=None,
@@ -292,17 +387,18 @@ def _record(
             .values(push_token_invalid_at=sa.bindparam("b_now", type_=UTCDateTime())),
             pruned,
         )
-    if counts["retrying"]:
+    if counts["retrying"] or counts["not_handed"]:
         _suppress_if_cancelled(session, campaign_id, now)
     session.commit()
-    if counts["failed"] or pruned:
+    if counts["failed"] or pruned or counts["not_handed"]:
         log.info(
-            "campaign %s: %s sent, %s failed (%s tokens pruned), %s to retry",
+            "campaign %s: %s sent, %s failed (%s tokens pruned), %s to retry, %s not handed over",
             campaign_id,
             counts["sent"],
             counts["failed"],
             len(pruned),
             counts["retrying"],
+            counts["not_handed"],
         )
 
 
@@ -371,13 +467,16 @@ def run_campaign(
     settings: Settings,
     *,
     max_chunks: int | None = None,
+    limiter: SendLimiter | None = None,
 ) -> int:
     """Enumerate and send what is due now, chunk by chunk; the number of chunks claimed."""
     after = 0
     chunks = 0
     enumerated = False
     while max_chunks is None or chunks < max_chunks:
-        result = process_chunk(session, push, campaign_id, settings, after_id=after)
+        result = process_chunk(
+            session, push, campaign_id, settings, after_id=after, limiter=limiter
+        )
         if result.claimed:
             after = result.last_id or after
             chunks += 1

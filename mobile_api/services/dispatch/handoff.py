@@ -1,0 +1,136 @@
+"""The hand-off of a claimed chunk: the deployment's send rate, and the claim's lease.
+
+Why a lease renewed while working rather than dispatcher heartbeats: a chunk is
+usually handed over in well under a third of the lease, so the lease costs no
+write at all in the common case, needs no table of dispatchers, and guards exactly
+the rows it names; only a hand-off that outlasts a third of it (FCM timing out,
+the send rate making it wait) renews it, from a thread, as long as the process
+lives. A killed dispatcher stops renewing, and within the lease the rows are
+another dispatcher's to send (recovery.release_lapsed_claims).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import defaultdict
+from types import TracebackType
+
+import sqlalchemy as sa
+from flask import Flask
+
+from mobile_api.geo.cache import make_limiter
+from mobile_api.geo.errors import ProviderUnavailable
+from mobile_api.push import MAX_BATCH
+from models import Delivery, DeliveryStatus, utcnow
+
+log = logging.getLogger("mobile_api.services.dispatch")
+
+# Slots are reserved for a slice of messages at a time, a fifth of a second's worth.
+_SLICES_PER_SECOND = 5
+# A slot further away than this is not waited for: the rest of the chunk goes back
+# to pending, never handed over, and is sent later (by whichever dispatcher).
+_MAX_SLOT_WAIT_SECONDS = 10.0
+
+
+class SendLimiter:
+    """FCM_MAX_MESSAGES_PER_SECOND for the whole deployment, as the geocoder's limit is shared.
+
+    Each acquire reserves the next slot for `slice_size` messages, in Redis
+    (deployment-wide) when REDIS_URL is set, else in a locked file every process
+    of the host shares. Unreachable, it refuses rather than sending unthrottled.
+    """
+
+    def __init__(self, rate: float, redis_url: str | None, slot_file: str | None, key: str) -> None:
+        if rate <= 0:
+            raise ValueError("FCM_MAX_MESSAGES_PER_SECOND must be positive")
+        self.slice_size = max(1, min(MAX_BATCH, int(rate / _SLICES_PER_SECOND)))
+        self._limiter = make_limiter(
+            redis_url, self.slice_size / rate, key=key, slot_file=slot_file
+        )
+
+    def acquire(self) -> bool:
+        """Wait for the next slot of `slice_size` messages; False if it cannot be had."""
+        try:
+            self._limiter.acquire(_MAX_SLOT_WAIT_SECONDS)
+        except ProviderUnavailable:
+            return False
+        return True
+
+
+def send_limiter(app: Flask) -> SendLimiter | None:
+    """The app's send limiter (None without FCM_MAX_MESSAGES_PER_SECOND), built once."""
+    rate = app.config.get("FCM_MAX_MESSAGES_PER_SECOND")
+    if not rate:
+        return None
+    existing: SendLimiter | None = app.extensions.get("fcm_send_limiter")
+    if existing is None:
+        slot_file = app.config.get("FCM_LIMITER_FILE") or os.path.join(
+            app.instance_path, "fcm-slot"
+        )
+        existing = SendLimiter(
+            float(rate),
+            app.config.get("REDIS_URL"),
+            slot_file,
+            f"{app.config['CELERY_QUEUE']}:fcm-send-slot",
+        )
+        app.extensions["fcm_send_limiter"] = existing
+    return existing
+
+
+class LeaseKeeper:
+    """Renews the claim of rows being handed over, every third of the lease, from a thread.
+
+    `fence` maps each row id to the attempts value its claim set: a row another
+    dispatcher has taken over since (its lease lapsed) is left alone.
+    """
+
+    def __init__(self, engine: sa.Engine, fence: dict[int, int], lease_seconds: float) -> None:
+        self._engine = engine
+        self._groups: dict[int, list[int]] = defaultdict(list)
+        for row_id, attempts in fence.items():
+            self._groups[attempts].append(row_id)
+        self._every = lease_seconds / 3
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> LeaseKeeper:
+        if self._groups and self._every > 0:
+            self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            try:
+                self.renew()
+            except sa.exc.SQLAlchemyError:
+                # The next renewal may get through; if none does, the lease lapses
+                # and the chunk is sent again, with the same collapse identity.
+                log.warning("could not renew a claim's lease", exc_info=True)
+
+    def renew(self) -> None:
+        """Push the lease of the rows still ours forward to now."""
+        now = utcnow()
+        with self._engine.begin() as conn:
+            for attempts, ids in self._groups.items():
+                conn.execute(
+                    sa.update(Delivery)
+                    .where(
+                        Delivery.id.in_(ids),
+                        Delivery.status == DeliveryStatus.SENDING,
+                        Delivery.attempts == attempts,
+                    )
+                    .values(claimed_at=now)
+                )
