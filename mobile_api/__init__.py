@@ -82,6 +82,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from mobile_api.routes import inventory
 
     api.register_blueprint(inventory.blp)
+
+    from mobile_api.routes import categories
+
+    api.register_blueprint(categories.blp)
     cli.init_app(app)
     docs.init_app(app)
     push.init_app(app)

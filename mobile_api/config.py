@@ -58,6 +58,14 @@ class Defaults:
     # Celery on Redis: a task a dead worker had taken goes back to the queue after this.
     CELERY_VISIBILITY_TIMEOUT = 30.0
     CELERY_QUEUE = "mobile_api"
+    # Promotional messages due inside quiet hours ("21:00-08:00", device's timezone)
+    # wait for their end; caps ("2/1d,5/7d") limit promotional hand-offs per device.
+    # Unset: v1 behaviour. A device's own quiet hours apply either way.
+    QUIET_HOURS: str | None = None
+    PROMO_FREQUENCY_CAP: str | None = None
+    # Celery: a task comes back by countdown only for work due this soon; later
+    # work (scheduled waves, quiet hours) is found by the beat sweep.
+    DISPATCH_COUNTDOWN_MAX_SECONDS = 60.0
 
     GEOCODER_DOMAIN = "nominatim.openstreetmap.org"
     GEOCODER_SCHEME = "https"
@@ -177,6 +185,9 @@ _ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "PROXY_FIX_X_PROTO": ("PROXY_FIX_X_PROTO", int),
     "METRICS_TOKEN": ("METRICS_TOKEN", str),
     "LOG_LEVEL": ("LOG_LEVEL", str),
+    "QUIET_HOURS": ("QUIET_HOURS", str),
+    "PROMO_FREQUENCY_CAP": ("PROMO_FREQUENCY_CAP", str),
+    "DISPATCH_COUNTDOWN_MAX_SECONDS": ("DISPATCH_COUNTDOWN_MAX_SECONDS", float),
     "SECRET_KEY_FILE": ("SECRET_KEY_FILE", str),
     "HEARTBEAT_FILE": ("HEARTBEAT_FILE", str),
     "APNS_KEY_FILE": ("APNS_KEY_FILE", str),

@@ -84,3 +84,31 @@ class PushProviderMismatch(DomainError):
         super().__init__("push_provider, push_token and platform do not belong together.")
         # What is wrong with which body field, reported as validation errors are.
         self.fields = fields
+
+
+class CategoryKindImmutable(DomainError):
+    """A category's kind is fixed once it is created."""
+
+
+class CategorySettingsInvalid(DomainError):
+    """A category's settings break the rules of its kind."""
+
+
+class UnknownCategory(DomainError):
+    """No such notification category."""
+
+
+class CategoryNotChangeable(DomainError):
+    """The category is unknown or not the user's to change."""
+
+
+class CategoryNotAllowed(DomainError):
+    """Campaigns take promotional or service categories only."""
+
+
+class CategoryMismatch(DomainError):
+    """category and category_key disagree."""
+
+
+class CampaignScheduledFieldFixed(DomainError):
+    """A scheduled campaign keeps its audience and category."""

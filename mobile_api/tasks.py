@@ -132,13 +132,17 @@ def _come_back(task: Task, args: tuple[Any, ...], at: datetime | None) -> None:
 
     Never later than half the visibility timeout from now: a task waiting for its
     countdown is unacknowledged (acks_late), and one held past the timeout would be
-    delivered again, and again. Work due later is asked about again then.
+    delivered again, and again. Work due soon is asked about again then; work due
+    later than DISPATCH_COUNTDOWN_MAX_SECONDS (scheduled waves, the end of quiet
+    hours) is not polled for by every chunk: the sweep finds it when it falls due.
     """
     if at is None:
         return
+    wait = max((at - utcnow()).total_seconds(), 0.0)
+    if wait > float(current_app.config["DISPATCH_COUNTDOWN_MAX_SECONDS"]):
+        return
     longest = float(current_app.config["CELERY_VISIBILITY_TIMEOUT"]) / 2
-    countdown = min(max((at - utcnow()).total_seconds(), 0.0), longest)
-    task.apply_async(args, countdown=countdown)
+    task.apply_async(args, countdown=min(wait, longest))
 
 
 def _settings() -> dispatch.Settings:
@@ -233,7 +237,28 @@ def sweep() -> None:
             except Exception:
                 dispatch.hold_recovery(db.session, campaign_id, None)  # none is outstanding
                 raise
+        elif _due_unattended(campaign, due, now):
+            # Work due now that no task is coming back for (a wave of a scheduled
+            # campaign, the end of quiet hours): send it.
+            dispatch.note_progress(db.session, campaign_id, timedelta(0))
+            dispatch_due.delay(campaign_id)
         dispatch.finish_if_done(db.session, campaign_id)
+
+
+def _due_unattended(campaign: Campaign, due: datetime | None, now: datetime) -> bool:
+    """Whether deliveries are due and no chunk of the campaign progressed for a sweep."""
+    if due is None or due > now or not campaign.enumeration_done:
+        return False
+    quiet_since = now - timedelta(seconds=SWEEP_SECONDS)
+    return campaign.progress_at is None or campaign.progress_at < quiet_since
+
+
+@shared_task(name="mobile_api.dispatch.due", bind=True)
+def dispatch_due(self: Task, campaign_id: str) -> None:
+    """Send a campaign's deliveries due now; come back only if more fall due soon."""
+    _send_due(campaign_id, 0, None)
+    _come_back(self, (campaign_id,), dispatch.due_at(db.session, campaign_id, first_id=0))
+    dispatch.finish_if_done(db.session, campaign_id)
 
 
 @shared_task(name="mobile_api.dispatch.recover", bind=True)

@@ -263,7 +263,7 @@ def test_a_message_carries_apns_headers_and_payload(
         ttl_seconds=600,
         collapse_id="campaign-1",
         priority="high",
-        interruption_level="time-sensitive",
+        ios_interruption_level="time-sensitive",
     )
     assert transports["apns"].send([message])[0].outcome == Outcome.SENT
     [received] = apns.received

@@ -150,8 +150,8 @@ class ProviderToken:
 def payload(message: PushMessage) -> bytes:
     """The notification's JSON: the alert in `aps`, the data as custom keys beside it."""
     aps: dict[str, Any] = {"alert": {"title": message.title, "body": message.body}}
-    if message.interruption_level:
-        aps["interruption-level"] = message.interruption_level
+    if message.ios_interruption_level:
+        aps["interruption-level"] = message.ios_interruption_level
     body: dict[str, Any] = {key: value for key, value in message.data.items() if key != "aps"}
     body["aps"] = aps
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()

@@ -39,8 +39,13 @@ class PushMessage:
     collapse_id: str | None = None
     # Which transport hands it over (see PROVIDERS); the router groups by it.
     provider: str = FCM
-    # iOS: passive | active | time-sensitive | critical (APNs' aps.interruption-level).
-    interruption_level: str | None = None
+    # The category's Android notification channel and iOS interruption level, so the
+    # user can silence one category in the OS; rich content of v1.1.
+    android_channel_id: str | None = None
+    ios_interruption_level: str | None = None
+    image_url: str | None = None
+    sound: str | None = None
+    badge: int | None = None
 
 
 class Reason(StrEnum):

@@ -239,24 +239,47 @@ def _to_fcm_message(message: PushMessage) -> messaging.Message:
     apns_collapse_id = message.collapse_id or message.collapse_key
     if apns_collapse_id is not None:
         apns_headers["apns-collapse-id"] = apns_collapse_id
+    aps_extra = {}
+    if message.ios_interruption_level is not None:
+        aps_extra["interruption-level"] = message.ios_interruption_level
+    android_notification = {
+        key: value
+        for key, value in (
+            ("tag", message.collapse_id),
+            ("channel_id", message.android_channel_id),
+            ("sound", message.sound),
+        )
+        if value is not None
+    }
     fcm_message = messaging.Message(
-        notification=messaging.Notification(title=message.title, body=message.body),
+        notification=messaging.Notification(
+            title=message.title, body=message.body, image=message.image_url
+        ),
         data=dict(message.data),
         android=messaging.AndroidConfig(
             ttl=message.ttl_seconds,
             collapse_key=message.collapse_key,
             priority="high" if high else "normal",
             notification=(
-                None
-                if message.collapse_id is None
-                else messaging.AndroidNotification(tag=message.collapse_id)
+                messaging.AndroidNotification(**android_notification)
+                if android_notification
+                else None
             ),
         ),
         apns=messaging.APNSConfig(
             headers=apns_headers,
             payload=messaging.APNSPayload(
-                aps=messaging.Aps(alert=messaging.ApsAlert(title=message.title, body=message.body))
+                aps=messaging.Aps(
+                    alert=messaging.ApsAlert(title=message.title, body=message.body),
+                    sound=message.sound,
+                    badge=message.badge,
+                    mutable_content=True if message.image_url else None,
+                    custom_data=aps_extra or None,
+                )
             ),
+            fcm_options=messaging.APNSFCMOptions(image=message.image_url)
+            if message.image_url
+            else None,
         ),
     )
     # firebase-admin 7.7 deprecates the `token=` argument in favour of `fid` (a

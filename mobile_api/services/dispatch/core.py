@@ -13,6 +13,7 @@ from flask import Flask
 from mobile_api import push as push_seam
 from mobile_api.push import PushTransport
 from mobile_api.services import Db, is_postgresql
+from mobile_api.services.messaging import Cap, QuietHours, parse_caps
 from models import Campaign, Delivery, DeliveryStatus
 
 log = logging.getLogger("mobile_api.services.dispatch")
@@ -33,6 +34,10 @@ class Settings:
     claim_lease_seconds: float = 30.0
     retry_window_seconds: float = 86400.0
     breaker_max_seconds: float = 30.0
+    # v1.1, unset by default (v1 behaviour): the deployment's quiet hours for
+    # promotional messages, and the frequency caps of promotional hand-offs.
+    quiet_hours: QuietHours | None = None
+    caps: tuple[Cap, ...] = ()
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -46,6 +51,8 @@ class Settings:
             claim_lease_seconds=float(config["DISPATCH_CLAIM_LEASE_SECONDS"]),
             retry_window_seconds=float(config["PUSH_RETRY_WINDOW_SECONDS"]),
             breaker_max_seconds=float(config["PUSH_BREAKER_MAX_SECONDS"]),
+            quiet_hours=QuietHours.parse(config.get("QUIET_HOURS")),
+            caps=parse_caps(config.get("PROMO_FREQUENCY_CAP")),
         )
 
 

@@ -22,12 +22,21 @@ from typing import Any, cast
 import sqlalchemy as sa
 
 from mobile_api.push import Outcome, PushMessage, PushTransport, SendResult
-from mobile_api.services import Db, campaigns, is_postgresql
+from mobile_api.services import Db, campaigns, categories, is_postgresql
 from mobile_api.services import audience as aud
-from models import Campaign, CampaignStatus, Delivery, DeliveryStatus, Device, utcnow
+from mobile_api.services import messaging as rules
+from models import (
+    Campaign,
+    CampaignStatus,
+    Category,
+    Delivery,
+    DeliveryStatus,
+    Device,
+    utcnow,
+)
 from models.base import UTCDateTime
 
-from . import breaker
+from . import breaker, gates
 from .core import UNFINISHED, Settings, lock_campaign, log, set_deliveries
 from .enumerate import enumerate_batch
 from .handoff import LeaseKeeper, SendLimiter
@@ -50,18 +59,51 @@ def collapse_id(campaign: Campaign) -> str:
     return campaign.collapse_key or campaign.id
 
 
-def _message(campaign: Campaign, token: str, provider: str) -> PushMessage:
+def _message(campaign: Campaign, category: Category | None, row: Any, now: datetime) -> PushMessage:
+    """The message for one claimed row: its language, remaining TTL, category and rich content."""
+    key = rules.content_key(campaign.content, row.locale)
+    text = campaign.content[key] if campaign.content and key else None
+    ttl = rules.remaining_ttl(campaign.ttl_seconds, row.due_at, now)
     return PushMessage(
-        token=token,
-        provider=provider,
-        title=campaign.title,
-        body=campaign.body,
+        token=row.push_token,
+        provider=row.push_provider,
+        title=text["title"] if text else campaign.title,
+        body=text["body"] if text else campaign.body,
         data=dict(campaign.data or {}),
-        ttl_seconds=campaign.ttl_seconds,
+        ttl_seconds=None if ttl is None else max(ttl, 0),
         collapse_key=campaign.collapse_key,
         priority="high" if campaign.priority == "high" else "normal",
+        android_channel_id=category.android_channel_id if category else None,
+        ios_interruption_level=category.ios_interruption_level if category else None,
+        image_url=campaign.image_url,
+        sound=campaign.sound,
+        badge=campaign.badge,
         collapse_id=collapse_id(campaign),
     )
+
+
+def _start_sending(session: Db, campaign_id: str, now: datetime) -> None:
+    """A scheduled campaign becomes `sending` once its first delivery is due (own transaction).
+
+    Not inside a claim: claims hold the campaign row shared, and two of them
+    upgrading it to write it would deadlock.
+    """
+    due = (
+        sa.select(Delivery.id)
+        .where(
+            Delivery.campaign_id == campaign_id,
+            Delivery.status == DeliveryStatus.PENDING,
+            Delivery.next_attempt_at <= now,
+        )
+        .exists()
+    )
+    session.execute(
+        sa.update(Campaign)
+        .where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.SCHEDULED, due)
+        .values(status=CampaignStatus.SENDING)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
 
 
 def backoff_seconds(
@@ -72,16 +114,23 @@ def backoff_seconds(
     return max(rng.uniform(ceiling / 2, ceiling), retry_after or 0.0)
 
 
-def retry_deadline(campaign: Campaign, settings: Settings, now: datetime) -> datetime:
-    """Until when a message of the campaign is retried: its TTL, else the retry window.
+def retry_deadline(
+    campaign: Campaign, settings: Settings, now: datetime, due: datetime | None = None
+) -> datetime:
+    """Until when a message of the campaign is retried: the retry window, or its TTL if shorter.
 
-    Both count from when the campaign started sending; past it a message FCM
-    keeps refusing as retryable is failed with the last reason.
+    Both count from when the campaign started sending, or from when the messages
+    became due if later (a scheduled wave); past it a message FCM keeps refusing as
+    retryable is failed with the last reason. (Promotions have a TTL by default in
+    v1.1, so the window must bound them too.)
     """
     window = settings.retry_window_seconds
     if campaign.ttl_seconds is not None:
-        window = float(campaign.ttl_seconds)
-    return (campaign.started_at or now) + timedelta(seconds=window)
+        window = min(window, float(campaign.ttl_seconds))
+    origin = campaign.started_at or now
+    if due is not None:
+        origin = max(origin, due)
+    return origin + timedelta(seconds=window)
 
 
 _rng = random.Random()  # noqa: S311 - jitter, not a secret
@@ -104,23 +153,34 @@ def process_chunk(
     """
     now = utcnow()
     campaign = lock_campaign(session, campaign_id, exclusive=False)
+    if campaign is not None and campaign.status == CampaignStatus.SCHEDULED:
+        session.commit()
+        _start_sending(session, campaign_id, now)
+        campaign = lock_campaign(session, campaign_id, exclusive=False)
     if campaign is None or campaign.status != CampaignStatus.SENDING:
         session.commit()
         return ChunkResult()
+    category = session.get(Category, campaign.category_key)
     if campaign.breaker_until is not None and campaign.breaker_until > now:
         session.commit()
         return ChunkResult()
     # The device's state is read here, in the query that selects the chunk.
-    reason = sa.case(
-        (Device.id.is_(None), aud.ERASED), else_=aud.exclusion_reason(campaign.category)
-    ).label("reason")
+    rule = categories.rule(category) if category is not None else campaign.category
+    reason = sa.case((Device.id.is_(None), aud.ERASED), else_=aud.exclusion_reason(rule)).label(
+        "reason"
+    )
     stmt = aud.with_terminations(
         sa.select(
             Delivery.id,
             Delivery.device_id,
             Delivery.attempts,
+            Delivery.due_at,
             Device.push_token,
             Device.push_provider,
+            Device.locale,
+            Device.timezone,
+            Device.quiet_hours_start,
+            Device.quiet_hours_end,
             reason,
         )
         .select_from(Delivery)
@@ -145,13 +205,18 @@ def process_chunk(
         session.commit()
         return ChunkResult()
 
-    to_send = [row for row in rows if row.reason is None]
-    by_reason: dict[str, list[int]] = defaultdict(list)
+    verdicts = gates.decide(
+        session, campaign, [row for row in rows if row.reason is None], settings, now
+    )
+    to_send = verdicts.send
+    by_reason: dict[str, list[int]] = defaultdict(list, verdicts.suppressed)
     for row in rows:
         if row.reason is not None:
             by_reason[row.reason].append(row.id)
     for why, ids in by_reason.items():
         set_deliveries(session, ids, status=DeliveryStatus.SUPPRESSED, reason=why, updated_at=now)
+    if verdicts.deferred:
+        _defer(session, verdicts.deferred, now)
     if to_send:
         # Without a send rate to wait for, the hand-off follows at once: the claim
         # marks the rows handed (in flight) in the same transaction. With one, each
@@ -167,8 +232,9 @@ def process_chunk(
             updated_at=now,
         )
     # Each message names its device's provider: the router hands it to that transport.
-    messages = [_message(campaign, row.push_token, row.push_provider) for row in to_send]
-    deadline = retry_deadline(campaign, settings, now)
+    messages = [_message(campaign, category, row, now) for row in to_send]
+    waves = [row.due_at for row in to_send if row.due_at is not None]
+    deadline = retry_deadline(campaign, settings, now, min(waves, default=None))
     trips = campaign.breaker_trips
     session.commit()  # the claim: from here on no other dispatcher takes these rows
 
@@ -180,6 +246,21 @@ def process_chunk(
     _record(session, campaign_id, to_send, results, settings, deadline)
     breaker.update(session, campaign_id, trips, results, settings)
     return ChunkResult(claimed=len(rows), last_id=rows[-1].id)
+
+
+def _defer(session: Db, deferred: list[tuple[int, datetime]], now: datetime) -> None:
+    """Rows held back by quiet hours stay pending, due again when those end."""
+    table = cast(sa.Table, Delivery.__table__)
+    session.execute(
+        sa.update(table)
+        .where(table.c.id == sa.bindparam("b_id"))
+        .values(
+            next_attempt_at=sa.bindparam("b_next", type_=UTCDateTime()),
+            reason=gates.QUIET_HOURS,
+            updated_at=now,
+        ),
+        [{"b_id": row_id, "b_next": until} for row_id, until in deferred],
+    )
 
 
 def _hand_off(
@@ -359,7 +440,8 @@ def finish_if_done(session: Db, campaign_id: str) -> bool:
         sa.update(Campaign)
         .where(
             Campaign.id == campaign_id,
-            Campaign.status == CampaignStatus.SENDING,
+            # Scheduled: its audience turned out empty, or all was suppressed.
+            Campaign.status.in_([CampaignStatus.SENDING, CampaignStatus.SCHEDULED]),
             Campaign.enumeration_done.is_(True),
             ~unfinished,
         )
