@@ -39,6 +39,11 @@ class Defaults:
     # this long has lost its tasks; the sweep queues one recovery at a time.
     DISPATCH_STALL_SECONDS = 300.0
     CELERY_QUEUE = "mobile_api"
+    # Transactional notifications: how often the embedded dispatcher's notification
+    # lane looks for due deliveries, and how long a request waits for a racing twin
+    # with the same Idempotency-Key before answering 409 request_in_progress.
+    NOTIFY_POLL_SECONDS = 0.1
+    NOTIFY_IDEMPOTENCY_WAIT_SECONDS = 5.0
 
     GEOCODER_DOMAIN = "nominatim.openstreetmap.org"
     GEOCODER_SCHEME = "https"
@@ -135,6 +140,8 @@ _ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "PROXY_FIX_X_FOR": ("PROXY_FIX_X_FOR", int),
     "PROXY_FIX_X_PROTO": ("PROXY_FIX_X_PROTO", int),
     "LOG_LEVEL": ("LOG_LEVEL", str),
+    "NOTIFY_POLL_SECONDS": ("NOTIFY_POLL_SECONDS", float),
+    "NOTIFY_IDEMPOTENCY_WAIT_SECONDS": ("NOTIFY_IDEMPOTENCY_WAIT_SECONDS", float),
 }
 
 

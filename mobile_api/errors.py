@@ -241,3 +241,42 @@ class CampaignFinished(DomainError):
     code = 409
     error = "campaign_finished"
     description = "This campaign has already finished; there is nothing left to cancel."
+
+
+class ServiceNotificationRequiresAdmin(DomainError):
+    code = 403
+    error = "service_notification_requires_admin"
+    description = "Notifications of a service category can only be sent with an admin key."
+
+
+class PromotionalCategoryNotAllowed(DomainError):
+    code = 422
+    error = "promotional_category_not_allowed"
+    description = "Notifications cannot use a promotional category; send a campaign instead."
+
+
+class UnknownNotificationCategory(DomainError):
+    code = 422
+    error = "unknown_category"
+    description = "No notification category has this key."
+
+
+class IdempotencyKeyReused(DomainError):
+    code = 422
+    error = "idempotency_key_reused"
+    description = (
+        "This Idempotency-Key was already used with a different body; "
+        "use a new key for a new notification."
+    )
+
+
+class RequestInProgress(DomainError):
+    code = 409
+    error = "request_in_progress"
+    description = (
+        "A request with this Idempotency-Key is still being accepted; "
+        "retry after the given delay for its answer."
+    )
+
+    def __init__(self, retry_after: int = 1) -> None:
+        super().__init__(headers={"Retry-After": str(retry_after)})

@@ -12,7 +12,7 @@ from flask import Flask, current_app
 
 from mobile_api import periodic
 from mobile_api.extensions import db
-from mobile_api.services import dispatch
+from mobile_api.services import dispatch, notify_dispatch
 from models import Campaign, utcnow
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ def make_celery(app: Flask) -> Celery:
     celery = Celery(app.import_name, task_cls=FlaskTask)
     celery.steps["worker"].add(PushTransportStep)
     queue = app.config["CELERY_QUEUE"]
+    notifications_queue = notification_queue(app)
     schedule: dict[str, Any] = {
         "dispatch-sweep": {"task": "mobile_api.dispatch.sweep", "schedule": SWEEP_SECONDS},
     }
@@ -73,10 +74,34 @@ def make_celery(app: Flask) -> Celery:
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         beat_schedule=schedule,
+        # Notifications have a queue of their own, so a worker consuming it (-Q) never
+        # finds one behind a campaign's chunks.
+        task_routes={SEND_NOTIFICATIONS: {"queue": notifications_queue}},
     )
     celery.set_default()
     app.extensions["celery"] = celery
     return celery
+
+
+def notification_queue(app: Flask) -> str:
+    """The Celery queue of the notification lane: CELERY_QUEUE + ".notifications"."""
+    return f"{app.config['CELERY_QUEUE']}.notifications"
+
+
+def notification_accepted(app: Flask, notification_id: str) -> None:
+    """Call after the commit that accepted a notification: with Celery, wake its lane.
+
+    Embedded: the dispatcher's notification lane polls; nothing to do.
+    """
+    if not app.config["CELERY_BROKER_URL"]:
+        return
+    from kombu.exceptions import OperationalError
+
+    try:
+        send_notifications.delay()
+    except OperationalError:
+        # Accepted and committed; the beat sweep wakes the lane once the broker is back.
+        log.warning("broker unreachable; notification %s waits for the sweep", notification_id)
 
 
 def _settings() -> dispatch.Settings:
@@ -136,6 +161,21 @@ def dispatch_chunk(self: Task, campaign_id: str, first_id: int, last_id: int | N
     dispatch.finish_if_done(db.session, campaign_id)
 
 
+SEND_NOTIFICATIONS = "mobile_api.notifications.send"
+
+
+@shared_task(name=SEND_NOTIFICATIONS, bind=True)
+def send_notifications(self: Task) -> None:
+    """Send every notification delivery due now; come back when a retry is due."""
+    settings = _settings()
+    notify_dispatch.resolve_interrupted(db.session, settings)
+    notify_dispatch.drain(db.session, dispatch.transport(current_app), settings)
+    due = notify_dispatch.next_due(db.session)
+    if due is not None:
+        # Back-offs are capped by PUSH_RETRY_MAX_SECONDS: minutes, never hours.
+        self.apply_async(countdown=max((due - utcnow()).total_seconds(), 0.0))
+
+
 @shared_task(name="mobile_api.dispatch.sweep")
 def sweep() -> None:
     """Resolve dead claims, queue one recovery of each stalled campaign, complete finished ones.
@@ -144,6 +184,8 @@ def sweep() -> None:
     any of its chunks progresses; one that is gets at most one recovery at a time.
     """
     dispatch.resolve_interrupted(db.session, _settings())
+    if notify_dispatch.has_due(db.session):
+        send_notifications.delay()  # its wake-up may have been lost with the broker
     stall = _stall()
     now = utcnow()
     for campaign_id in dispatch.active_campaign_ids(db.session):

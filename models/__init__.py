@@ -22,6 +22,12 @@ from models.device import (
     Purpose,
     PushPermission,
 )
+from models.notification import (
+    IdempotencyKey,
+    Notification,
+    NotificationDelivery,
+    NotificationStatus,
+)
 from models.privacy import AccountTermination, AccountTombstone, AuditEvent
 from models.telemetry import DeviceVersionChange, TelemetryEvent, VersionField
 
@@ -44,7 +50,11 @@ __all__ = [
     "DeliveryStatus",
     "Device",
     "DeviceVersionChange",
+    "IdempotencyKey",
     "LocationPermission",
+    "Notification",
+    "NotificationDelivery",
+    "NotificationStatus",
     "Platform",
     "Purpose",
     "PushPermission",

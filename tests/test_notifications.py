@@ -1,0 +1,243 @@
+"""Transactional notifications: roles, idempotency, consent at hand-off, on the wire."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
+
+from models import utcnow
+from tests.campaign_fixtures import (
+    Made,
+    admin,
+    app,
+    device,
+    drain,
+    fcm,
+    fcm_settings,
+    marketing,
+    terminate_account,
+    update_device,
+)
+from tests.conftest import bearer
+from tests.fakes.fcm_server import FakeFcmServer
+from tests.notification_fixtures import (
+    idempotency_key,
+    notification_body,
+    notify,
+    post_notification,
+)
+
+__all__ = ["admin", "app", "device", "fcm", "fcm_settings", "marketing", "notify"]
+__all__ += ["post_notification"]
+
+Headers = dict[str, str]
+Post = Callable[..., TestResponse]
+Make = Callable[..., Made]
+
+
+def _tokens(fcm: FakeFcmServer) -> collections.Counter[str]:
+    return collections.Counter(m.token for m in fcm.received)
+
+
+def test_an_accounts_devices_get_the_notification_with_its_outcomes(
+    app: Flask,
+    client: FlaskClient,
+    notify: Headers,
+    post_notification: Post,
+    device: Make,
+    fcm: FakeFcmServer,
+) -> None:
+    phone = device(promotional=False, account_id="acct-1")
+    tablet = device(promotional=False, account_id="acct-1")
+    device(promotional=False, account_id="acct-2")
+    response = post_notification(
+        notify,
+        notification_body(link="helpdesk://tickets/42", collapse_key="ticket-42", ttl_seconds=600),
+    )
+    assert response.status_code == 202, response.get_json()
+    accepted = response.get_json()
+    assert accepted["status"] == "queued" and accepted["devices"] == 2
+    assert set(accepted) == {"id", "status", "devices"}
+
+    drain(app)
+    assert _tokens(fcm) == {phone.push_token: 1, tablet.push_token: 1}
+    message = fcm.received[0].body["message"]
+    assert message["notification"] == {
+        "title": "An agent answered",
+        "body": "Ticket #42 has a new reply.",
+    }
+    assert message["data"] == {"ticket": "42", "link": "helpdesk://tickets/42"}
+    assert message["android"]["collapse_key"] == "ticket-42"
+    assert message["android"]["ttl"] == "600s"
+
+    got = client.get(f"/v1/notifications/{accepted['id']}", headers=notify).get_json()
+    assert got["status"] == "completed"
+    assert got["counts"]["sent"] == 2 and got["counts"]["pending"] == 0
+    assert {(d["device_id"], d["status"]) for d in got["deliveries"]} == {
+        (phone.id, "sent"),
+        (tablet.id, "sent"),
+    }
+
+
+def test_undeliverable_devices_are_suppressed_with_their_reason(
+    app: Flask,
+    client: FlaskClient,
+    notify: Headers,
+    post_notification: Post,
+    device: Make,
+    fcm: FakeFcmServer,
+) -> None:
+    ok = device(promotional=False)
+    disabled = device(promotional=False)
+    denied = device(promotional=False, push_permission="denied")
+    terminated = device(promotional=False, account_id="gone")
+    update_device(app, disabled.id, disabled_at=utcnow())
+    terminate_account(app, "gone")
+    ids = [ok.id, disabled.id, denied.id, terminated.id]
+    response = post_notification(notify, notification_body(device_ids=ids))
+    assert response.get_json()["devices"] == 4
+    drain(app)
+    assert _tokens(fcm) == {ok.push_token: 1}
+    got = client.get(f"/v1/notifications/{response.get_json()['id']}", headers=notify).get_json()
+    outcomes = {d["device_id"]: (d["status"], d["reason"]) for d in got["deliveries"]}
+    assert outcomes == {
+        ok.id: ("sent", None),
+        disabled.id: ("suppressed", "disabled"),
+        denied.id: ("suppressed", "push_permission_denied"),
+        terminated.id: ("suppressed", "account_terminated"),
+    }
+    assert got["counts"]["suppressed"] == {
+        "disabled": 1,
+        "push_permission_denied": 1,
+        "account_terminated": 1,
+    }
+
+
+@pytest.mark.parametrize("role", ["app", "marketing", "support", "privacy"])
+def test_only_notify_and_admin_keys_may_send(
+    role: str, make_key: Callable[[str], str], post_notification: Post
+) -> None:
+    response = post_notification(bearer(make_key(role)), notification_body())
+    assert response.status_code == 403
+    assert response.get_json()["error"] == "forbidden"
+
+
+def test_a_notify_key_reads_only_what_notify_keys_made(
+    client: FlaskClient,
+    notify: Headers,
+    admin: Headers,
+    make_key: Callable[[str], str],
+    post_notification: Post,
+) -> None:
+    by_admin = post_notification(admin, notification_body()).get_json()["id"]
+    by_notify = post_notification(notify, notification_body()).get_json()["id"]
+    other_notify = bearer(make_key("notify"))
+    assert client.get(f"/v1/notifications/{by_notify}", headers=other_notify).status_code == 200
+    assert client.get(f"/v1/notifications/{by_notify}", headers=admin).status_code == 200
+    hidden = client.get(f"/v1/notifications/{by_admin}", headers=notify)
+    assert hidden.status_code == 404 and hidden.get_json()["error"] == "not_found"
+    marketing = bearer(make_key("marketing"))
+    assert client.get(f"/v1/notifications/{by_notify}", headers=marketing).status_code == 403
+
+
+def test_service_needs_admin_and_promotional_is_refused(
+    notify: Headers, admin: Headers, post_notification: Post
+) -> None:
+    refused = post_notification(notify, notification_body(category_key="service"))
+    assert refused.status_code == 403
+    assert refused.get_json()["error"] == "service_notification_requires_admin"
+    assert post_notification(admin, notification_body(category_key="service")).status_code == 202
+    promotional = post_notification(admin, notification_body(category_key="promotions"))
+    assert promotional.status_code == 422
+    assert promotional.get_json()["error"] == "promotional_category_not_allowed"
+    unknown = post_notification(notify, notification_body(category_key="no_such"))
+    assert unknown.status_code == 422
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"account_id": "acct-1", "device_ids": ["0" * 26]},
+        {"account_id": None},
+        {"device_ids": []},
+        {"device_ids": ["not-an-id"]},
+        {"image_url": "http://example.com/a.png"},
+        {"title": None},
+        {"surprise": 1},
+        {"content": {"not a tag": {"title": "t", "body": "b"}}},
+        {"ttl_seconds": -1},
+    ],
+)
+def test_bad_bodies_are_refused_and_create_nothing(
+    change: dict[str, Any], notify: Headers, post_notification: Post
+) -> None:
+    body = notification_body()
+    body.update(change)
+    body = {k: v for k, v in body.items() if v is not None}
+    response = post_notification(notify, body, idempotency_key())
+    assert response.status_code == 422
+    assert response.get_json()["errors"]["json"]
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256, "with space"])
+def test_a_malformed_idempotency_key_is_refused(
+    key: str, notify: Headers, post_notification: Post
+) -> None:
+    response = post_notification(notify, notification_body(), key)
+    assert response.status_code == 422
+    assert "Idempotency-Key" in response.get_json()["errors"]["headers"]
+
+
+def test_the_same_key_and_equal_body_return_the_same_notification_and_send_once(
+    app: Flask,
+    client: FlaskClient,
+    notify: Headers,
+    post_notification: Post,
+    device: Make,
+    fcm: FakeFcmServer,
+) -> None:
+    phone = device(promotional=False, account_id="acct-1")
+    key = idempotency_key()
+    first = post_notification(notify, notification_body(), key)
+    assert first.status_code == 202
+    drain(app)
+    # Equal as parsed JSON: key order does not matter.
+    reordered = dict(reversed(list(notification_body().items())))
+    again = post_notification(notify, reordered, key)
+    assert again.status_code == 202
+    assert again.get_json()["id"] == first.get_json()["id"]
+    assert again.get_json()["status"] == "completed"  # its current status
+    drain(app)
+    assert _tokens(fcm) == {phone.push_token: 1}
+
+
+def test_the_same_key_with_another_body_is_refused(
+    notify: Headers, post_notification: Post
+) -> None:
+    key = idempotency_key()
+    assert post_notification(notify, notification_body(), key).status_code == 202
+    other = post_notification(notify, notification_body(title="Something else"), key)
+    assert other.status_code == 422
+    assert other.get_json()["error"] == "idempotency_key_reused"
+
+
+def test_keys_are_scoped_to_the_api_key(
+    notify: Headers, make_key: Callable[[str], str], post_notification: Post
+) -> None:
+    key = idempotency_key()
+    first = post_notification(notify, notification_body(), key).get_json()["id"]
+    other = post_notification(bearer(make_key("notify")), notification_body(), key)
+    assert other.status_code == 202 and other.get_json()["id"] != first
+
+
+def test_a_refused_request_is_not_remembered(notify: Headers, post_notification: Post) -> None:
+    key = idempotency_key()
+    refused = post_notification(notify, notification_body(category_key="service"), key)
+    assert refused.status_code == 403
+    assert post_notification(notify, notification_body(), key).status_code == 202
