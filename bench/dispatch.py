@@ -136,9 +136,9 @@ def main() -> None:
     try:
         from flask_migrate import upgrade
 
-        from mobile_api import create_app
+        from mobile_api import create_app, tasks
         from mobile_api.extensions import db
-        from mobile_api.services import campaigns, dispatch
+        from mobile_api.services import campaigns
 
         app = create_app()
         with app.app_context():
@@ -216,7 +216,7 @@ def main() -> None:
         with app.app_context():
             sent_at = time.perf_counter()
             campaigns.send(db.session, campaign_id, actor="bench", is_admin=True)
-            dispatch.notify_queued(app, campaign_id)
+            tasks.notify_queued(app, campaign_id)
             first = None
             engine = db.engine
             with engine.connect() as conn:

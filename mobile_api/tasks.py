@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery import Celery, Task, bootsteps, shared_task
@@ -23,6 +23,7 @@ SWEEP_SECONDS = 30.0
 RECOVERY_LOST_AFTER_STALLS = 10
 # Chunk tasks note progress at most this many times per stall interval.
 PROGRESS_NOTES_PER_STALL = 10
+SEND_NOTIFICATIONS = "mobile_api.notifications.send"
 
 
 def make_celery(app: Flask) -> Celery:
@@ -88,20 +89,35 @@ def notification_queue(app: Flask) -> str:
     return f"{app.config['CELERY_QUEUE']}.notifications"
 
 
-def notification_accepted(app: Flask, notification_id: str) -> None:
-    """Call after the commit that accepted a notification: with Celery, wake its lane.
-
-    Embedded: the dispatcher's notification lane polls; nothing to do.
-    """
+def _enqueue(app: Flask, task: Task, args: tuple[Any, ...], what: str) -> None:
+    """With Celery, enqueue `task`; embedded, nothing (the worker finds the work itself)."""
     if not app.config["CELERY_BROKER_URL"]:
         return
     from kombu.exceptions import OperationalError
 
     try:
-        send_notifications.delay()
+        task.delay(*args)
     except OperationalError:
-        # Accepted and committed; the beat sweep wakes the lane once the broker is back.
-        log.warning("broker unreachable; notification %s waits for the sweep", notification_id)
+        # The work is committed; the beat sweep enqueues it once the broker is back,
+        # so the request itself has succeeded.
+        log.warning("broker unreachable; %s waits for the sweep", what)
+
+
+def notify_queued(app: Flask, campaign_id: str) -> None:
+    """Call after the commit that queued a campaign: with Celery, enqueue its dispatch."""
+    _enqueue(app, dispatch_campaign, (campaign_id,), f"campaign {campaign_id}")
+
+
+def notification_accepted(app: Flask, notification_id: str) -> None:
+    """Call after the commit that accepted a notification: with Celery, wake its lane."""
+    _enqueue(app, send_notifications, (), f"notification {notification_id}")
+
+
+def _come_back(task: Task, args: tuple[Any, ...], at: datetime | None) -> None:
+    """Run `task` again with `args` when the scheduling contract says its work is due."""
+    if at is None:
+        return
+    task.apply_async(args, countdown=max((at - utcnow()).total_seconds(), 0.0))
 
 
 def _settings() -> dispatch.Settings:
@@ -154,14 +170,9 @@ def dispatch_campaign(campaign_id: str) -> None:
 def dispatch_chunk(self: Task, campaign_id: str, first_id: int, last_id: int | None) -> None:
     """Send the due deliveries of one id range; come back when its retries are due."""
     _send_due(campaign_id, first_id, last_id)
-    due = dispatch.next_due(db.session, campaign_id, first_id, last_id)
-    if due is not None:
-        delay = max((due - utcnow()).total_seconds(), 0.0)
-        self.apply_async((campaign_id, first_id, last_id), countdown=delay)
+    at = dispatch.due_at(db.session, campaign_id, first_id=first_id, last_id=last_id)
+    _come_back(self, (campaign_id, first_id, last_id), at)
     dispatch.finish_if_done(db.session, campaign_id)
-
-
-SEND_NOTIFICATIONS = "mobile_api.notifications.send"
 
 
 @shared_task(name=SEND_NOTIFICATIONS, bind=True)
@@ -170,10 +181,8 @@ def send_notifications(self: Task) -> None:
     settings = _settings()
     notify_dispatch.resolve_interrupted(db.session, settings)
     notify_dispatch.drain(db.session, dispatch.transport(current_app), settings)
-    due = notify_dispatch.next_due(db.session)
-    if due is not None:
-        # Back-offs are capped by PUSH_RETRY_MAX_SECONDS: minutes, never hours.
-        self.apply_async(countdown=max((due - utcnow()).total_seconds(), 0.0))
+    # Back-offs are capped by PUSH_RETRY_MAX_SECONDS: minutes, never hours.
+    _come_back(self, (), notify_dispatch.next_due(db.session))
 
 
 @shared_task(name="mobile_api.dispatch.sweep")
@@ -189,7 +198,7 @@ def sweep() -> None:
     stall = _stall()
     now = utcnow()
     for campaign_id in dispatch.active_campaign_ids(db.session):
-        due = dispatch.next_due(db.session, campaign_id)
+        due = dispatch.due_at(db.session, campaign_id, first_id=0)
         campaign = db.session.get(Campaign, campaign_id)
         if campaign is None:
             continue
@@ -226,10 +235,9 @@ def recover_campaign(self: Task, campaign_id: str) -> None:
         return
     else:
         _send_due(campaign_id, 0, None)
-        due = dispatch.next_due(db.session, campaign_id)
+        due = dispatch.due_at(db.session, campaign_id, first_id=0)
         dispatch.hold_recovery(db.session, campaign_id, due)
-        if due is not None:
-            self.apply_async((campaign_id,), countdown=max((due - utcnow()).total_seconds(), 0.0))
+        _come_back(self, (campaign_id,), due)
     dispatch.finish_if_done(db.session, campaign_id)
 
 

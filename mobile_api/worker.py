@@ -6,6 +6,7 @@ import logging
 import signal
 import threading
 import time
+from datetime import datetime
 from types import FrameType
 
 import click
@@ -15,6 +16,7 @@ from flask.cli import AppGroup
 from mobile_api import periodic
 from mobile_api.extensions import db
 from mobile_api.services import dispatch, notify_dispatch
+from models import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,7 @@ class Worker:
         self.poll_seconds = float(app.config["DISPATCH_POLL_SECONDS"])
         self.schedule = periodic.Schedule()
         self._stop = threading.Event()
+        self._next_at: datetime | None = None
         self.notify_poll_seconds = float(app.config["NOTIFY_POLL_SECONDS"])
 
     def stop(self) -> None:
@@ -59,17 +62,17 @@ class Worker:
                 self._stop.wait(self.notify_poll_seconds)
 
     def run_pass(self) -> tuple[int, int]:
-        """One pass over the active campaigns: (chunks claimed, campaigns still active)."""
+        """One pass over the campaigns due now: (chunks claimed, campaigns still active)."""
         with self.app.app_context():
             push = dispatch.transport(self.app)
             dispatch.resolve_interrupted(db.session, self.settings)
             chunks = 0
-            active = dispatch.active_campaign_ids(db.session)
-            for campaign_id in active:
+            # Only what the scheduling contract says is due: a campaign waiting for
+            # retries is not touched, so polling it never writes.
+            plan = dispatch.agenda(db.session)
+            for campaign_id in plan.due:
                 if self._stop.is_set():
                     break
-                if not dispatch.has_work(db.session, campaign_id):
-                    continue  # waiting for retries: polling it must not write
                 try:
                     chunks += dispatch.run_campaign(
                         db.session, push, campaign_id, self.settings, max_chunks=CHUNKS_PER_TURN
@@ -83,8 +86,16 @@ class Worker:
             self.schedule.run_due()
             remaining = len(dispatch.active_campaign_ids(db.session))
             remaining += notify_dispatch.next_due(db.session) is not None
+            self._next_at = plan.next_at
             db.session.remove()
         return chunks, remaining
+
+    def _idle_seconds(self) -> float:
+        """Seconds to wait before the next pass: the poll interval, less if work is due sooner."""
+        if self._next_at is None:
+            return self.poll_seconds
+        until = (self._next_at - utcnow()).total_seconds()
+        return min(self.poll_seconds, max(until, 0.0))
 
     def run(self, *, drain: bool = False) -> None:
         """Loop until stopped (or, with drain, until no campaign is queued or sending)."""
@@ -97,7 +108,7 @@ class Worker:
                 if drain and remaining == 0:
                     break
                 if not chunks:
-                    self._stop.wait(self.poll_seconds)
+                    self._stop.wait(self._idle_seconds())
         finally:
             stopped = self._stop.is_set()
             self._stop.set()

@@ -10,15 +10,15 @@ and consent to the category are read in the query that claims it.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Any, cast
 
 import sqlalchemy as sa
 
-from mobile_api.push import Outcome, PushMessage, PushTransport, SendResult
+from mobile_api.push import PushMessage, PushTransport
 from mobile_api.services import Db, dispatch, is_postgresql
 from mobile_api.services import audience as aud
+from mobile_api.services.dispatch import handoff
 from models import (
     CampaignCategory,
     DeliveryStatus,
@@ -123,96 +123,15 @@ def send_due(session: Db, push: PushTransport, settings: dispatch.Settings) -> i
     if not rows:
         session.commit()
         return 0
-    to_send = [row for row in rows if row.reason is None]
-    by_reason: dict[str, list[int]] = defaultdict(list)
-    for row in rows:
-        if row.reason is not None:
-            by_reason[row.reason].append(row.id)
-    for why, ids in by_reason.items():
-        _set(session, ids, status=DeliveryStatus.SUPPRESSED, reason=why, updated_at=now)
-    if to_send:
-        _set(
-            session,
-            [row.id for row in to_send],
-            status=DeliveryStatus.SENDING,
-            claimed_at=now,
-            attempts=NotificationDelivery.attempts + 1,
-            updated_at=now,
-        )
+    table = cast(sa.Table, NotificationDelivery.__table__)
+    to_send = handoff.claim(session, table, rows, now)
     messages = [_message(row) for row in to_send]
     session.commit()  # the claim: from here on no other dispatcher takes these rows
 
-    results: list[SendResult] = []
-    for start in range(0, len(messages), push.max_batch):
-        results += push.send(messages[start : start + push.max_batch])
-    _record(session, to_send, results, settings)
-    return len(rows)
-
-
-def _set(session: Db, ids: list[int], **values: Any) -> None:
-    session.execute(
-        sa.update(NotificationDelivery)
-        .where(NotificationDelivery.id.in_(ids))
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-
-
-def _record(
-    session: Db, rows: list[Any], results: list[SendResult], settings: dispatch.Settings
-) -> None:
-    """Write the outcome of a hand-off, in one transaction."""
-    now = utcnow()
-    updates: list[dict[str, Any]] = []
-    pruned: list[dict[str, Any]] = []
-    # send() keeps the order of messages, so result i belongs to row i.
-    for row, result in zip(rows, results, strict=True):
-        attempts = row.attempts + 1
-        update = {
-            "b_id": row.id,
-            "b_status": DeliveryStatus.SENT,
-            "b_reason": None,
-            "b_next": now,
-            "b_now": now,
-        }
-        if result.outcome == Outcome.RETRY and attempts < settings.max_attempts:
-            delay = dispatch.backoff_seconds(attempts, result.retry_after, settings, dispatch._rng)
-            update.update(
-                b_status=DeliveryStatus.PENDING,
-                b_reason=result.error,
-                b_next=now + timedelta(seconds=delay),
-            )
-        elif result.outcome != Outcome.SENT:
-            update.update(b_status=DeliveryStatus.FAILED, b_reason=result.error or "unknown")
-            if result.outcome == Outcome.INVALID_TOKEN:
-                pruned.append({"b_device": row.device_id, "b_token": row.push_token, "b_now": now})
-        updates.append(update)
-    table = cast(sa.Table, NotificationDelivery.__table__)
-    if updates:
-        session.execute(
-            sa.update(table)
-            .where(table.c.id == sa.bindparam("b_id"), table.c.status == DeliveryStatus.SENDING)
-            .values(
-                status=sa.bindparam("b_status"),
-                reason=sa.bindparam("b_reason"),
-                next_attempt_at=sa.bindparam("b_next", type_=UTCDateTime()),
-                updated_at=sa.bindparam("b_now", type_=UTCDateTime()),
-                claimed_at=None,
-            ),
-            updates,
-        )
-    if pruned:
-        devices = cast(sa.Table, Device.__table__)
-        session.execute(
-            sa.update(devices)
-            .where(
-                devices.c.id == sa.bindparam("b_device"),
-                devices.c.push_token == sa.bindparam("b_token"),
-            )
-            .values(push_token_invalid_at=sa.bindparam("b_now", type_=UTCDateTime())),
-            pruned,
-        )
+    results = handoff.hand_over(push, messages)
+    handoff.write(session, table, handoff.outcomes(to_send, results, settings, utcnow()))
     session.commit()
+    return len(rows)
 
 
 def resolve_interrupted(session: Db, settings: dispatch.Settings) -> int:
