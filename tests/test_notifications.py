@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import collections
+import concurrent.futures
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+import requests
+import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from models import utcnow
+from mobile_api.extensions import db
+from mobile_api.services import keys
+from mobile_api.services import notifications as notification_service
+from models import IdempotencyKey, Notification, new_id, utcnow
 from tests.campaign_fixtures import (
     Made,
     admin,
@@ -27,14 +34,16 @@ from tests.campaign_fixtures import (
 from tests.conftest import bearer
 from tests.fakes.fcm_server import FakeFcmServer
 from tests.notification_fixtures import (
+    LiveServer,
     idempotency_key,
+    live_server,
     notification_body,
     notify,
     post_notification,
 )
 
 __all__ = ["admin", "app", "device", "fcm", "fcm_settings", "marketing", "notify"]
-__all__ += ["post_notification"]
+__all__ += ["live_server", "post_notification"]
 
 Headers = dict[str, str]
 Post = Callable[..., TestResponse]
@@ -241,3 +250,119 @@ def test_a_refused_request_is_not_remembered(notify: Headers, post_notification:
     refused = post_notification(notify, notification_body(category_key="service"), key)
     assert refused.status_code == 403
     assert post_notification(notify, notification_body(), key).status_code == 202
+
+
+def test_an_idempotent_notification_retried_from_two_processes_at_once_sends_once(
+    app: Flask,
+    live_server: LiveServer,
+    notify: Headers,
+    device: Make,
+    fcm: FakeFcmServer,
+) -> None:
+    phones = [device(promotional=False, account_id="acct-1") for _ in range(3)]
+    key = idempotency_key()
+    body = notification_body()
+    start = threading.Barrier(16)
+
+    def post(_: int) -> requests.Response:
+        start.wait()
+        return requests.post(
+            f"{live_server.url}/v1/notifications",
+            json=body,
+            headers={**notify, "Idempotency-Key": key},
+            timeout=30,
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(post, range(16)))
+    assert [a.status_code for a in answers] == [202] * 16, [a.text for a in answers]
+    assert len({a.json()["id"] for a in answers}) == 1
+    # Both gunicorn workers answered: the race really was between two processes.
+    assert len(live_server.pids("POST")) == 2
+    drain(app)
+    again = requests.post(
+        f"{live_server.url}/v1/notifications",
+        json=body,
+        headers={**notify, "Idempotency-Key": key},
+        timeout=30,
+    )
+    assert again.json() == {**answers[0].json(), "status": "completed"}
+    drain(app)
+    assert _tokens(fcm) == {phone.push_token: 1 for phone in phones}
+    with app.app_context():
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(Notification)) == 1
+        db.session.remove()
+
+
+def _hold_key(app: Flask, notify: Headers, key: str, body: dict[str, Any]) -> sa.Connection:
+    """An open, uncommitted transaction that claimed `key` for `body`, with its notification."""
+    with app.app_context():
+        api_key = keys.authenticate(db.session, notify["Authorization"].split()[1])
+        db.session.remove()
+        assert api_key is not None
+        connection = db.engine.connect()
+    notification_id = new_id()
+    connection.execute(
+        sa.insert(IdempotencyKey).values(
+            api_key_id=api_key.id,
+            key=key,
+            fingerprint=notification_service.fingerprint(body),
+            notification_id=notification_id,
+            created_at=utcnow(),
+        )
+    )
+    connection.execute(
+        sa.insert(Notification).values(
+            id=notification_id,
+            category_key=body["category_key"],
+            title=body["title"],
+            body=body["body"],
+            content={},
+            data={},
+            account_id=body["account_id"],
+            devices=0,
+            created_by=f"key:{api_key.id}",
+            created_role="notify",
+            created_at=utcnow(),
+        )
+    )
+    return connection
+
+
+def test_a_duplicate_while_the_first_is_being_accepted_gets_its_answer_once_it_commits(
+    app: Flask, notify: Headers, post_notification: Post
+) -> None:
+    key, body = idempotency_key(), notification_body()
+    first = _hold_key(app, notify, key, body)
+    committer = threading.Timer(0.5, first.commit)
+    committer.start()
+    try:
+        answer = post_notification(notify, body, key)
+    finally:
+        committer.join()
+        first.close()
+    assert answer.status_code == 202, answer.get_json()
+    with app.app_context():
+        made = db.session.scalars(sa.select(Notification.id)).all()
+        db.session.remove()
+    assert [answer.get_json()["id"]] == made
+
+
+def test_a_duplicate_waiting_too_long_for_the_first_gets_409_with_retry_after(
+    app: Flask, notify: Headers, post_notification: Post
+) -> None:
+    app.config["NOTIFY_IDEMPOTENCY_WAIT_SECONDS"] = 0.3
+    key, body = idempotency_key(), notification_body()
+    first = _hold_key(app, notify, key, body)
+    try:
+        answer = post_notification(notify, body, key)
+    finally:
+        first.rollback()  # the first request failed: its key is not remembered
+        first.close()
+    assert answer.status_code == 409
+    assert answer.get_json()["error"] == "request_in_progress"
+    assert int(answer.headers["Retry-After"]) >= 1
+    retried = post_notification(notify, body, key)
+    assert retried.status_code == 202
+    # Without a key, another request goes through at once.
+    assert post_notification(notify, body).status_code == 202

@@ -189,15 +189,17 @@ def _create(session: Db, notification_id: str, data: Mapping[str, Any], caller: 
         sa.literal(now, UTCDateTime()),
     ).where(_targets(data))
     inserted = session.execute(
-        sa.insert(NotificationDelivery).from_select(
+        sa.insert(NotificationDelivery)
+        .from_select(
             ["notification_id", "device_id", "status", "attempts", "next_attempt_at", "updated_at"],
             targets,
         )
-    )
+        .returning(NotificationDelivery.id)
+    ).all()
     session.execute(
         sa.update(Notification)
         .where(Notification.id == notification_id)
-        .values(devices=inserted.rowcount)  # type: ignore[attr-defined]
+        .values(devices=len(inserted))
     )
 
 
