@@ -243,6 +243,48 @@ class CampaignFinished(DomainError):
     description = "This campaign has already finished; there is nothing left to cancel."
 
 
+class CategoryKindImmutable(DomainError):
+    code = 422
+    error = "category_kind_immutable"
+    description = "A category's kind is fixed once it is created."
+
+
+class CategorySettingsInvalid(DomainError):
+    code = 422
+    error = "category_settings_invalid"
+    description = (
+        "A promotional category cannot be enabled by default, and a service category "
+        "cannot be opted out of."
+    )
+
+
+class UnknownCategory(DomainError):
+    code = 422
+    error = "unknown_category"
+    description = "No such notification category."
+
+
+class CategoryNotChangeable(DomainError):
+    code = 422
+    error = "category_not_changeable"
+    description = (
+        "This category is unknown or not the user's to change "
+        "(promotions follows promotional_push)."
+    )
+
+
+class CategoryNotAllowed(DomainError):
+    code = 422
+    error = "category_not_allowed"
+    description = "Campaigns take a promotional or service category, not a transactional one."
+
+
+class CategoryMismatch(DomainError):
+    code = 422
+    error = "category_mismatch"
+    description = "category and category_key disagree: category must be the key's kind."
+
+
 class ServiceNotificationRequiresAdmin(DomainError):
     code = 403
     error = "service_notification_requires_admin"
@@ -253,12 +295,6 @@ class PromotionalCategoryNotAllowed(DomainError):
     code = 422
     error = "promotional_category_not_allowed"
     description = "Notifications cannot use a promotional category; send a campaign instead."
-
-
-class UnknownNotificationCategory(DomainError):
-    code = 422
-    error = "unknown_category"
-    description = "No notification category has this key."
 
 
 class IdempotencyKeyReused(DomainError):

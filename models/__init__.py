@@ -11,6 +11,14 @@ from models.campaign import (
     Delivery,
     DeliveryStatus,
 )
+from models.category import (
+    PROMOTIONS,
+    SERVICE,
+    Category,
+    CategoryKind,
+    CategoryPreference,
+    InterruptionLevel,
+)
 from models.device import (
     LOCATION_ALLOWED,
     PREFERENCES,
@@ -36,6 +44,8 @@ __all__ = [
     "FINAL_STATUSES",
     "LOCATION_ALLOWED",
     "PREFERENCES",
+    "PROMOTIONS",
+    "SERVICE",
     "AccountTermination",
     "AccountTombstone",
     "ApiKey",
@@ -44,6 +54,9 @@ __all__ = [
     "Campaign",
     "CampaignCategory",
     "CampaignStatus",
+    "Category",
+    "CategoryKind",
+    "CategoryPreference",
     "ConsentRecord",
     "ConsentSource",
     "Delivery",
@@ -51,6 +64,7 @@ __all__ = [
     "Device",
     "DeviceVersionChange",
     "IdempotencyKey",
+    "InterruptionLevel",
     "LocationPermission",
     "Notification",
     "NotificationDelivery",

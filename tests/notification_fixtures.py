@@ -24,6 +24,13 @@ from tests.conftest import bearer
 ROOT = Path(__file__).resolve().parent.parent
 
 TRANSACTIONAL = "ticket_reply"
+TICKET_REPLY = {
+    "name": "Replies to your tickets",
+    "kind": "transactional",
+    "default_enabled": True,
+    "android_channel_id": "tickets",
+    "ios_interruption_level": "time-sensitive",
+}
 
 
 @pytest.fixture
@@ -52,8 +59,21 @@ def idempotency_key() -> str:
     return f"idem-{uuid.uuid4().hex}"
 
 
+def put_category(client: FlaskClient, admin: dict[str, str], key: str, **settings: Any) -> None:
+    """Create or update a notification category (admin)."""
+    response = client.put(f"/v1/admin/categories/{key}", json=settings, headers=admin)
+    assert response.status_code in (200, 201), response.get_json()
+
+
 @pytest.fixture
-def post_notification(client: FlaskClient) -> Callable[..., TestResponse]:
+def ticket_reply(client: FlaskClient, make_key: Callable[[str], str]) -> str:
+    """The transactional category ticket_reply (on by default); its key."""
+    put_category(client, bearer(make_key("admin")), TRANSACTIONAL, **TICKET_REPLY)
+    return TRANSACTIONAL
+
+
+@pytest.fixture
+def post_notification(client: FlaskClient, ticket_reply: str) -> Callable[..., TestResponse]:
     """POST /v1/notifications with a body and headers (and an Idempotency-Key if given)."""
 
     def post(headers: dict[str, str], body: dict[str, Any], key: str | None = None) -> TestResponse:

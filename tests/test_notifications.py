@@ -34,16 +34,19 @@ from tests.campaign_fixtures import (
 from tests.conftest import bearer
 from tests.fakes.fcm_server import FakeFcmServer
 from tests.notification_fixtures import (
+    TICKET_REPLY,
     LiveServer,
     idempotency_key,
     live_server,
     notification_body,
     notify,
     post_notification,
+    put_category,
+    ticket_reply,
 )
 
 __all__ = ["admin", "app", "device", "fcm", "fcm_settings", "marketing", "notify"]
-__all__ += ["live_server", "post_notification"]
+__all__ += ["live_server", "post_notification", "ticket_reply"]
 
 Headers = dict[str, str]
 Post = Callable[..., TestResponse]
@@ -255,6 +258,7 @@ def test_a_refused_request_is_not_remembered(notify: Headers, post_notification:
 def test_an_idempotent_notification_retried_from_two_processes_at_once_sends_once(
     app: Flask,
     live_server: LiveServer,
+    ticket_reply: str,
     notify: Headers,
     device: Make,
     fcm: FakeFcmServer,
@@ -366,3 +370,62 @@ def test_a_duplicate_waiting_too_long_for_the_first_gets_409_with_retry_after(
     assert retried.status_code == 202
     # Without a key, another request goes through at once.
     assert post_notification(notify, body).status_code == 202
+
+
+def _choose(client: FlaskClient, made: Made, **choices: bool) -> None:
+    response = client.put(
+        "/v1/devices/me/preferences",
+        json={"categories": choices},
+        headers=bearer(made.device_token),
+    )
+    assert response.status_code == 200, response.get_json()
+
+
+def test_consent_withdrawn_before_hand_off_suppresses_and_nothing_reaches_fcm(
+    app: Flask,
+    client: FlaskClient,
+    notify: Headers,
+    post_notification: Post,
+    device: Make,
+    fcm: FakeFcmServer,
+) -> None:
+    keeps = device(promotional=False, account_id="acct-1")
+    withdraws = device(promotional=False, account_id="acct-1")
+    accepted = post_notification(notify, notification_body()).get_json()
+    # Accepted while both had the category on (its default); one turns it off before the
+    # dispatcher hands the message over.
+    _choose(client, withdraws, ticket_reply=False)
+    drain(app)
+    assert _tokens(fcm) == {keeps.push_token: 1}
+    got = client.get(f"/v1/notifications/{accepted['id']}", headers=notify).get_json()
+    outcomes = {d["device_id"]: (d["status"], d["reason"]) for d in got["deliveries"]}
+    assert outcomes == {
+        keeps.id: ("sent", None),
+        withdraws.id: ("suppressed", "category_opt_out"),
+    }
+
+
+def test_a_category_off_by_default_needs_the_users_choice_and_service_needs_none(
+    app: Flask,
+    client: FlaskClient,
+    notify: Headers,
+    admin: Headers,
+    post_notification: Post,
+    device: Make,
+    fcm: FakeFcmServer,
+) -> None:
+    put_category(client, admin, "survey", **{**TICKET_REPLY, "default_enabled": False})
+    chose = device(promotional=False, account_id="acct-1")
+    never_chose = device(promotional=False, account_id="acct-1")
+    _choose(client, chose, survey=True)
+    survey = post_notification(notify, notification_body(category_key="survey")).get_json()
+    service = post_notification(admin, notification_body(category_key="service")).get_json()
+    drain(app)
+    got = client.get(f"/v1/notifications/{survey['id']}", headers=notify).get_json()
+    assert {d["device_id"]: d["status"] for d in got["deliveries"]} == {
+        chose.id: "sent",
+        never_chose.id: "suppressed",
+    }
+    got = client.get(f"/v1/notifications/{service['id']}", headers=admin).get_json()
+    assert got["counts"]["sent"] == 2
+    assert _tokens(fcm) == {chose.push_token: 2, never_chose.push_token: 1}

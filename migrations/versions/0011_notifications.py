@@ -1,7 +1,7 @@
 """Transactional notifications, their deliveries, and idempotency keys
 
 Revision ID: 0011
-Revises: 0006
+Revises: 0010
 Create Date: 2026-12-04 16:00:00.000000
 
 """
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision = "0011"
-down_revision = "0006"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 

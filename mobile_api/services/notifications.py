@@ -29,12 +29,12 @@ from mobile_api.errors import (
     PromotionalCategoryNotAllowed,
     RequestInProgress,
     ServiceNotificationRequiresAdmin,
-    UnknownNotificationCategory,
 )
 from mobile_api.push import INVALID_TOKEN_ERRORS
-from mobile_api.services import Db, export, is_postgresql
+from mobile_api.services import Db, categories, export, is_postgresql
 from mobile_api.services.caller import Caller
 from models import (
+    CategoryKind,
     DeliveryStatus,
     Device,
     IdempotencyKey,
@@ -74,21 +74,12 @@ def fingerprint(body: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _category_kind(session: Db, key: str) -> str | None:
-    """The kind of the category with this key, or None."""
-    # PROVISIONAL until the categories of branch `messaging` are merged.
-    return {"service": "service", "promotions": "promotional", "ticket_reply": "transactional"}.get(
-        key
-    )
-
-
 def _check_category(session: Db, key: str, caller: Caller) -> None:
-    kind = _category_kind(session, key)
-    if kind is None:
-        raise UnknownNotificationCategory()
-    if kind == "promotional":
+    """Transactional categories for notify keys; service ones for admins; promotional never."""
+    kind = categories.get(session, key).kind  # 422 unknown_category
+    if kind == CategoryKind.PROMOTIONAL:
         raise PromotionalCategoryNotAllowed()
-    if kind == "service" and not caller.is_admin:
+    if kind == CategoryKind.SERVICE and not caller.is_admin:
         raise ServiceNotificationRequiresAdmin()
 
 

@@ -16,11 +16,11 @@ from typing import Any, cast
 import sqlalchemy as sa
 
 from mobile_api.push import PushMessage, PushTransport
-from mobile_api.services import Db, dispatch, is_postgresql
+from mobile_api.services import Db, categories, dispatch, is_postgresql
 from mobile_api.services import audience as aud
 from mobile_api.services.dispatch import handoff
 from models import (
-    CampaignCategory,
+    Category,
     DeliveryStatus,
     Device,
     Notification,
@@ -57,12 +57,6 @@ def has_due(session: Db) -> bool:
     return bool(found)
 
 
-def _consent_reason(category_key: Any) -> sa.ColumnElement[Any]:
-    """Why the device's choices refuse this category now, or NULL."""
-    # PROVISIONAL until the categories of branch `messaging` are merged.
-    return sa.null()
-
-
 def _message(row: Any) -> PushMessage:
     data = dict(row.data or {})
     if row.link:
@@ -78,25 +72,13 @@ def _message(row: Any) -> PushMessage:
     )
 
 
-def send_due(session: Db, push: PushTransport, settings: dispatch.Settings) -> int:
-    """Claim up to a chunk of due deliveries, hand them over, record; rows claimed."""
-    if not has_due(session):
-        return 0
-    now = utcnow()
-    if not is_postgresql(session):
-        # Write first, so this transaction holds SQLite's write lock before it reads.
-        session.execute(
-            sa.update(NotificationDelivery)
-            .where(sa.false())
-            .values(status=NotificationDelivery.status)
-            .execution_options(synchronize_session=False)
-        )
+def _claimable(session: Db, category: Category, now: datetime, limit: int) -> list[Any]:
+    """Due rows of notifications of one category, with why each may not be sent now."""
+    # The device's state and its choice for the category are read here, in the
+    # query that claims the row: the consent that counts is the one at hand-off.
     reason = sa.case(
         (Device.id.is_(None), aud.ERASED),
-        else_=sa.func.coalesce(
-            aud.exclusion_reason(CampaignCategory.SERVICE),
-            _consent_reason(Notification.category_key),
-        ),
+        else_=aud.exclusion_reason(categories.rule(category)),
     ).label("reason")
     stmt = aud.with_terminations(
         sa.select(
@@ -116,10 +98,48 @@ def send_due(session: Db, push: PushTransport, settings: dispatch.Settings) -> i
         .join(Notification, Notification.id == NotificationDelivery.notification_id)
         .outerjoin(Device, Device.id == NotificationDelivery.device_id)
     )
-    stmt = stmt.where(_due).order_by(NotificationDelivery.id).limit(settings.chunk_size)
+    stmt = (
+        stmt.where(_due, Notification.category_key == category.key)
+        .order_by(NotificationDelivery.id)
+        .limit(limit)
+    )
     if is_postgresql(session):
         stmt = stmt.with_for_update(of=NotificationDelivery, skip_locked=True)
-    rows = session.execute(stmt, {"now": now}).all()
+    return list(session.execute(stmt, {"now": now}).all())
+
+
+def send_due(session: Db, push: PushTransport, settings: dispatch.Settings) -> int:
+    """Claim up to a chunk of due deliveries, hand them over, record; rows claimed."""
+    if not has_due(session):
+        return 0
+    now = utcnow()
+    if not is_postgresql(session):
+        # Write first, so this transaction holds SQLite's write lock before it reads.
+        session.execute(
+            sa.update(NotificationDelivery)
+            .where(sa.false())
+            .values(status=NotificationDelivery.status)
+            .execution_options(synchronize_session=False)
+        )
+    # Each category has its own consent rule: one claim query per category due.
+    due_categories = session.scalars(
+        sa.select(Category)
+        .where(
+            Category.key.in_(
+                sa.select(Notification.category_key)
+                .join(NotificationDelivery)
+                .where(_due)
+                .distinct()
+            )
+        )
+        .order_by(Category.key),
+        {"now": now},
+    ).all()
+    rows: list[Any] = []
+    for category in due_categories:
+        rows += _claimable(session, category, now, settings.chunk_size - len(rows))
+        if len(rows) >= settings.chunk_size:
+            break
     if not rows:
         session.commit()
         return 0
