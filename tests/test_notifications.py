@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,11 +19,13 @@ from werkzeug.test import TestResponse
 from mobile_api.extensions import db
 from mobile_api.services import keys
 from mobile_api.services import notifications as notification_service
+from mobile_api.worker import Worker
 from models import IdempotencyKey, Notification, new_id, utcnow
 from tests.campaign_fixtures import (
     Made,
     admin,
     app,
+    campaign_body,
     device,
     drain,
     fcm,
@@ -429,3 +432,39 @@ def test_a_category_off_by_default_needs_the_users_choice_and_service_needs_none
     got = client.get(f"/v1/notifications/{service['id']}", headers=admin).get_json()
     assert got["counts"]["sent"] == 2
     assert _tokens(fcm) == {chose.push_token: 2, never_chose.push_token: 1}
+
+
+def test_a_notification_overtakes_a_campaign_that_is_sending(
+    app: Flask,
+    client: FlaskClient,
+    notify: Headers,
+    marketing: Headers,
+    post_notification: Post,
+    device: Make,
+    fcm: FakeFcmServer,
+) -> None:
+    app.config.update(DISPATCH_CHUNK_SIZE=5, NOTIFY_POLL_SECONDS=0.02)
+    for _ in range(100):
+        device()
+    helpdesk_user = device(promotional=False, account_id="acct-1")
+    campaign = client.post("/v1/campaigns", json=campaign_body(), headers=marketing)
+    campaign_id = campaign.get_json()["id"]
+    fcm.delay = 0.03  # every chunk of the campaign takes a while at FCM
+    worker = Worker(app)
+    running = threading.Thread(target=worker.run)
+    running.start()
+    try:
+        assert client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing).status_code
+        deadline = time.monotonic() + 30
+        while len(fcm.received) < 10 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        post_notification(notify, notification_body())
+        while not fcm.messages_for(helpdesk_user.push_token) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        campaign_sent_before = len(fcm.received) - 1
+    finally:
+        worker.stop()
+        running.join()
+    assert fcm.messages_for(helpdesk_user.push_token), "the notification never arrived"
+    # It went out while most of the campaign was still to be sent.
+    assert campaign_sent_before < 60, campaign_sent_before
