@@ -159,10 +159,11 @@ def test_two_celery_workers_process_one_campaign_without_duplicates(
     assert counts["suppressed"] == {"promotional_opt_out": 1}
 
 
-def _waiting_messages(queue: str) -> int:
+def _waiting_messages(queue: str, name: str | None = None) -> int:
+    """Messages waiting in queue `name` (default: the deployment's queue itself)."""
     client = redis.Redis.from_url(REDIS_URL)
     try:
-        return int(client.llen(f"{queue}:{queue}"))
+        return int(client.llen(f"{queue}:{name or queue}"))
     finally:
         client.close()
 

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -24,18 +23,10 @@ from tests.campaign_fixtures import (
 )
 from tests.fakes.fcm_server import FakeFcmServer
 from tests.notification_fixtures import notification_body, notify, post_notification, ticket_reply
-from tests.test_dispatch_celery import REDIS_URL, _start_worker, app, queue
+from tests.test_dispatch_celery import REDIS_URL, _start_worker, _waiting_messages, app, queue
 
 __all__ = ["app", "create_campaign", "device", "fcm", "fcm_settings", "marketing", "notify"]
 __all__ += ["post_notification", "queue", "ticket_reply"]
-
-
-def _waiting(queue_name: str, prefix: str) -> int:
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        return int(client.llen(f"{prefix}:{queue_name}"))
-    finally:
-        client.close()
 
 
 def test_a_notification_is_sent_while_a_campaign_waits_in_its_queue(
@@ -60,8 +51,8 @@ def test_a_notification_is_sent_while_a_campaign_waits_in_its_queue(
     accepted = post_notification(notify, notification_body()).get_json()
     notifications = tasks.notification_queue(app)
     assert notifications == f"{queue}.notifications"
-    assert _waiting(queue, queue) == 1  # the campaign's task
-    assert _waiting(notifications, queue) == 1  # the notification's, in its own queue
+    assert _waiting_messages(queue) == 1  # the campaign's task
+    assert _waiting_messages(queue, notifications) == 1  # the notification's, in its own queue
 
     # A worker of the notification lane only: the campaign's task stays where it is.
     env = subprocess_env(
@@ -79,6 +70,6 @@ def test_a_notification_is_sent_while_a_campaign_waits_in_its_queue(
     assert collections.Counter(m.token for m in fcm.received) == {helpdesk_user.push_token: 1}, (
         log.read_text()
     )
-    assert _waiting(queue, queue) == 1
+    assert _waiting_messages(queue) == 1
     got = client.get(f"/v1/notifications/{accepted['id']}", headers=notify).get_json()
     assert got["status"] == "completed"
