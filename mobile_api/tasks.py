@@ -180,7 +180,8 @@ def send_notifications(self: Task) -> None:
     """Send every notification delivery due now; come back when a retry is due."""
     settings = _settings()
     notify_dispatch.resolve_interrupted(db.session, settings)
-    notify_dispatch.drain(db.session, dispatch.transport(current_app), settings)
+    push = dispatch.transport(current_app, notify_dispatch.LANE)
+    notify_dispatch.drain(db.session, push, settings)
     # Back-offs are capped by PUSH_RETRY_MAX_SECONDS: minutes, never hours.
     _come_back(self, (), notify_dispatch.next_due(db.session))
 

@@ -44,7 +44,7 @@ class Worker:
         """Send every notification delivery due now; rows claimed."""
         with self.app.app_context():
             try:
-                push = dispatch.transport(self.app)
+                push = dispatch.transport(self.app, notify_dispatch.LANE)
                 notify_dispatch.resolve_interrupted(db.session, self.settings)
                 return notify_dispatch.drain(db.session, push, self.settings)
             except Exception:

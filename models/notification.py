@@ -48,7 +48,6 @@ class Notification(Base):
     # Exactly one of these: whose devices were targeted.
     account_id: Mapped[str | None] = mapped_column(String(128))
     device_ids: Mapped[list[str] | None] = mapped_column(JSON)
-    devices: Mapped[int] = mapped_column(default=0)  # deliveries created at acceptance
     created_by: Mapped[str] = mapped_column(String(64))  # key:<id>
     # The role that created it: a notify key reads only what notify keys made.
     created_role: Mapped[str] = mapped_column(String(16))

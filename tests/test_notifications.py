@@ -327,7 +327,6 @@ def _hold_key(app: Flask, notify: Headers, key: str, body: dict[str, Any]) -> sa
             content={},
             data={},
             account_id=body["account_id"],
-            devices=0,
             created_by=f"key:{api_key.id}",
             created_role="notify",
             created_at=utcnow(),

@@ -33,7 +33,6 @@ def upgrade():
         sa.Column("collapse_key", sa.String(length=64), nullable=True),
         sa.Column("account_id", sa.String(length=128), nullable=True),
         sa.Column("device_ids", sa.JSON(), nullable=True),
-        sa.Column("devices", sa.Integer(), nullable=False),
         sa.Column("created_by", sa.String(length=64), nullable=False),
         sa.Column("created_role", sa.String(length=16), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),

@@ -174,16 +174,10 @@ class Notifications(MethodView):
             idempotency=_idempotency(headers.get("idempotency_key")),
             wait_seconds=float(current_app.config["NOTIFY_IDEMPOTENCY_WAIT_SECONDS"]),
         )
-        notification = accepted.notification
         if accepted.created:
             # After the commit that accepted it, never before.
-            tasks.notification_accepted(current_app, notification.id)
-        rows = notification_service.outcomes(db.session, notification.id)
-        return {
-            "id": notification.id,
-            "status": notification_service.status_of(rows),
-            "devices": notification.devices,
-        }
+            tasks.notification_accepted(current_app, accepted.id)
+        return accepted
 
 
 @blp.route("/<string:notification_id>")
@@ -201,9 +195,10 @@ class NotificationItem(MethodView):
             **{
                 name: getattr(notification, name)
                 for name in NotificationSchema._declared_fields
-                if hasattr(notification, name) and name != "status"
+                if hasattr(notification, name)
             },
             "status": notification_service.status_of(rows),
+            "devices": len(rows),
             "counts": notification_service.counts(rows),
             "deliveries": rows,
         }

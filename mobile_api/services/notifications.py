@@ -11,6 +11,7 @@ back, key included, so it is not remembered.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import json
@@ -18,7 +19,7 @@ import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -62,9 +63,11 @@ class Idempotency:
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """The notification a request is answered with; `created` False for a repeat."""
+    """The answer to POST /v1/notifications; `created` False for a repeat of an earlier one."""
 
-    notification: Notification
+    id: str
+    status: str
+    devices: int
     created: bool
 
 
@@ -83,14 +86,72 @@ def _check_category(session: Db, key: str, caller: Caller) -> None:
         raise ServiceNotificationRequiresAdmin()
 
 
-def _earlier(session: Db, idempotency: Idempotency) -> Notification | None:
-    """The notification an unexpired earlier use of the key made; 422 for another body."""
-    row = session.get(IdempotencyKey, (idempotency.api_key_id, idempotency.key))
+_keys = cast(sa.Table, IdempotencyKey.__table__)
+_notifications = cast(sa.Table, Notification.__table__)
+_deliveries = cast(sa.Table, NotificationDelivery.__table__)
+_devices = cast(sa.Table, Device.__table__)
+
+# Built once: every accepted notification runs these, and SQLAlchemy's statement
+# cache still pays for building a statement anew on each call.
+_EARLIER_USE = sa.select(_keys.c.fingerprint, _keys.c.notification_id, _keys.c.created_at).where(
+    _keys.c.api_key_id == sa.bindparam("api_key_id"), _keys.c.key == sa.bindparam("key")
+)
+_OUTCOME_TALLY = (
+    sa.select(_deliveries.c.status, sa.func.count().label("n"))
+    .where(_deliveries.c.notification_id == sa.bindparam("notification_id"))
+    .group_by(_deliveries.c.status)
+)
+_FORGET_EXPIRED_USE = sa.delete(_keys).where(
+    _keys.c.api_key_id == sa.bindparam("api_key_id"),
+    _keys.c.key == sa.bindparam("key"),
+    _keys.c.created_at < sa.bindparam("expired_before", type_=UTCDateTime()),
+)
+_CLAIM_KEY = sa.insert(_keys)
+_INSERT_NOTIFICATION = sa.insert(_notifications)
+
+
+def _targets_insert(target: sa.ColumnElement[bool]) -> sa.Insert:
+    """One pending delivery per device matching `target`, returning their ids."""
+    now = sa.bindparam("now", type_=UTCDateTime())
+    page = sa.select(
+        sa.bindparam("notification_id", type_=sa.String),
+        _devices.c.id,
+        sa.literal(DeliveryStatus.PENDING.value, sa.String),
+        sa.literal(0, sa.Integer),
+        now,
+        now,
+    ).where(target)
+    columns = ["notification_id", "device_id", "status", "attempts", "next_attempt_at"]
+    return (
+        sa.insert(_deliveries)
+        .from_select([*columns, "updated_at"], page)
+        .returning(_deliveries.c.id)
+    )
+
+
+_TO_ACCOUNT = _targets_insert(_devices.c.account_id == sa.bindparam("account_id"))
+_TO_DEVICES = _targets_insert(_devices.c.id.in_(sa.bindparam("device_ids", expanding=True)))
+
+
+def _answer(session: Db, notification_id: str, *, created: bool) -> Accepted:
+    """A notification's current status and device count, from its deliveries."""
+    tally = {
+        row.status: row.n
+        for row in session.execute(_OUTCOME_TALLY, {"notification_id": notification_id})
+    }
+    return Accepted(notification_id, _status(tally), sum(tally.values()), created)
+
+
+def _earlier(session: Db, idempotency: Idempotency) -> Accepted | None:
+    """The answer of an unexpired earlier use of the key; 422 for another body."""
+    row = session.execute(
+        _EARLIER_USE, {"api_key_id": idempotency.api_key_id, "key": idempotency.key}
+    ).first()
     if row is None or row.created_at < utcnow() - IDEMPOTENCY_TTL:
         return None
     if row.fingerprint != idempotency.fingerprint:
         raise IdempotencyKeyReused()
-    return session.get(Notification, row.notification_id)
+    return _answer(session, row.notification_id, created=False)
 
 
 @contextlib.contextmanager
@@ -121,77 +182,51 @@ def _lock_timed_out(error: sa_exc.OperationalError) -> bool:
 def _claim_key(session: Db, idempotency: Idempotency, notification_id: str) -> None:
     """Insert the key's row first: a racing twin waits here, before any other work."""
     now = utcnow()
+    keyed = {"api_key_id": idempotency.api_key_id, "key": idempotency.key}
     # An expired use of the key no longer counts: it makes room for this one.
+    session.execute(_FORGET_EXPIRED_USE, {**keyed, "expired_before": now - IDEMPOTENCY_TTL})
     session.execute(
-        sa.delete(IdempotencyKey).where(
-            IdempotencyKey.api_key_id == idempotency.api_key_id,
-            IdempotencyKey.key == idempotency.key,
-            IdempotencyKey.created_at < now - IDEMPOTENCY_TTL,
-        )
-    )
-    session.execute(
-        sa.insert(IdempotencyKey).values(
-            api_key_id=idempotency.api_key_id,
-            key=idempotency.key,
-            fingerprint=idempotency.fingerprint,
-            notification_id=notification_id,
-            created_at=now,
-        )
+        _CLAIM_KEY,
+        {
+            **keyed,
+            "fingerprint": idempotency.fingerprint,
+            "notification_id": notification_id,
+            "created_at": now,
+        },
     )
 
 
-def _targets(data: Mapping[str, Any]) -> sa.ColumnElement[bool]:
-    if data.get("account_id") is not None:
-        return Device.account_id == data["account_id"]
-    return Device.id.in_(sorted(set(data["device_ids"])))
-
-
-def _create(session: Db, notification_id: str, data: Mapping[str, Any], caller: Caller) -> None:
-    """Insert the notification and one pending delivery per target device."""
+def _create(session: Db, notification_id: str, data: Mapping[str, Any], caller: Caller) -> int:
+    """Insert the notification and one pending delivery per target device; how many."""
     now = utcnow()
-    device_ids = data.get("device_ids")
+    device_ids = sorted(set(data["device_ids"])) if data.get("device_ids") is not None else None
     session.execute(
-        sa.insert(Notification).values(
-            id=notification_id,
-            category_key=data["category_key"],
-            title=data["title"],
-            body=data["body"],
-            content=dict(data.get("content") or {}),
-            default_locale=data.get("default_locale"),
-            data=dict(data.get("data") or {}),
-            link=data.get("link"),
-            image_url=data.get("image_url"),
-            ttl_seconds=data.get("ttl_seconds"),
-            collapse_key=data.get("collapse_key"),
-            account_id=data.get("account_id"),
-            device_ids=sorted(set(device_ids)) if device_ids is not None else None,
-            devices=0,
-            created_by=caller.actor,
-            created_role=caller.role,
-            created_at=now,
-        )
+        _INSERT_NOTIFICATION,
+        {
+            "id": notification_id,
+            "category_key": data["category_key"],
+            "title": data["title"],
+            "body": data["body"],
+            "content": dict(data.get("content") or {}),
+            "default_locale": data.get("default_locale"),
+            "data": dict(data.get("data") or {}),
+            "link": data.get("link"),
+            "image_url": data.get("image_url"),
+            "ttl_seconds": data.get("ttl_seconds"),
+            "collapse_key": data.get("collapse_key"),
+            "account_id": data.get("account_id"),
+            "device_ids": device_ids,
+            "created_by": caller.actor,
+            "created_role": caller.role,
+            "created_at": now,
+        },
     )
-    targets = sa.select(
-        sa.literal(notification_id, sa.String),
-        Device.id,
-        sa.literal(DeliveryStatus.PENDING.value, sa.String),
-        sa.literal(0, sa.Integer),
-        sa.literal(now, UTCDateTime()),
-        sa.literal(now, UTCDateTime()),
-    ).where(_targets(data))
-    inserted = session.execute(
-        sa.insert(NotificationDelivery)
-        .from_select(
-            ["notification_id", "device_id", "status", "attempts", "next_attempt_at", "updated_at"],
-            targets,
-        )
-        .returning(NotificationDelivery.id)
-    ).all()
-    session.execute(
-        sa.update(Notification)
-        .where(Notification.id == notification_id)
-        .values(devices=len(inserted))
-    )
+    params: dict[str, Any] = {"notification_id": notification_id, "now": now}
+    if device_ids is None:
+        inserted = session.execute(_TO_ACCOUNT, {**params, "account_id": data["account_id"]})
+    else:
+        inserted = session.execute(_TO_DEVICES, {**params, "device_ids": device_ids})
+    return len(inserted.all())
 
 
 def accept(
@@ -210,7 +245,8 @@ def accept(
     if idempotency is not None:
         earlier = _earlier(session, idempotency)
         if earlier is not None:
-            return Accepted(earlier, created=False)
+            session.commit()
+            return earlier
     _check_category(session, data["category_key"], caller)
     # End the reads: SQLite must start the write below afresh, not upgrade a
     # snapshot another process may have moved past.
@@ -220,7 +256,7 @@ def accept(
         if idempotency is not None:
             with _waiting_at_most(session, wait_seconds):
                 _claim_key(session, idempotency, notification_id)
-        _create(session, notification_id, data, caller)
+        devices = _create(session, notification_id, data, caller)
         session.commit()
     except sa_exc.IntegrityError:
         # A twin with the same key committed first: answer what it answered.
@@ -228,17 +264,17 @@ def accept(
         if idempotency is None:
             raise
         earlier = _earlier(session, idempotency)
-        if earlier is None:  # it expired or its notification was purged meanwhile
+        session.commit()
+        if earlier is None:  # it expired meanwhile
             raise RequestInProgress() from None
-        return Accepted(earlier, created=False)
+        return earlier
     except sa_exc.OperationalError as error:
         session.rollback()
         if idempotency is not None and _lock_timed_out(error):
             raise RequestInProgress() from None
         raise
-    notification = session.get(Notification, notification_id)
-    assert notification is not None
-    return Accepted(notification, created=True)
+    status = NotificationStatus.QUEUED if devices else NotificationStatus.COMPLETED
+    return Accepted(notification_id, status, devices, created=True)
 
 
 def get(session: Db, notification_id: str, caller: Caller) -> Notification:
@@ -262,15 +298,20 @@ def outcomes(session: Db, notification_id: str) -> list[NotificationDelivery]:
     )
 
 
-def status_of(rows: list[NotificationDelivery]) -> str:
-    """queued, sending, completed or failed, from the devices' outcomes."""
-    undecided = sum(r.status in (DeliveryStatus.PENDING, DeliveryStatus.SENDING) for r in rows)
+def _status(tally: Mapping[str, int]) -> str:
+    """queued, sending, completed or failed, from the number of deliveries in each status."""
+    undecided = tally.get(DeliveryStatus.PENDING, 0) + tally.get(DeliveryStatus.SENDING, 0)
     if undecided:
-        return NotificationStatus.QUEUED if undecided == len(rows) else NotificationStatus.SENDING
-    statuses = {r.status for r in rows}
-    if DeliveryStatus.FAILED in statuses and DeliveryStatus.SENT not in statuses:
+        everything = sum(tally.values())
+        return NotificationStatus.QUEUED if undecided == everything else NotificationStatus.SENDING
+    if tally.get(DeliveryStatus.FAILED) and not tally.get(DeliveryStatus.SENT):
         return NotificationStatus.FAILED
     return NotificationStatus.COMPLETED
+
+
+def status_of(rows: list[NotificationDelivery]) -> str:
+    """queued, sending, completed or failed, from the devices' outcomes."""
+    return _status(collections.Counter(row.status for row in rows))
 
 
 def counts(rows: list[NotificationDelivery]) -> dict[str, Any]:

@@ -31,6 +31,8 @@ from models.base import UTCDateTime
 
 log = logging.getLogger(__name__)
 
+LANE = "notifications"  # its push transport is its own (see dispatch.transport)
+
 _due = sa.and_(
     NotificationDelivery.status == DeliveryStatus.PENDING,
     NotificationDelivery.next_attempt_at <= sa.bindparam("now", type_=UTCDateTime()),

@@ -45,15 +45,18 @@ class Settings:
         )
 
 
-def transport(app: Flask) -> PushTransport:
+def transport(app: Flask, lane: str | None = None) -> PushTransport:
     """The app's push transport, built once per process from FCM_* config (log without).
 
     A bad FCM_CREDENTIALS file raises here, so a dispatcher that builds it as it
     starts fails then, not at its first chunk. A forked pool process builds its own:
-    connections and firebase-admin's state are not shared across a fork.
+    connections and firebase-admin's state are not shared across a fork. A `lane`
+    (notifications) gets a transport of its own: its messages never wait for one of
+    the connections a campaign's batch of 500 keeps busy.
     """
-    existing: PushTransport | None = app.extensions.get("push_transport")
-    if existing is not None and app.extensions.get("push_transport_pid") in (None, os.getpid()):
+    name = "push_transport" if lane is None else f"push_transport.{lane}"
+    existing: PushTransport | None = app.extensions.get(name)
+    if existing is not None and app.extensions.get(f"{name}_pid") in (None, os.getpid()):
         return existing
     path = app.config["FCM_CREDENTIALS"]
     try:
@@ -75,8 +78,8 @@ def transport(app: Flask) -> PushTransport:
         )
     else:
         log.info("push transport: %s", built.name)
-    app.extensions["push_transport"] = built
-    app.extensions["push_transport_pid"] = os.getpid()
+    app.extensions[name] = built
+    app.extensions[f"{name}_pid"] = os.getpid()
     return built
 
 
