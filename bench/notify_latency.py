@@ -8,8 +8,9 @@ notifications are posted at `--rate` per second (open loop: each at its own mome
 whatever the earlier ones are doing) for `--seconds`, each to one helpdesk account
 with one device, each with its own Idempotency-Key. Latency: from just before the
 POST to the moment the loopback FCM server receives that message. The web app is
-gunicorn (2 sync workers); the dispatcher is one `flask --app wsgi dispatch worker`
-(embedded) or two Celery workers, one per queue (celery). The FCM server runs in
+gunicorn as gunicorn.conf.py sets it up (WEB_CONCURRENCY, GUNICORN_THREADS); the
+dispatcher is one `flask --app wsgi dispatch worker` (embedded) or two Celery
+workers, one per queue (celery). The FCM server runs in
 this process. Prints one JSON line.
 """
 
@@ -170,7 +171,14 @@ def main() -> None:
             ).id
 
         port = _free_port()
-        web = ["gunicorn", "--workers", "2", "--bind", f"127.0.0.1:{port}", "wsgi:app"]
+        web = [
+            "gunicorn",
+            "--config",
+            "gunicorn.conf.py",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "wsgi:app",
+        ]
         if args.mode == "celery":
             worker = ["celery", "--app", "wsgi.celery", "worker", "-c", "1", "-l", "warning"]
             worker += ["--without-gossip", "--without-mingle"]

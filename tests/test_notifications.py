@@ -7,6 +7,7 @@ import concurrent.futures
 import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -467,3 +468,30 @@ def test_a_notification_overtakes_a_campaign_that_is_sending(
     assert fcm.messages_for(helpdesk_user.push_token), "the notification never arrived"
     # It went out while most of the campaign was still to be sent.
     assert campaign_sent_before < 60, campaign_sent_before
+
+
+def test_a_key_older_than_24_hours_no_longer_counts(
+    app: Flask, notify: Headers, post_notification: Post
+) -> None:
+    key = idempotency_key()
+    first = post_notification(notify, notification_body(), key).get_json()["id"]
+    with app.app_context():
+        db.session.execute(
+            sa.update(IdempotencyKey).values(created_at=utcnow() - timedelta(hours=24, minutes=1))
+        )
+        db.session.commit()
+        db.session.remove()
+    other = post_notification(notify, notification_body(title="A new reply"), key)
+    assert other.status_code == 202
+    assert other.get_json()["id"] != first
+    # The key now stands for the new notification.
+    again = post_notification(notify, notification_body(title="A new reply"), key)
+    assert again.get_json()["id"] == other.get_json()["id"]
+    with app.app_context():
+        assert notification_service.expire_idempotency_keys() == 0
+        db.session.execute(
+            sa.update(IdempotencyKey).values(created_at=utcnow() - timedelta(hours=25))
+        )
+        db.session.commit()
+        assert notification_service.expire_idempotency_keys() == 1
+        db.session.remove()

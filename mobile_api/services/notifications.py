@@ -142,16 +142,19 @@ def _answer(session: Db, notification_id: str, *, created: bool) -> Accepted:
     return Accepted(notification_id, _status(tally), sum(tally.values()), created)
 
 
-def _earlier(session: Db, idempotency: Idempotency) -> Accepted | None:
-    """The answer of an unexpired earlier use of the key; 422 for another body."""
+def _earlier(session: Db, idempotency: Idempotency) -> tuple[Accepted | None, bool]:
+    """The answer of an unexpired earlier use of the key (422 for another body), and
+    whether an expired use is in the way."""
     row = session.execute(
         _EARLIER_USE, {"api_key_id": idempotency.api_key_id, "key": idempotency.key}
     ).first()
-    if row is None or row.created_at < utcnow() - IDEMPOTENCY_TTL:
-        return None
+    if row is None:
+        return None, False
+    if row.created_at < utcnow() - IDEMPOTENCY_TTL:
+        return None, True
     if row.fingerprint != idempotency.fingerprint:
         raise IdempotencyKeyReused()
-    return _answer(session, row.notification_id, created=False)
+    return _answer(session, row.notification_id, created=False), False
 
 
 @contextlib.contextmanager
@@ -179,12 +182,15 @@ def _lock_timed_out(error: sa_exc.OperationalError) -> bool:
     return sqlstate == "55P03" or "database is locked" in str(error.orig)
 
 
-def _claim_key(session: Db, idempotency: Idempotency, notification_id: str) -> None:
+def _claim_key(
+    session: Db, idempotency: Idempotency, notification_id: str, *, expired: bool
+) -> None:
     """Insert the key's row first: a racing twin waits here, before any other work."""
     now = utcnow()
     keyed = {"api_key_id": idempotency.api_key_id, "key": idempotency.key}
-    # An expired use of the key no longer counts: it makes room for this one.
-    session.execute(_FORGET_EXPIRED_USE, {**keyed, "expired_before": now - IDEMPOTENCY_TTL})
+    if expired:
+        # An expired use of the key no longer counts: it makes room for this one.
+        session.execute(_FORGET_EXPIRED_USE, {**keyed, "expired_before": now - IDEMPOTENCY_TTL})
     session.execute(
         _CLAIM_KEY,
         {
@@ -242,20 +248,23 @@ def accept(
     A repeat of an earlier request (same key, equal body) gets the earlier notification
     and creates nothing; the same key with another body is refused (422).
     """
+    expired = False
     if idempotency is not None:
-        earlier = _earlier(session, idempotency)
+        earlier, expired = _earlier(session, idempotency)
         if earlier is not None:
             session.commit()
             return earlier
     _check_category(session, data["category_key"], caller)
-    # End the reads: SQLite must start the write below afresh, not upgrade a
-    # snapshot another process may have moved past.
-    session.rollback()
+    if not is_postgresql(session):
+        # End the reads: SQLite must start the write below afresh, not upgrade a
+        # snapshot another process may have moved past. (PostgreSQL takes a new
+        # snapshot for every statement at READ COMMITTED.)
+        session.rollback()
     notification_id = new_id()
     try:
         if idempotency is not None:
             with _waiting_at_most(session, wait_seconds):
-                _claim_key(session, idempotency, notification_id)
+                _claim_key(session, idempotency, notification_id, expired=expired)
         devices = _create(session, notification_id, data, caller)
         session.commit()
     except sa_exc.IntegrityError:
@@ -263,7 +272,7 @@ def accept(
         session.rollback()
         if idempotency is None:
             raise
-        earlier = _earlier(session, idempotency)
+        earlier, _ = _earlier(session, idempotency)
         session.commit()
         if earlier is None:  # it expired meanwhile
             raise RequestInProgress() from None
