@@ -10,7 +10,7 @@ from celery import Celery, Task, bootsteps, shared_task
 from celery.signals import worker_process_init
 from flask import Flask, current_app
 
-from mobile_api import periodic
+from mobile_api import healthcheck, periodic
 from mobile_api.extensions import db
 from mobile_api.services import dispatch, notify_dispatch
 from models import Campaign, utcnow
@@ -46,8 +46,30 @@ def make_celery(app: Flask) -> Celery:
         def build(self, **_kwargs: Any) -> None:
             dispatch.transport(app)
 
+    class HeartbeatStep(bootsteps.StartStopStep):
+        """Touch HEARTBEAT_FILE every few seconds from the worker's timer, for the healthcheck."""
+
+        requires = {"celery.worker.components:Timer"}
+
+        def __init__(self, parent: Any, **kwargs: Any) -> None:
+            super().__init__(parent, **kwargs)
+            self.path = app.config["HEARTBEAT_FILE"]
+            self.timer: Any = None
+
+        def start(self, parent: Any) -> None:
+            if self.path:
+                healthcheck.beat(self.path)
+                self.timer = parent.timer.call_repeatedly(
+                    healthcheck.HEARTBEAT_SECONDS, healthcheck.beat, (self.path,)
+                )
+
+        def stop(self, parent: Any) -> None:
+            if self.timer is not None:
+                self.timer.cancel()
+
     celery = Celery(app.import_name, task_cls=FlaskTask)
     celery.steps["worker"].add(PushTransportStep)
+    celery.steps["worker"].add(HeartbeatStep)
     queue = app.config["CELERY_QUEUE"]
     notifications_queue = notification_queue(app)
     schedule: dict[str, Any] = {

@@ -13,7 +13,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from mobile_api import periodic
+from mobile_api import healthcheck, periodic
 from mobile_api.extensions import db
 from mobile_api.services import dispatch, notify_dispatch
 from models import utcnow
@@ -105,6 +105,7 @@ class Worker:
         try:
             while not self._stop.is_set():
                 chunks, remaining = self.run_pass()
+                healthcheck.beat(self.app.config["HEARTBEAT_FILE"])  # this loop is alive
                 if drain and remaining == 0:
                     break
                 if not chunks:

@@ -10,8 +10,8 @@ import marshmallow as ma
 from flask.views import MethodView
 
 from mobile_api.auth import DEVICE, auth_required, current_caller
-from mobile_api.errors import ErrorSchema
 from mobile_api.extensions import db
+from mobile_api.http_errors import ErrorSchema
 from mobile_api.routes import Blueprint
 from mobile_api.routes.fields import printable
 from mobile_api.services import categories as category_service

@@ -10,8 +10,8 @@ from flask.views import MethodView
 
 from mobile_api import tasks
 from mobile_api.auth import auth_required, current_caller, current_principal
-from mobile_api.errors import ErrorSchema
 from mobile_api.extensions import db
+from mobile_api.http_errors import ErrorSchema
 from mobile_api.routes import Blueprint
 from mobile_api.routes.campaigns import _validate_data
 from mobile_api.routes.fields import Locale, Timestamp, printable

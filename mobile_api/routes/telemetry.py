@@ -11,8 +11,8 @@ import marshmallow as ma
 from flask.views import MethodView
 
 from mobile_api.auth import DEVICE, auth_required, current_device
-from mobile_api.errors import ErrorSchema
 from mobile_api.extensions import db, device_limit_key, limiter
+from mobile_api.http_errors import ErrorSchema
 from mobile_api.routes import Blueprint
 from mobile_api.routes.devices import _device_limit
 from mobile_api.routes.fields import Timestamp, printable
@@ -173,9 +173,13 @@ class GroupSchema(ma.Schema):
 
 
 class OptInSchema(ma.Schema):
-    """How many active devices allow a purpose, and what share of all active devices."""
+    """How many active devices allow a purpose, and what share of all active devices.
 
-    devices = ma.fields.Integer(required=True)
+    Both are null when fewer than 5 devices allow it, or fewer than 5 do not: a group
+    that small could single someone out.
+    """
+
+    devices = ma.fields.Integer(required=True, allow_none=True)
     rate = ma.fields.Float(allow_none=True, required=True)
 
 
