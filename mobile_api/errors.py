@@ -118,3 +118,7 @@ class RequestInProgress(DomainError):
 
     def __init__(self, message: str | None = None, *, retry_after: int | None = 1) -> None:
         super().__init__(message, retry_after=retry_after)
+
+
+class CampaignScheduledFieldFixed(DomainError):
+    """A scheduled campaign keeps its audience and category."""

@@ -147,6 +147,12 @@ DOMAIN_ERRORS: dict[type[errors.DomainError], tuple[int, str, str]] = {
         "A request with this Idempotency-Key is still being accepted; "
         "retry after the given delay for its answer.",
     ),
+    errors.CampaignScheduledFieldFixed: (
+        409,
+        "campaign_already_scheduled",
+        "A scheduled campaign keeps its audience and category (targeted was fixed when "
+        "it was sent); cancel it and create another to change them.",
+    ),
 }
 
 

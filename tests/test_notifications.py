@@ -495,3 +495,40 @@ def test_a_key_older_than_24_hours_no_longer_counts(
         db.session.commit()
         assert notification_service.expire_idempotency_keys() == 1
         db.session.remove()
+
+
+def test_each_device_gets_its_language_and_the_categorys_channel(
+    app: Flask,
+    client: FlaskClient,
+    notify: Headers,
+    post_notification: Post,
+    device: Make,
+    fcm: FakeFcmServer,
+) -> None:
+    exact = device(promotional=False, account_id="acct-1", locale="pt-BR")
+    same_language = device(promotional=False, account_id="acct-1", locale="pt-PT")
+    other = device(promotional=False, account_id="acct-1", locale="de-DE")
+    body = notification_body(
+        content={
+            "pt-BR": {"title": "Resposta", "body": "BR"},
+            "pt-AO": {"title": "Resposta", "body": "AO"},
+            "id": {"title": "Balasan", "body": "ID"},
+        },
+        default_locale="en",
+        image_url="https://cdn.example.com/agent.png",
+    )
+    assert post_notification(notify, body).status_code == 202
+    drain(app)
+    bodies = {
+        token: fcm.messages_for(token)[0].body["message"]
+        for token in (exact.push_token, same_language.push_token, other.push_token)
+    }
+    assert bodies[exact.push_token]["notification"]["body"] == "BR"
+    # The first key in sorted order with the same language.
+    assert bodies[same_language.push_token]["notification"]["body"] == "AO"
+    assert bodies[other.push_token]["notification"]["body"] == "Ticket #42 has a new reply."
+    message = bodies[exact.push_token]
+    assert message["android"]["notification"]["channel_id"] == TICKET_REPLY["android_channel_id"]
+    aps = message["apns"]["payload"]["aps"]
+    assert aps["interruption-level"] == TICKET_REPLY["ios_interruption_level"]
+    assert message["notification"]["image"] == "https://cdn.example.com/agent.png"

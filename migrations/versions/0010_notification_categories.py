@@ -1,4 +1,4 @@
-"""Notification categories, per-device category preferences and quiet hours.
+"""Notification categories, category preferences, quiet hours; campaign schedules and content.
 
 Revision ID: 0010
 Revises: 0006
@@ -96,9 +96,47 @@ def upgrade():
             type_=sa.String(length=64),
             existing_nullable=False,
         )
+    # Campaigns and deliveries: in place too (both have children or are huge).
+    op.add_column(
+        "campaigns",
+        sa.Column(
+            "category_key", sa.String(length=40), nullable=False, server_default="promotions"
+        ),
+    )
+    op.execute("UPDATE campaigns SET category_key = 'service' WHERE category = 'service'")
+    for column in _CAMPAIGN_COLUMNS:
+        op.add_column("campaigns", column)
+    op.add_column(
+        "campaigns",
+        sa.Column("fallback_timezone", sa.String(length=64), nullable=False, server_default="UTC"),
+    )
+    op.add_column("campaign_deliveries", sa.Column("due_at", sa.DateTime(timezone=True)))
+    op.add_column("campaign_deliveries", sa.Column("handed_at", sa.DateTime(timezone=True)))
+    op.create_index(
+        "ix_campaign_deliveries_device_id_handed_at",
+        "campaign_deliveries",
+        ["device_id", "handed_at"],
+    )
+
+
+_CAMPAIGN_COLUMNS = [
+    sa.Column("content", sa.JSON(), nullable=True),
+    sa.Column("default_locale", sa.String(length=35), nullable=True),
+    sa.Column("image_url", sa.Text(), nullable=True),
+    sa.Column("link", sa.Text(), nullable=True),
+    sa.Column("sound", sa.String(length=64), nullable=True),
+    sa.Column("badge", sa.Integer(), nullable=True),
+    sa.Column("send_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("local_time", sa.String(length=5), nullable=True),
+]
 
 
 def downgrade():
+    op.drop_index("ix_campaign_deliveries_device_id_handed_at", "campaign_deliveries")
+    op.drop_column("campaign_deliveries", "handed_at")
+    op.drop_column("campaign_deliveries", "due_at")
+    for name in ["fallback_timezone", *(c.name for c in _CAMPAIGN_COLUMNS), "category_key"]:
+        op.drop_column("campaigns", name)
     with op.batch_alter_table("consent_records") as batch_op:
         batch_op.alter_column(
             "purpose",

@@ -14,6 +14,7 @@ from mobile_api.http_errors import ErrorSchema
 from mobile_api.pagination import PageArgsSchema, page_schema, paginate
 from mobile_api.routes import Blueprint
 from mobile_api.routes.fields import (
+    CLOCK,
     VERSION,
     Locale,
     StrictBoolean,
@@ -95,14 +96,11 @@ class DeviceCheckInSchema(DeviceFieldsSchema):
     """Body of PATCH /v1/devices/me: any subset of the device fields."""
 
 
-_CLOCK = ma.validate.Regexp(r"^([01][0-9]|2[0-3]):[0-5][0-9]$", error="HH:MM, 00:00–23:59.")
-
-
 class QuietHoursSchema(ma.Schema):
     """Quiet hours in the device's timezone; start == end means none."""
 
-    start = ma.fields.String(required=True, validate=_CLOCK, metadata={"example": "21:00"})
-    end = ma.fields.String(required=True, validate=_CLOCK, metadata={"example": "08:00"})
+    start = ma.fields.String(required=True, validate=CLOCK, metadata={"example": "21:00"})
+    end = ma.fields.String(required=True, validate=CLOCK, metadata={"example": "08:00"})
 
 
 class PreferencesSchema(ma.Schema):

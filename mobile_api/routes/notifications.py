@@ -13,7 +13,7 @@ from mobile_api.auth import auth_required, current_caller, current_principal
 from mobile_api.extensions import db
 from mobile_api.http_errors import ErrorSchema
 from mobile_api.routes import Blueprint
-from mobile_api.routes.campaigns import _validate_data
+from mobile_api.routes.campaigns import _ID, _KEY, TextSchema, _https, _validate_data
 from mobile_api.routes.fields import Locale, Timestamp, printable
 from mobile_api.services import notifications as notification_service
 from models import Role
@@ -25,8 +25,6 @@ blp = Blueprint(
     description="Transactional notifications to one account's devices",
 )
 
-_ID = ma.validate.Regexp(r"^[0-9A-Z]{26}$", error="A device id.")
-_CATEGORY_KEY = ma.validate.Regexp(r"^[a-z][a-z0-9_]{1,39}$", error="A category key.")
 # Visible ASCII: the key travels in a header and is compared byte for byte.
 _IDEMPOTENCY_KEY = ma.validate.Regexp(r"^[\x21-\x7e]{1,255}$", error="1–255 visible ASCII chars.")
 
@@ -47,22 +45,10 @@ class IdempotencyHeaderSchema(ma.Schema):
     )
 
 
-class LocalizedTextSchema(ma.Schema):
-    """The title and body in one language."""
-
-    title = ma.fields.String(required=True, validate=printable(200))
-    body = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=2000))
-
-
-def _https(value: str) -> None:
-    if not value.startswith("https://") or len(value) <= len("https://"):
-        raise ma.ValidationError("An https URL.")
-
-
 class NotificationCreateSchema(ma.Schema):
     """Body of POST /v1/notifications: exactly one of account_id and device_ids."""
 
-    category_key = ma.fields.String(required=True, validate=_CATEGORY_KEY)
+    category_key = ma.fields.String(required=True, validate=_KEY)
     account_id = ma.fields.String(validate=printable(128))
     device_ids = ma.fields.List(
         ma.fields.String(validate=_ID), validate=ma.validate.Length(min=1, max=500)
@@ -71,7 +57,7 @@ class NotificationCreateSchema(ma.Schema):
     body = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=2000))
     content = ma.fields.Dict(
         keys=Locale(),
-        values=ma.fields.Nested(LocalizedTextSchema),
+        values=ma.fields.Nested(TextSchema),
         validate=ma.validate.Length(max=50),
         metadata={"description": "Per-locale text; title and body are the fallback"},
     )
@@ -84,7 +70,7 @@ class NotificationCreateSchema(ma.Schema):
     link = ma.fields.String(
         validate=printable(2048), metadata={"description": "A deep link; also sent as data.link"}
     )
-    image_url = ma.fields.String(validate=[*printable(2048), _https])
+    image_url = ma.fields.String(validate=[ma.validate.Length(max=2048), _https])
     ttl_seconds = ma.fields.Integer(validate=ma.validate.Range(min=0, max=28 * 24 * 3600))
     collapse_key = ma.fields.String(validate=printable(64))
 
@@ -132,7 +118,7 @@ class NotificationSchema(AcceptedSchema):
     category_key = ma.fields.String(required=True)
     title = ma.fields.String(required=True)
     body = ma.fields.String(required=True)
-    content = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Nested(LocalizedTextSchema))
+    content = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Nested(TextSchema))
     default_locale = ma.fields.String(allow_none=True)
     data = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.String())
     link = ma.fields.String(allow_none=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -179,13 +179,17 @@ def consent_whens(rule: CategoryRule) -> list[tuple[ColumnElement[bool], str]]:
     return []
 
 
-def exclusion_reason(category: str | CategoryRule) -> ColumnElement[str | None]:
+def exclusion_reason(
+    category: str | CategoryRule,
+    extra: Sequence[tuple[ColumnElement[bool], str]] = (),
+) -> ColumnElement[str | None]:
     """Why a device may not get a push of this category now, or NULL when it may.
 
-    `category` is a category's rule, or v1's campaign category (its built-in).
+    `category` is a category's rule, or v1's campaign category (its built-in);
+    `extra` reasons (frequency caps) are tested after deliverability and consent.
     """
     rule = V1_RULES[category] if isinstance(category, str) else category
-    return sa.case(*deliverability_whens(), *consent_whens(rule), else_=sa.null())
+    return sa.case(*deliverability_whens(), *consent_whens(rule), *extra, else_=sa.null())
 
 
 def _locale_filter(locales: list[str]) -> ColumnElement[bool]:

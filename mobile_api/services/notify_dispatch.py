@@ -16,7 +16,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 
 from mobile_api.push import PushMessage, PushTransport
-from mobile_api.services import Db, categories, dispatch, is_postgresql
+from mobile_api.services import Db, categories, dispatch, is_postgresql, messaging
 from mobile_api.services import audience as aud
 from mobile_api.services.dispatch import handoff
 from models import (
@@ -59,18 +59,24 @@ def has_due(session: Db) -> bool:
     return bool(found)
 
 
-def _message(row: Any) -> PushMessage:
+def _message(row: Any, category: Category) -> PushMessage:
+    """The message for one claimed row: its language, its category's channel, rich content."""
+    key = messaging.content_key(row.content, row.locale)
+    text = row.content[key] if row.content and key else None
     data = dict(row.data or {})
     if row.link:
-        data["link"] = row.link
+        data["link"] = row.link  # apps that read only data find it too
     return PushMessage(
         token=row.push_token,
-        title=row.title,
-        body=row.body,
+        title=text["title"] if text else row.title,
+        body=text["body"] if text else row.body,
         data=data,
         ttl_seconds=row.ttl_seconds,
         collapse_key=row.collapse_key,
         priority="high",
+        android_channel_id=category.android_channel_id,
+        ios_interruption_level=category.ios_interruption_level,
+        image_url=row.image_url,
     )
 
 
@@ -88,10 +94,13 @@ def _claimable(session: Db, category: Category, now: datetime, limit: int) -> li
             NotificationDelivery.device_id,
             NotificationDelivery.attempts,
             Device.push_token,
+            Device.locale,
             Notification.title,
             Notification.body,
+            Notification.content,
             Notification.data,
             Notification.link,
+            Notification.image_url,
             Notification.ttl_seconds,
             Notification.collapse_key,
             reason,
@@ -138,16 +147,19 @@ def send_due(session: Db, push: PushTransport, settings: dispatch.Settings) -> i
         {"now": now},
     ).all()
     rows: list[Any] = []
+    messages: list[PushMessage] = []
     for category in due_categories:
-        rows += _claimable(session, category, now, settings.chunk_size - len(rows))
+        claimable = _claimable(session, category, now, settings.chunk_size - len(rows))
+        rows += claimable
+        messages += [_message(row, category) for row in claimable if row.reason is None]
         if len(rows) >= settings.chunk_size:
             break
     if not rows:
         session.commit()
         return 0
     table = cast(sa.Table, NotificationDelivery.__table__)
-    to_send = handoff.claim(session, table, rows, now)
-    messages = [_message(row) for row in to_send]
+    to_send = [row for row in rows if row.reason is None]
+    handoff.claim(session, table, to_send, handoff.refused(rows), now)
     session.commit()  # the claim: from here on no other dispatcher takes these rows
 
     results = handoff.hand_over(push, messages)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -40,18 +40,37 @@ def _set(session: Db, table: sa.Table, ids: list[int], **values: Any) -> None:
     session.execute(sa.update(table).where(table.c.id.in_(ids)).values(**values))
 
 
-def claim(session: Db, table: sa.Table, rows: Sequence[Any], now: datetime) -> list[Any]:
-    """Suppress the selected rows that carry a `reason`, mark the rest `sending`; those to send.
+def refused(
+    rows: Sequence[Any], also: Mapping[str, list[int]] | None = None
+) -> dict[str, list[int]]:
+    """Ids of the selected rows that carry a `reason` (why they may not be sent), by reason.
 
-    The caller selected `rows` (id, reason, …) in this transaction and commits it: the
-    claim. From that commit on no other dispatcher takes these rows.
+    `also`: more ids by reason (what the dispatcher's own gates held back), merged in.
     """
-    to_send = [row for row in rows if row.reason is None]
     by_reason: dict[str, list[int]] = defaultdict(list)
+    for why, ids in (also or {}).items():
+        by_reason[why] += ids
     for row in rows:
         if row.reason is not None:
             by_reason[row.reason].append(row.id)
-    for why, ids in by_reason.items():
+    return dict(by_reason)
+
+
+def claim(
+    session: Db,
+    table: sa.Table,
+    to_send: Sequence[Any],
+    suppressed: Mapping[str, list[int]],
+    now: datetime,
+    **sending: Any,
+) -> None:
+    """Mark the rows `to_send` as being handed over and the others suppressed, by reason.
+
+    `sending`: more columns to set on the rows handed over. The caller selected the
+    rows in this transaction and commits it: the claim. From that commit on no other
+    dispatcher takes these rows.
+    """
+    for why, ids in suppressed.items():
         _set(session, table, ids, status=DeliveryStatus.SUPPRESSED, reason=why, updated_at=now)
     if to_send:
         _set(
@@ -62,8 +81,8 @@ def claim(session: Db, table: sa.Table, rows: Sequence[Any], now: datetime) -> l
             claimed_at=now,
             attempts=table.c.attempts + 1,
             updated_at=now,
+            **sending,
         )
-    return to_send
 
 
 def hand_over(push: PushTransport, messages: Sequence[PushMessage]) -> list[SendResult]:
