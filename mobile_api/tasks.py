@@ -9,6 +9,7 @@ from typing import Any
 from celery import Celery, Task, bootsteps, shared_task
 from celery.signals import worker_process_init
 from flask import Flask, current_app
+from kombu.entity import Queue
 
 from mobile_api import healthcheck, periodic
 from mobile_api.extensions import db
@@ -97,8 +98,10 @@ def make_celery(app: Flask) -> Celery:
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         beat_schedule=schedule,
-        # Notifications have a queue of their own, so a worker consuming it (-Q) never
-        # finds one behind a campaign's chunks.
+        # Notifications have a queue of their own, so a worker consuming only it (-Q)
+        # never finds one behind a campaign's chunks; a worker started without -Q
+        # consumes both, so no deployment leaves notifications unsent.
+        task_queues=(Queue(queue), Queue(notifications_queue)),  # type: ignore[no-untyped-call]
         task_routes={SEND_NOTIFICATIONS: {"queue": notifications_queue}},
     )
     celery.set_default()

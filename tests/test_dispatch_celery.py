@@ -72,7 +72,10 @@ def app(postgres_url: str, fcm_settings: dict[str, Any], queue: str) -> Iterator
     wipe(built)
 
 
-def _start_worker(name: str, env: dict[str, str], queue: str, log: Path) -> subprocess.Popen[Any]:
+def _start_worker(
+    name: str, env: dict[str, str], queue: str | None, log: Path
+) -> subprocess.Popen[Any]:
+    """A Celery worker of queue `queue` (None: every queue of the deployment)."""
     return subprocess.Popen(
         [
             sys.executable,
@@ -81,8 +84,7 @@ def _start_worker(name: str, env: dict[str, str], queue: str, log: Path) -> subp
             "--app",
             "wsgi.celery",
             "worker",
-            "-Q",
-            queue,
+            *(["-Q", queue] if queue else []),
             "-c",
             "1",
             "-n",

@@ -73,3 +73,32 @@ def test_a_notification_is_sent_while_a_campaign_waits_in_its_queue(
     assert _waiting_messages(queue) == 1
     got = client.get(f"/v1/notifications/{accepted['id']}", headers=notify).get_json()
     assert got["status"] == "completed"
+
+
+def test_a_worker_started_without_queues_sends_notifications_too(
+    app: Flask,
+    client: FlaskClient,
+    postgres_url: str,
+    fcm_settings: dict[str, Any],
+    queue: str,
+    notify: dict[str, str],
+    post_notification: Callable[..., Any],
+    device: Callable[..., Made],
+    fcm: FakeFcmServer,
+    tmp_path: Path,
+) -> None:
+    helpdesk_user = device(promotional=False, account_id="acct-1")
+    post_notification(notify, notification_body())
+    env = subprocess_env(
+        postgres_url, fcm_settings, CELERY_BROKER_URL=REDIS_URL, CELERY_QUEUE=queue
+    )
+    log = tmp_path / "worker.log"
+    worker = _start_worker("all", env, None, log)
+    try:
+        deadline = time.monotonic() + 60
+        while not fcm.received and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=10)
+    assert [m.token for m in fcm.received] == [helpdesk_user.push_token], log.read_text()
