@@ -78,15 +78,15 @@ class CampaignFinished(DomainError):
 
 
 class CategoryKindImmutable(DomainError):
-    """A category's kind cannot change once it is created."""
+    """A category's kind is fixed once it is created."""
 
 
 class CategorySettingsInvalid(DomainError):
-    """Settings a category of its kind may not have."""
+    """A category's settings break the rules of its kind."""
 
 
 class UnknownCategory(DomainError):
-    """No notification category has this key."""
+    """No such notification category."""
 
 
 class CategoryNotChangeable(DomainError):
@@ -94,11 +94,11 @@ class CategoryNotChangeable(DomainError):
 
 
 class CategoryNotAllowed(DomainError):
-    """Campaigns take a promotional or service category only."""
+    """Campaigns take promotional or service categories only."""
 
 
 class CategoryMismatch(DomainError):
-    """A campaign's category and category_key disagree."""
+    """category and category_key disagree."""
 
 
 class ServiceNotificationRequiresAdmin(DomainError):

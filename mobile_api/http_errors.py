@@ -104,11 +104,7 @@ DOMAIN_ERRORS: dict[type[errors.DomainError], tuple[int, str, str]] = {
         "A promotional category cannot be enabled by default, and a service category "
         "cannot be opted out of.",
     ),
-    errors.UnknownCategory: (
-        422,
-        "unknown_category",
-        "No such notification category.",
-    ),
+    errors.UnknownCategory: (422, "unknown_category", "No such notification category."),
     errors.CategoryNotChangeable: (
         422,
         "category_not_changeable",
