@@ -79,6 +79,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from mobile_api.routes import notifications
 
     api.register_blueprint(notifications.blp)
+    from mobile_api.routes import inventory
+
+    api.register_blueprint(inventory.blp)
     cli.init_app(app)
     docs.init_app(app)
     make_celery(app)

@@ -8,7 +8,7 @@ import click
 from flask.cli import AppGroup
 
 from mobile_api.extensions import db
-from mobile_api.services import audit, privacy
+from mobile_api.services import audit, inventory, privacy
 from mobile_api.services.caller import CLI
 from models import utcnow
 
@@ -24,6 +24,12 @@ def _utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@privacy_cli.command("inventory")
+def inventory_command() -> None:
+    """Print the data inventory as the README's Markdown table (paste it between its markers)."""
+    click.echo(inventory.markdown())
 
 
 @privacy_cli.command("purge")

@@ -37,10 +37,16 @@ def unique(prefix: str) -> str:
 
 
 def rows_mentioning(app: Flask, *needles: str) -> list[tuple[str, str]]:
-    """(table, needle) for every row of every table of the schema that contains a needle."""
+    """(table, needle) for every row of every table in the database that contains a needle.
+
+    The tables are read from the database itself, not the models: a table that a migration
+    made and no model declares is scanned too.
+    """
     found = []
     with app.app_context():
-        for table in db.metadata.sorted_tables:
+        schema = sa.MetaData()
+        schema.reflect(bind=db.engine)
+        for table in schema.sorted_tables:
             for row in db.session.execute(sa.select(table)):
                 text = json.dumps([str(value) for value in row])
                 found.extend((table.name, needle) for needle in needles if needle in text)

@@ -42,7 +42,8 @@ from mobile_api.geo import (
     make_limiter,
 )
 from mobile_api.geo.gateway import _distance_m
-from mobile_api.geo.provider import AreaRecord, MinimalRequestsAdapter, PlaceRecord
+from mobile_api.geo.records import Place
+from mobile_api.geo.transport import MinimalRequestsAdapter
 from tests.fakes.nominatim_server import FakeNominatim, RecordedRequest
 
 USER_AGENT = "mobile_api/1.0.0 (helpdesk app; ops@example.invalid)"
@@ -605,12 +606,11 @@ def test_file_limiter_refuses_rather_than_running_unthrottled(tmp_path: Path) ->
 
 def _search_from_a_worker(settings: dict[str, Any], lats: list[float], start: Any) -> None:
     """One web worker of a host (a process of its own): its app searches cells nobody has."""
-    from mobile_api import create_app
-    from mobile_api.services import places
+    from mobile_api import create_app, geo
 
     app = create_app(settings)
     with app.app_context():
-        gateway = places.current_gateway()
+        gateway = geo.current_gateway()
         start.wait(timeout=60)
         for lat in lats:
             gateway.search(lat, 20.0, category="cafe")
@@ -829,10 +829,10 @@ class _InstantProvider:
         box: tuple[float, float, float, float],
         limit: int,
         timeout: float,
-    ) -> list[PlaceRecord]:
+    ) -> list[Place]:
         south, west, north, east = box
         return [
-            PlaceRecord(
+            Place(
                 name=f"P{i}",
                 category=term,
                 lat=south + (north - south) * ((i * 7) % 40) / 40,
@@ -842,7 +842,7 @@ class _InstantProvider:
             for i in range(limit)
         ]
 
-    def reverse(self, lat: float, lon: float, timeout: float) -> AreaRecord:
+    def reverse(self, lat: float, lon: float, timeout: float) -> Area:
         raise NotImplementedError
 
     def close(self) -> None:

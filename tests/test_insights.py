@@ -160,6 +160,7 @@ def test_aggregates_of_a_known_fleet(
     # One and two devices changed: too few to show.
     assert body["version_changes"] == {
         "days": 30,
+        "devices_covered": 6,
         "os_version": {"changes": None, "devices": None},
         "app_version": {"changes": None, "devices": None},
     }
@@ -192,6 +193,7 @@ def test_check_ins_show_up_as_version_changes(
 ) -> None:
     tokens = [register(os_version="13", app_version="1.0.0")[1] for _ in range(5)]
     for token in tokens:
+        client.put("/v1/devices/me/preferences", json={"analytics": True}, headers=bearer(token))
         client.patch("/v1/devices/me", json={"os_version": "14"}, headers=bearer(token))
         client.patch("/v1/devices/me", json={"app_version": "1.1.0"}, headers=bearer(token))
     client.patch("/v1/devices/me", json={"app_version": "1.2.0"}, headers=bearer(tokens[0]))

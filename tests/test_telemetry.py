@@ -405,8 +405,10 @@ def _history(client: FlaskClient, token: str) -> list[dict[str, Any]]:
     return history
 
 
-def test_check_ins_record_version_changes_only(client: FlaskClient, register: Maker) -> None:
-    device, token = register(os_version="13", app_version="5.1.0")
+def test_check_ins_record_version_changes_only(
+    client: FlaskClient, analytics_device: Maker
+) -> None:
+    device, token = analytics_device(os_version="13", app_version="5.1.0")
     assert _history(client, token) == []  # registration records nothing
 
     def check_in(**fields: Any) -> dict[str, Any]:
@@ -431,9 +433,9 @@ def test_check_ins_record_version_changes_only(client: FlaskClient, register: Ma
 
 
 def test_re_registration_records_version_changes(
-    client: FlaskClient, app_key: str, register: Maker
+    client: FlaskClient, app_key: str, analytics_device: Maker
 ) -> None:
-    device, token = register(app_version="5.1.0")
+    device, token = analytics_device(app_version="5.1.0")
     body = device_body(installation_id=device["installation_id"], app_version="5.3.0")
 
     response = client.post(

@@ -1,34 +1,34 @@
 """The places gateway: what the app may ask of the mapping provider, and how little it tells it.
 
 The user's exact position enters ``search``/``reverse`` and goes no further than this module:
-it is rounded to ``precision_decimals`` before anything is cached, rate-limited or sent, and it
-is used afterwards only to compute distances locally.
+it is coarsened to a cell (``geo.grid``: rounded to ``precision_decimals``, or the approximate
+grid) before anything is cached, rate-limited or sent, and it is used afterwards only to compute
+distances locally.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from geographiclib.geodesic import Geodesic
 
-from mobile_api.geo.cache import Cache, InProcessLimiter, Limiter, MemoryCache
+from mobile_api.geo.cache import Cache, MemoryCache
 from mobile_api.geo.errors import (
     ProviderError,
     ProviderFailure,
     ProviderTimeout,
     ProviderUnavailable,
 )
-from mobile_api.geo.provider import (
-    AreaRecord,
-    NominatimProvider,
-    PlaceRecord,
-    PlacesProvider,
-)
+from mobile_api.geo.grid import Cell, Precision, grid_cell, rounded_cell
+from mobile_api.geo.limiter import InProcessLimiter, Limiter
+from mobile_api.geo.nominatim import NominatimProvider
+from mobile_api.geo.provider import PlacesProvider
+from mobile_api.geo.records import Area, Place
 
 log = logging.getLogger(__name__)
 
@@ -53,29 +53,6 @@ _T = TypeVar("_T")
 LookupHook = Callable[[str, str, str], None]
 
 ProviderFactory = Callable[..., PlacesProvider]
-
-
-@dataclass(frozen=True, slots=True)
-class Place:
-    """A place near the user, with its distance from the user's exact point."""
-
-    name: str
-    category: str
-    lat: float
-    lon: float
-    address: str
-    distance_m: int
-
-
-@dataclass(frozen=True, slots=True)
-class Area:
-    """The coarse area around a point: never a street or a house number."""
-
-    city: str | None
-    district: str | None
-    region: str | None
-    country: str | None
-    country_code: str | None
 
 
 def _distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> int:
@@ -115,6 +92,21 @@ def normalise_term(category: str | None, query: str | None) -> str:
     if not term:
         raise ValueError("the search term is empty")
     return term
+
+
+def _box(cell: Cell) -> tuple[float, float, float, float]:
+    """Return (south, west, north, east): the cell and SEARCH_RADIUS_M around it, from it alone."""
+    half_lat = SEARCH_RADIUS_M / _METRES_PER_DEGREE + cell.half_height
+    # Degrees of longitude shrink towards the poles; cap the widening near them.
+    scale = max(math.cos(math.radians(cell.lat)), 0.1)
+    half_lon = SEARCH_RADIUS_M / (_METRES_PER_DEGREE * scale) + cell.half_width
+    places = cell.decimals
+    return (
+        round(max(cell.lat - half_lat, -90.0), places) + 0.0,
+        round(max(cell.lon - half_lon, -180.0), places) + 0.0,
+        round(min(cell.lat + half_lat, 90.0), places) + 0.0,
+        round(min(cell.lon + half_lon, 180.0), places) + 0.0,
+    )
 
 
 class PlacesGateway:
@@ -167,6 +159,7 @@ class PlacesGateway:
         category: str | None = None,
         query: str | None = None,
         limit: int = 20,
+        precision: Precision = Precision.PRECISE,
     ) -> list[Place]:
         """Return up to limit places matching category or query near the point, nearest first."""
         started = time.monotonic()
@@ -174,67 +167,43 @@ class PlacesGateway:
         term = normalise_term(category, query)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
             raise ValueError(f"limit must be an integer from 1 to {MAX_LIMIT}")
-        cell_lat, cell_lon = self._coarsen(lat, lon)
+        cell = self.cell(lat, lon, precision)
         # The term goes last: the fields before it have fixed formats, so keys cannot collide.
-        key = f"search|{self._fmt(cell_lat)}|{self._fmt(cell_lon)}|{limit}|{term}"
-        box = self._box(cell_lat, cell_lon)
-        records: list[PlaceRecord]
-        records, cache_state = self._cached(
-            "search", key, started, lambda t: self._provider.search(term, box, limit, t)
+        key = f"search|{cell.key}|{limit}|{term}"
+        box = _box(cell)
+        found, cache_state = self._cached(
+            "search",
+            key,
+            started,
+            lambda t: [p.to_json() for p in self._provider.search(term, box, limit, t)],
         )
         places = [
-            Place(
-                name=r["name"],
-                category=r["category"],
-                lat=r["lat"],
-                lon=r["lon"],
-                address=r["address"],
-                distance_m=_distance_m(lat, lon, r["lat"], r["lon"]),
-            )
-            for r in records
+            dataclasses.replace(p, distance_m=_distance_m(lat, lon, p.lat, p.lon))
+            for p in map(Place.from_json, found)
         ]
-        places.sort(key=lambda p: (p.distance_m, p.name))
+        places.sort(key=lambda p: (p.distance_m or 0, p.name))
         self._report("search", cache_state, "ok")
         return places
 
-    def reverse(self, lat: float, lon: float) -> Area:
+    def reverse(self, lat: float, lon: float, *, precision: Precision = Precision.PRECISE) -> Area:
         """Return the city-level area around the point."""
         started = time.monotonic()
         _check_point(lat, lon)
-        cell_lat, cell_lon = self._coarsen(lat, lon)
-        key = f"reverse|{self._fmt(cell_lat)}|{self._fmt(cell_lon)}"
-        record: AreaRecord
-        record, cache_state = self._cached(
-            "reverse", key, started, lambda t: self._provider.reverse(cell_lat, cell_lon, t)
+        cell = self.cell(lat, lon, precision)
+        found, cache_state = self._cached(
+            "reverse",
+            f"reverse|{cell.key}",
+            started,
+            lambda t: self._provider.reverse(cell.lat, cell.lon, t).to_json(),
         )
         self._report("reverse", cache_state, "ok")
-        return Area(
-            city=record.get("city"),
-            district=record.get("district"),
-            region=record.get("region"),
-            country=record.get("country"),
-            country_code=record.get("country_code"),
-        )
+        return Area.from_json(found)
 
-    def _coarsen(self, lat: float, lon: float) -> tuple[float, float]:
-        # "+ 0.0" turns -0.0 into 0.0, so the sign of a point just below the equator is not sent.
-        return round(lat, self._decimals) + 0.0, round(lon, self._decimals) + 0.0
-
-    def _fmt(self, value: float) -> str:
-        return f"{value:.{self._decimals}f}"
-
-    def _box(self, cell_lat: float, cell_lon: float) -> tuple[float, float, float, float]:
-        """Return (south, west, north, east) around the coarse cell, derived from it alone."""
-        half_lat = SEARCH_RADIUS_M / _METRES_PER_DEGREE + 0.5 * 10.0**-self._decimals
-        # Degrees of longitude shrink towards the poles; cap the widening near them.
-        half_lon = half_lat / max(math.cos(math.radians(cell_lat)), 0.1)
-        places = self._decimals + 1
-        return (
-            round(max(cell_lat - half_lat, -90.0), places) + 0.0,
-            round(max(cell_lon - half_lon, -180.0), places) + 0.0,
-            round(min(cell_lat + half_lat, 90.0), places) + 0.0,
-            round(min(cell_lon + half_lon, 180.0), places) + 0.0,
-        )
+    def cell(self, lat: float, lon: float, precision: Precision) -> Cell:
+        """The coarse cell the point is known by outside this process, at that precision."""
+        if precision is Precision.APPROXIMATE:
+            return grid_cell(lat, lon)
+        return rounded_cell(lat, lon, self._decimals)
 
     def _cached(
         self, kind: str, key: str, started: float, call: Callable[[float], _T]

@@ -22,8 +22,9 @@ blp = Blueprint(
     description=(
         "Places near me. Needs the location_services preference on and the OS location "
         "permission precise or approximate (else 403 location_consent_required). Only the "
-        "position rounded to LOCATION_PRECISION_DECIMALS and the category or query reach the "
-        "mapping provider; positions are never stored or logged."
+        "position rounded to LOCATION_PRECISION_DECIMALS (precise) or snapped to a grid of "
+        "cells at least 3 km wide (approximate), and the category or query, reach the mapping "
+        "provider; positions are never stored or logged."
     ),
 )
 

@@ -195,15 +195,26 @@ class ChangeCountSchema(ma.Schema):
 
 
 class VersionChangesSchema(ma.Schema):
-    """OS and app version changes of the last `days` days."""
+    """OS and app version changes of the last `days` days, of devices with analytics consent."""
 
     days = ma.fields.Integer(required=True)
+    devices_covered = ma.fields.Integer(
+        required=True,
+        metadata={
+            "description": "Active devices these counts cover: only devices with analytics "
+            "consent keep a version history; the other breakdowns cover all active_devices"
+        },
+    )
     os_version = ma.fields.Nested(ChangeCountSchema, required=True)
     app_version = ma.fields.Nested(ChangeCountSchema, required=True)
 
 
 class DeviceInsightsSchema(ma.Schema):
-    """Aggregates over active devices (not disabled, account not terminated)."""
+    """Aggregates over active devices (not disabled, account not terminated).
+
+    Every breakdown covers all `active_devices` except `version_changes`, which covers its
+    `devices_covered` (those with analytics consent).
+    """
 
     generated_at = Timestamp(required=True)
     min_group_size = ma.fields.Integer(required=True)

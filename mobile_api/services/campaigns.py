@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -20,7 +20,7 @@ from mobile_api.errors import (
     ServiceCampaignRequiresAdmin,
 )
 from mobile_api.push import INVALID_TOKEN_ERRORS
-from mobile_api.services import Db, audit, categories, export, messaging
+from mobile_api.services import Db, audit, categories, erasure, export, messaging
 from mobile_api.services import audience as aud
 from mobile_api.services.caller import Caller
 from mobile_api.services.messaging import FREQUENCY_CAPPED
@@ -47,16 +47,34 @@ def _export_deliveries(session: Db, device: Device) -> list[dict[str, Any]]:
     rows = session.scalars(
         sa.select(Delivery).where(Delivery.device_id == device.id).order_by(Delivery.id)
     )
-    return [
-        {
-            "campaign_id": row.campaign_id,
-            "status": row.status,
-            "reason": row.reason,
-            "attempts": row.attempts,
-            "updated_at": export.to_json(row.updated_at),
-        }
-        for row in rows
-    ]
+    return export.items(rows, "campaign_deliveries", "deliveries")
+
+
+@erasure.scrubber("campaigns", "audience")
+def _scrub_audiences(
+    session: Db,
+    device_ids: Sequence[str],
+    account_ids: Sequence[str],
+    hash_id: Callable[[str], str],
+) -> None:
+    """Replace erased ids in audiences by their keyed hashes, which match no device.
+
+    Dropping them instead could empty a list, and an empty list means no filter at all.
+    """
+    erased = dict.fromkeys(device_ids, "device_ids") | dict.fromkeys(account_ids, "account_ids")
+    if not erased:
+        return
+    text = sa.cast(Campaign.audience, sa.Text)
+    mentions = sa.or_(*(text.contains(f'"{identifier}"') for identifier in erased))
+    for campaign in session.scalars(sa.select(Campaign).where(mentions)):
+        audience = dict(campaign.audience)
+        for key in ("device_ids", "account_ids"):
+            if audience.get(key):
+                audience[key] = [
+                    f"erased:{hash_id(v)}" if erased.get(v) == key else v for v in audience[key]
+                ]
+        campaign.audience = audience
+    session.flush()
 
 
 def _require_role(campaign_category: str, caller: Caller) -> None:

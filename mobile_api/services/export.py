@@ -1,6 +1,9 @@
 """Export: everything the service holds about a device or account, as one readable document.
 
-Modules that keep more data about a device add a section without touching this file:
+Which columns appear is the data inventory's (models/inventory.py) to say: the `device` part
+holds every device column it exports as `device.<column>`, and `items()` turns rows into the
+items of a section with the columns it exports there. Modules that keep more data about a
+device add a section without touching this file:
 
     @export.device_section("telemetry_events")
     def _telemetry(session: Db, device: Device) -> list[dict[str, Any]]: ...
@@ -11,7 +14,7 @@ and per account), in the order the sections were registered.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -19,33 +22,16 @@ import sqlalchemy as sa
 
 from mobile_api.services import Db
 from models import AccountTermination, ConsentRecord, Device, utcnow
+from models.inventory import exported_columns, exported_device_fields
 
 DeviceSection = Callable[[Db, Device], Any]
 S = TypeVar("S", bound=DeviceSection)
 
 _DEVICE_SECTIONS: dict[str, DeviceSection] = {}
 
-_DEVICE_FIELDS = (
-    "id",
-    "installation_id",
-    "platform",
-    "os_version",
-    "device_model",
-    "app_version",
-    "locale",
-    "timezone",
-    "push_token",
-    "push_token_invalid_at",
-    "push_permission",
-    "location_permission",
-    "account_id",
-    "disabled_at",
-    "disabled_reason",
-    "disabled_ticket",
-    "created_at",
-    "updated_at",
-    "last_seen_at",
-)
+# The device columns the inventory exports under "device" (a new column declared there with
+# an export path "device.<column>" appears in every export without a change here).
+_DEVICE_FIELDS = exported_device_fields()
 
 
 def device_section(name: str) -> Callable[[S], S]:
@@ -65,6 +51,16 @@ def to_json(value: Any) -> Any:
     return value.isoformat().replace("+00:00", "Z") if isinstance(value, datetime) else value
 
 
+def items(rows: Iterable[Any], table: str, path: str) -> list[dict[str, Any]]:
+    """Rows of `table` as the items of the export's list at `path`.
+
+    Each item holds the columns the inventory exports there: a column declared with that
+    path appears in every export without more code.
+    """
+    columns = exported_columns(table, path)
+    return [{column: to_json(getattr(row, column)) for column in columns} for row in rows]
+
+
 @device_section("consents")
 def _consents(session: Db, device: Device) -> list[dict[str, Any]]:
     consents = session.scalars(
@@ -72,16 +68,7 @@ def _consents(session: Db, device: Device) -> list[dict[str, Any]]:
         .where(ConsentRecord.device_id == device.id)
         .order_by(ConsentRecord.id)
     )
-    return [
-        {
-            "purpose": c.purpose,
-            "granted": c.granted,
-            "source": c.source,
-            "policy_version": c.policy_version,
-            "recorded_at": to_json(c.recorded_at),
-        }
-        for c in consents
-    ]
+    return items(consents, "consent_records", "consents")
 
 
 def _device_document(session: Db, device: Device) -> dict[str, Any]:

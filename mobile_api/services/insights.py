@@ -135,11 +135,13 @@ def device_insights(session: Db, now: datetime | None = None) -> dict[str, Any]:
         ),
         "opt_in": {purpose: _opt_in(summed(purpose), total) for purpose in purposes},
         "seen_within_days": {str(days): summed(f"seen_{days}") for days in SEEN_WITHIN_DAYS},
-        "version_changes": _version_changes(session, now),
+        "version_changes": _version_changes(session, now, covered=summed("analytics")),
     }
 
 
-def _version_changes(session: Db, now: datetime) -> dict[str, Any]:
+def _version_changes(session: Db, now: datetime, *, covered: int) -> dict[str, Any]:
+    """Changes in the window; only devices with analytics consent keep a history, so only
+    they (`devices_covered` of the active devices) are counted."""
     since = now - timedelta(days=VERSION_CHANGE_WINDOW_DAYS)
     # Per device first, then per field: PostgreSQL sorts for count(DISTINCT …) but
     # can hash a GROUP BY, which is several times faster over a month of changes.
@@ -155,7 +157,7 @@ def _version_changes(session: Db, now: datetime) -> dict[str, Any]:
         sa.func.count().label("devices"),
     ).group_by(per_device.c.field)
     found = {row.field: row for row in session.execute(stmt)}
-    result: dict[str, Any] = {"days": VERSION_CHANGE_WINDOW_DAYS}
+    result: dict[str, Any] = {"days": VERSION_CHANGE_WINDOW_DAYS, "devices_covered": covered}
     for field in VersionField:
         row = found.get(field.value)
         devices = row.devices if row else 0

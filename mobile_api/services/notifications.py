@@ -16,7 +16,7 @@ import contextlib
 import hashlib
 import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
@@ -32,7 +32,7 @@ from mobile_api.errors import (
     ServiceNotificationRequiresAdmin,
 )
 from mobile_api.push import INVALID_TOKEN_ERRORS
-from mobile_api.services import Db, categories, export, is_postgresql
+from mobile_api.services import Db, categories, erasure, export, is_postgresql
 from mobile_api.services.caller import Caller
 from models import (
     CategoryKind,
@@ -368,7 +368,53 @@ def _export_notifications(session: Db, device: Device) -> list[dict[str, Any]]:
             "body": notification.body,
             "status": delivery.status,
             "reason": delivery.reason,
+            "attempts": delivery.attempts,
             "updated_at": export.to_json(delivery.updated_at),
         }
         for delivery, notification in rows
     ]
+
+
+@erasure.scrubber("notifications", "account_id")
+def _scrub_accounts(
+    session: Db,
+    device_ids: Sequence[str],
+    account_ids: Sequence[str],
+    hash_id: Callable[[str], str],
+) -> None:
+    """An erased account's notifications keep only the keyed hash of its id."""
+    for account_id in account_ids:
+        session.execute(
+            sa.update(Notification)
+            .where(Notification.account_id == account_id)
+            .values(account_id=hash_id(account_id))
+            .execution_options(synchronize_session=False)
+        )
+
+
+@erasure.scrubber("notifications", "device_ids")
+def _scrub_devices(
+    session: Db,
+    device_ids: Sequence[str],
+    account_ids: Sequence[str],
+    hash_id: Callable[[str], str],
+) -> None:
+    """Erased devices named in a notification's device_ids become their keyed hashes."""
+    erased = set(device_ids)
+    if not erased:
+        return
+    # Their delivery rows may already be unlinked (erasure goes children first), so the
+    # notifications are found by the ids in their JSON text.
+    listing = sa.cast(Notification.device_ids, sa.Text)
+    named = session.execute(
+        sa.select(Notification.id, Notification.device_ids).where(
+            sa.or_(*(listing.like(f'%"{device_id}"%') for device_id in sorted(erased)))
+        )
+    ).all()
+    for notification_id, listed in named:
+        session.execute(
+            sa.update(Notification)
+            .where(Notification.id == notification_id)
+            .values(device_ids=[hash_id(d) if d in erased else d for d in listed])
+            .execution_options(synchronize_session=False)
+        )

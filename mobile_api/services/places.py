@@ -1,21 +1,22 @@
 """Places near me: consent gate first, then the mapping-provider gateway; faults as API errors.
 
 The user's exact position is passed straight to the gateway, which coarsens it before anything
-leaves the process and uses it afterwards only to rank results; nothing here stores or logs it.
+leaves the process (as finely as the device's OS location permission allows: precise or
+approximate) and uses it afterwards only to rank results; nothing here stores or logs it.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
-from flask import Flask, current_app
+from flask import Flask
 from prometheus_client import Counter
 
+from mobile_api import geo
 from mobile_api.errors import (
     LocationConsentRequired,
     MappingProviderError,
@@ -29,17 +30,15 @@ from mobile_api.geo import (
     Area,
     Place,
     PlacesGateway,
+    Precision,
     ProviderError,
     ProviderTimeout,
     ProviderUnavailable,
-    make_cache,
-    make_limiter,
 )
-from models import LOCATION_ALLOWED, Device
+from mobile_api.geo import current_gateway as current_gateway  # the routes' way to it
+from models import LOCATION_ALLOWED, Device, LocationPermission
 
 log = logging.getLogger(__name__)
-
-EXTENSION = "places_gateway"
 
 # The categories the app offers, and the term each one is searched by (Nominatim resolves
 # these special phrases to the matching amenity or shop inside the search box).
@@ -96,48 +95,16 @@ def count_lookup(kind: str, cache: str, outcome: str) -> None:
     LOOKUPS.labels(kind, cache, outcome).inc()
 
 
-def build_gateway(
-    settings: Mapping[str, Any], on_lookup: Callable[[str, str, str], None] | None = None
-) -> PlacesGateway:
-    """A gateway configured from the app's settings (GEOCODER_*, LOCATION_PRECISION_DECIMALS, …).
-
-    With REDIS_URL set, the cache and the one-request-a-second limiter live in Redis under
-    PLACES_REDIS_PREFIX, so every process of the deployment shares them. Without it, the
-    limiter is the GEOCODER_LIMITER_FILE that every process of the host shares.
-    """
-    redis_url = settings.get("REDIS_URL") or None
-    prefix = settings["PLACES_REDIS_PREFIX"]
-    timeout = float(settings["GEOCODER_TIMEOUT"])
-    interval = float(settings["GEOCODER_MIN_INTERVAL"])
-    return PlacesGateway(
-        domain=settings["GEOCODER_DOMAIN"],
-        scheme=settings["GEOCODER_SCHEME"],
-        user_agent=settings["GEOCODER_USER_AGENT"],
-        precision_decimals=int(settings["LOCATION_PRECISION_DECIMALS"]),
-        timeout=timeout,
-        cache=make_cache(redis_url, prefix=f"{prefix}cache:"),
-        limiter=make_limiter(
-            redis_url,
-            interval,
-            key=f"{prefix}provider-slot",
-            slot_file=settings.get("GEOCODER_LIMITER_FILE"),
-            # No lookup reserves a slot further ahead than its own deadline allows.
-            max_ahead=timeout + interval,
-        ),
-        cache_ttl=float(settings["PLACES_CACHE_TTL"]),
-        on_lookup=on_lookup,
-    )
-
-
 def init_app(app: Flask) -> None:
-    """Create the app's one gateway (shared by its threads) from its settings."""
-    app.extensions[EXTENSION] = build_gateway(app.config, count_lookup)
+    """Create the app's one gateway, its lookups counted in /metrics."""
+    geo.init_app(app, on_lookup=count_lookup)
 
 
-def current_gateway() -> PlacesGateway:
-    """The gateway of the current app."""
-    gateway: PlacesGateway = current_app.extensions[EXTENSION]
-    return gateway
+def precision_of(device: Device) -> Precision:
+    """How finely the device's OS lets the app know its position, so how finely it goes further."""
+    if device.location_permission == LocationPermission.APPROXIMATE:
+        return Precision.APPROXIMATE
+    return Precision.PRECISE
 
 
 def require_location_consent(device: Device, endpoint: str) -> None:
@@ -164,7 +131,14 @@ def search(
     with _provider_faults():
         # Always ask for the most the provider gives: one cache entry per cell and term serves
         # every limit, and ranking the larger set locally finds the truly nearest ones.
-        places = gateway.search(lat, lon, category=term, query=query, limit=MAX_LIMIT)
+        places = gateway.search(
+            lat,
+            lon,
+            category=term,
+            query=query,
+            limit=MAX_LIMIT,
+            precision=precision_of(device),
+        )
     return SearchResult(places=places[:limit], attribution=gateway.attribution)
 
 
@@ -172,7 +146,7 @@ def reverse(gateway: PlacesGateway, device: Device, lat: float, lon: float) -> A
     """The coarse area (city, district, region, country) around the point."""
     require_location_consent(device, "reverse")
     with _provider_faults():
-        return gateway.reverse(lat, lon)
+        return gateway.reverse(lat, lon, precision=precision_of(device))
 
 
 @contextmanager

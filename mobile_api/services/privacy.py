@@ -18,7 +18,7 @@ from flask import current_app
 
 from mobile_api.errors import AccountTerminated
 from mobile_api.extensions import db
-from mobile_api.services import Db, audit, campaigns, consent, dialect_insert, export
+from mobile_api.services import Db, audit, campaigns, consent, dialect_insert, erasure, export
 from mobile_api.services.caller import SYSTEM, Caller
 from models import (
     AccountTermination,
@@ -115,15 +115,13 @@ def ensure_account_open(session: Db, account_id: str | None) -> None:
 
 
 def _delete_devices(session: Db, account_ids: Sequence[str]) -> dict[str, int]:
-    """Delete the accounts' devices (children go by FK cascade); devices erased per account."""
+    """Erase the accounts' devices and their ids (as the inventory says); devices per account."""
     rows = session.execute(
-        sa.delete(Device)
-        .where(Device.account_id.in_(account_ids))
-        .returning(Device.account_id)
-        .execution_options(synchronize_session=False)
+        sa.select(Device.id, Device.account_id).where(Device.account_id.in_(account_ids))
     ).all()
+    erasure.erase_devices(session, [device_id for device_id, _ in rows], subject, account_ids)
     counts: dict[str, int] = {}
-    for (account_id,) in rows:
+    for _, account_id in rows:
         counts[account_id] = counts.get(account_id, 0) + 1
     return counts
 
@@ -150,8 +148,21 @@ def erase_device(
     reason: str,
 ) -> bool:
     """Erase a device and everything tied to it in one transaction; False if unknown."""
-    result = session.execute(sa.delete(Device).where(Device.id == device_id))
-    if not result.rowcount:  # type: ignore[attr-defined]
+    account_id = session.scalar(sa.select(Device.account_id).where(Device.id == device_id))
+    # The account's id goes too when this was its last device, unless the account awaits its
+    # purge (its termination row keeps the id until then).
+    last_of_account = (
+        account_id is not None
+        and not is_terminated(session, account_id)
+        and session.scalar(
+            sa.select(sa.func.count())
+            .select_from(Device)
+            .where(Device.account_id == account_id, Device.id != device_id)
+        )
+        == 0
+    )
+    accounts = [account_id] if last_of_account and account_id is not None else []
+    if not erasure.erase_devices(session, [device_id], subject, accounts):
         session.rollback()
         return False
     audit.record(

@@ -11,8 +11,8 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 
-from mobile_api.services import Db, is_postgresql, privacy
-from mobile_api.services.export import device_section, to_json
+from mobile_api.services import Db, export, is_postgresql, privacy
+from mobile_api.services.export import device_section
 from models import (
     Device,
     DeviceVersionChange,
@@ -122,7 +122,13 @@ _VERSION_CHANGE_INSERT = sa.insert(cast(sa.Table, DeviceVersionChange.__table__)
 def record_version_change(
     session: Db, device: Device, changes: Mapping[str, Any], now: datetime
 ) -> None:
-    """Append a history row for each OS or app version that `changes` alters."""
+    """Append a history row per OS or app version that `changes` alters, with analytics consent.
+
+    Without it only the device's current versions are kept (they pick the right notifications);
+    a history of upgrades is analytics, and the policy promises none without consent.
+    """
+    if not device.analytics:
+        return
     rows = []
     for field in VersionField:
         if field.value not in changes:
@@ -145,6 +151,13 @@ def record_version_change(
         session.execute(_VERSION_CHANGE_INSERT, rows)
 
 
+def forget_version_history(session: Db, device_id: str) -> None:
+    """Delete the device's version history (analytics consent was withdrawn); not committed."""
+    session.execute(
+        sa.delete(DeviceVersionChange).where(DeviceVersionChange.device_id == device_id)
+    )
+
+
 @device_section("telemetry")
 def _export(session: Db, device: Device) -> dict[str, list[dict[str, Any]]]:
     """The telemetry section of every device export."""
@@ -164,23 +177,8 @@ def export_section(session: Db, device_id: str) -> dict[str, list[dict[str, Any]
         .order_by(DeviceVersionChange.id)
     )
     return {
-        "events": [
-            {
-                "event_id": e.event_id,
-                "name": e.name,
-                "occurred_at": to_json(e.occurred_at),
-                "received_at": to_json(e.received_at),
-                "properties": e.properties,
-            }
-            for e in events
-        ],
-        "version_history": [
-            {
-                "field": c.field,
-                "old_value": c.old_value,
-                "new_value": c.new_value,
-                "changed_at": to_json(c.changed_at),
-            }
-            for c in changes
-        ],
+        "events": export.items(events, "telemetry_events", "telemetry.events"),
+        "version_history": export.items(
+            changes, "device_version_changes", "telemetry.version_history"
+        ),
     }
