@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from mobile_api.push import PushMessage, PushTransport
 from mobile_api.services import Db, categories, dispatch, is_postgresql, messaging
 from mobile_api.services import audience as aud
-from mobile_api.services.dispatch import handoff
+from mobile_api.services.dispatch import ledger
 from models import (
     Category,
     DeliveryStatus,
@@ -159,11 +159,11 @@ def send_due(session: Db, push: PushTransport, settings: dispatch.Settings) -> i
         return 0
     table = cast(sa.Table, NotificationDelivery.__table__)
     to_send = [row for row in rows if row.reason is None]
-    handoff.claim(session, table, to_send, handoff.refused(rows), now)
+    ledger.claim(session, table, to_send, ledger.refused(rows), now)
     session.commit()  # the claim: from here on no other dispatcher takes these rows
 
-    results = handoff.hand_over(push, messages)
-    handoff.write(session, table, handoff.outcomes(to_send, results, settings, utcnow()))
+    results = ledger.hand_over(push, messages)
+    ledger.write(session, table, ledger.outcomes(to_send, results, settings, utcnow()))
     session.commit()
     return len(rows)
 

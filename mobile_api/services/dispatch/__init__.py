@@ -14,7 +14,7 @@ Callers import from here; the modules are how the code is organised, not an API.
 
 from .core import INTERRUPTED, Settings, lock_campaign, transport
 from .enumerate import Batch, enumerate_batch
-from .handoff import backoff_seconds
+from .ledger import backoff_seconds
 from .recovery import (
     hold_recovery,
     note_progress,

@@ -35,7 +35,7 @@ from models import (
 )
 from models.base import UTCDateTime
 
-from . import gates, handoff
+from . import gates, ledger
 from .core import UNFINISHED, Settings, lock_campaign, log
 from .enumerate import enumerate_batch
 
@@ -160,11 +160,11 @@ def process_chunk(
         _defer(session, verdicts.deferred, now)
     to_send = verdicts.send
     promotional = campaign.category == CampaignCategory.PROMOTIONAL
-    handoff.claim(
+    ledger.claim(
         session,
         cast(sa.Table, Delivery.__table__),
         to_send,
-        handoff.refused(rows, also=verdicts.suppressed),
+        ledger.refused(rows, also=verdicts.suppressed),
         now,
         # What frequency caps count: promotional messages handed over.
         handed_at=now if promotional else None,
@@ -172,7 +172,7 @@ def process_chunk(
     messages = [_message(campaign, category, row, now) for row in to_send]
     session.commit()  # the claim: from here on no other dispatcher takes these rows
 
-    results = handoff.hand_over(push, messages)
+    results = ledger.hand_over(push, messages)
     _record(session, campaign_id, to_send, results, settings)
     return ChunkResult(claimed=len(rows), last_id=rows[-1].id)
 
@@ -200,12 +200,12 @@ def _record(
     settings: Settings,
 ) -> None:
     """Write the outcome of a hand-off, in one transaction."""
-    decided = handoff.outcomes(rows, results, settings, utcnow())
+    decided = ledger.outcomes(rows, results, settings, utcnow())
     # Hold the campaign first, as claims do: a cancel in progress finishes before
     # rows go back to pending (and is seen by _suppress_if_cancelled), and a later
     # cancel waits for this commit, so no retry is left pending on a cancelled campaign.
     lock_campaign(session, campaign_id, exclusive=False)
-    handoff.write(session, cast(sa.Table, Delivery.__table__), decided)
+    ledger.write(session, cast(sa.Table, Delivery.__table__), decided)
     if decided.retrying:
         _suppress_if_cancelled(session, campaign_id, decided.now)
     session.commit()
