@@ -79,13 +79,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     places.init_app(app)
     for blueprint in (ops.blp, devices.blp, admin.blp, telemetry.blp, places.blp, campaigns.blp):
         api.register_blueprint(blueprint)
-    from mobile_api.routes import inventory
+    from mobile_api.routes import categories, inventory, notifications
 
     api.register_blueprint(inventory.blp)
-
-    from mobile_api.routes import categories
-
     api.register_blueprint(categories.blp)
+    api.register_blueprint(notifications.blp)
     cli.init_app(app)
     docs.init_app(app)
     push.init_app(app)

@@ -66,6 +66,11 @@ class Defaults:
     # Celery: a task comes back by countdown only for work due this soon; later
     # work (scheduled waves, quiet hours) is found by the beat sweep.
     DISPATCH_COUNTDOWN_MAX_SECONDS = 60.0
+    # Transactional notifications: how often the embedded dispatcher's notification
+    # lane looks for due deliveries, and how long a request waits for a racing twin
+    # with the same Idempotency-Key before answering 409 request_in_progress.
+    NOTIFY_POLL_SECONDS = 0.1
+    NOTIFY_IDEMPOTENCY_WAIT_SECONDS = 5.0
 
     GEOCODER_DOMAIN = "nominatim.openstreetmap.org"
     GEOCODER_SCHEME = "https"
@@ -198,6 +203,8 @@ _ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "APNS_SANDBOX_ENDPOINT": ("APNS_SANDBOX_ENDPOINT", str),
     "APNS_CA_FILE": ("APNS_CA_FILE", str),
     "APNS_TIMEOUT": ("APNS_TIMEOUT", float),
+    "NOTIFY_POLL_SECONDS": ("NOTIFY_POLL_SECONDS", float),
+    "NOTIFY_IDEMPOTENCY_WAIT_SECONDS": ("NOTIFY_IDEMPOTENCY_WAIT_SECONDS", float),
 }
 
 

@@ -110,5 +110,24 @@ class CategoryMismatch(DomainError):
     """category and category_key disagree."""
 
 
+class ServiceNotificationRequiresAdmin(DomainError):
+    """Notifications of a service category are sent by admin keys only."""
+
+
+class PromotionalCategoryNotAllowed(DomainError):
+    """Notifications never use a promotional category."""
+
+
+class IdempotencyKeyReused(DomainError):
+    """The Idempotency-Key was used before with another body."""
+
+
+class RequestInProgress(DomainError):
+    """A request with the same Idempotency-Key is still being accepted."""
+
+    def __init__(self, message: str | None = None, *, retry_after: int | None = 1) -> None:
+        super().__init__(message, retry_after=retry_after)
+
+
 class CampaignScheduledFieldFixed(DomainError):
     """A scheduled campaign keeps its audience and category."""

@@ -127,6 +127,28 @@ DOMAIN_ERRORS: dict[type[errors.DomainError], tuple[int, str, str]] = {
         "category_mismatch",
         "category and category_key disagree: category must be the key's kind.",
     ),
+    errors.ServiceNotificationRequiresAdmin: (
+        403,
+        "service_notification_requires_admin",
+        "Notifications of a service category can only be sent with an admin key.",
+    ),
+    errors.PromotionalCategoryNotAllowed: (
+        422,
+        "promotional_category_not_allowed",
+        "Notifications cannot use a promotional category; send a campaign instead.",
+    ),
+    errors.IdempotencyKeyReused: (
+        422,
+        "idempotency_key_reused",
+        "This Idempotency-Key was already used with a different body; "
+        "use a new key for a new notification.",
+    ),
+    errors.RequestInProgress: (
+        409,
+        "request_in_progress",
+        "A request with this Idempotency-Key is still being accepted; "
+        "retry after the given delay for its answer.",
+    ),
     errors.CampaignScheduledFieldFixed: (
         409,
         "campaign_already_scheduled",

@@ -24,6 +24,10 @@ class PeriodicJob:
 JOBS: list[PeriodicJob] = [
     # Erases accounts terminated PURGE_AFTER_DAYS ago and rows past their retention.
     PeriodicJob("privacy-purge", 3600, "mobile_api.services.privacy:run_purge"),
+    # Idempotency-Keys are kept 24 h; older ones no longer count and are deleted.
+    PeriodicJob(
+        "idempotency-expiry", 3600, "mobile_api.services.notifications:expire_idempotency_keys"
+    ),
 ]
 
 

@@ -9,10 +9,11 @@ from typing import Any
 from celery import Celery, Task, bootsteps, shared_task
 from celery.signals import worker_process_init
 from flask import Flask, current_app
+from kombu.entity import Queue
 
 from mobile_api import healthcheck, periodic
 from mobile_api.extensions import db
-from mobile_api.services import dispatch
+from mobile_api.services import dispatch, notify_dispatch
 from models import Campaign, utcnow
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ SWEEP_SECONDS = 30.0
 RECOVERY_LOST_AFTER_STALLS = 10
 # Chunk tasks note progress at most this many times per stall interval.
 PROGRESS_NOTES_PER_STALL = 10
+SEND_NOTIFICATIONS = "mobile_api.notifications.send"
 
 
 def make_celery(app: Flask) -> Celery:
@@ -71,6 +73,7 @@ def make_celery(app: Flask) -> Celery:
     celery.steps["worker"].add(HeartbeatStep)
     queue = app.config["CELERY_QUEUE"]
     visibility = float(app.config["CELERY_VISIBILITY_TIMEOUT"])
+    notifications_queue = notification_queue(app)
     schedule: dict[str, Any] = {
         "dispatch-sweep": {"task": "mobile_api.dispatch.sweep", "schedule": SWEEP_SECONDS},
     }
@@ -107,24 +110,44 @@ def make_celery(app: Flask) -> Celery:
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         beat_schedule=schedule,
+        # Notifications have a queue of their own, so a worker consuming only it (-Q)
+        # never finds one behind a campaign's chunks; a worker started without -Q
+        # consumes both, so no deployment leaves notifications unsent.
+        task_queues=(Queue(queue), Queue(notifications_queue)),  # type: ignore[no-untyped-call]
+        task_routes={SEND_NOTIFICATIONS: {"queue": notifications_queue}},
     )
     celery.set_default()
     app.extensions["celery"] = celery
     return celery
 
 
-def notify_queued(app: Flask, campaign_id: str) -> None:
-    """Call after the commit that queued a campaign: with Celery, enqueue its dispatch."""
+def notification_queue(app: Flask) -> str:
+    """The Celery queue of the notification lane: CELERY_QUEUE + ".notifications"."""
+    return f"{app.config['CELERY_QUEUE']}.notifications"
+
+
+def _enqueue(app: Flask, task: Task, args: tuple[Any, ...], what: str) -> None:
+    """With Celery, enqueue `task`; embedded, nothing (the worker finds the work itself)."""
     if not app.config["CELERY_BROKER_URL"]:
-        return  # embedded: the worker finds queued campaigns on its agenda
+        return
     from kombu.exceptions import OperationalError
 
     try:
-        dispatch_campaign.delay(campaign_id)
+        task.delay(*args)
     except OperationalError:
-        # The campaign is committed as queued; the beat sweep enqueues it once
-        # the broker is back, so the send itself has succeeded.
-        log.warning("broker unreachable; campaign %s waits for the sweep", campaign_id)
+        # The work is committed; the beat sweep enqueues it once the broker is back,
+        # so the request itself has succeeded.
+        log.warning("broker unreachable; %s waits for the sweep", what)
+
+
+def notify_queued(app: Flask, campaign_id: str) -> None:
+    """Call after the commit that queued a campaign: with Celery, enqueue its dispatch."""
+    _enqueue(app, dispatch_campaign, (campaign_id,), f"campaign {campaign_id}")
+
+
+def notification_accepted(app: Flask, notification_id: str) -> None:
+    """Call after the commit that accepted a notification: with Celery, wake its lane."""
+    _enqueue(app, send_notifications, (), f"notification {notification_id}")
 
 
 def _come_back(task: Task, args: tuple[Any, ...], at: datetime | None) -> None:
@@ -213,6 +236,17 @@ def dispatch_chunk(self: Task, campaign_id: str, first_id: int, last_id: int | N
     dispatch.finish_if_done(db.session, campaign_id)
 
 
+@shared_task(name=SEND_NOTIFICATIONS, bind=True)
+def send_notifications(self: Task) -> None:
+    """Send every notification delivery due now; come back when a retry is due."""
+    settings = _settings()
+    notify_dispatch.resolve_interrupted(db.session, settings)
+    push = dispatch.transport(current_app, notify_dispatch.LANE)
+    notify_dispatch.drain(db.session, push, settings)
+    # Back-offs are capped by PUSH_RETRY_MAX_SECONDS: minutes, never hours.
+    _come_back(self, (), notify_dispatch.next_due(db.session))
+
+
 @shared_task(name="mobile_api.dispatch.sweep")
 def sweep() -> None:
     """Resolve dead claims, queue one recovery of each stalled campaign, complete finished ones.
@@ -221,6 +255,8 @@ def sweep() -> None:
     any of its chunks progresses; one that is gets at most one recovery at a time.
     """
     dispatch.release_lapsed_claims(db.session, _settings())
+    if notify_dispatch.has_due(db.session):
+        send_notifications.delay()  # its wake-up may have been lost with the broker
     stall = _stall()
     now = utcnow()
     for campaign_id in dispatch.active_campaign_ids(db.session):

@@ -15,7 +15,7 @@ from flask.cli import AppGroup
 
 from mobile_api import healthcheck, periodic
 from mobile_api.extensions import db
-from mobile_api.services import dispatch
+from mobile_api.services import dispatch, notify_dispatch
 from models import utcnow
 
 log = logging.getLogger(__name__)
@@ -34,10 +34,32 @@ class Worker:
         self.schedule = periodic.Schedule()
         self._stop = threading.Event()
         self._next_at: datetime | None = None
+        self.notify_poll_seconds = float(app.config["NOTIFY_POLL_SECONDS"])
 
     def stop(self) -> None:
         """Finish the chunk in hand, then return from run()."""
         self._stop.set()
+
+    def run_notifications(self) -> int:
+        """Send every notification delivery due now; rows claimed."""
+        with self.app.app_context():
+            try:
+                push = dispatch.transport(self.app, notify_dispatch.LANE)
+                notify_dispatch.resolve_interrupted(db.session, self.settings)
+                return notify_dispatch.drain(db.session, push, self.settings)
+            except Exception:
+                # As for campaigns: a database hiccup is retried on the next poll.
+                log.exception("notification pass failed")
+                db.session.rollback()
+                return 0
+            finally:
+                db.session.remove()
+
+    def _notification_lane(self) -> None:
+        """Notifications in a thread of their own: never behind a campaign's chunks."""
+        while not self._stop.is_set():
+            if not self.run_notifications():
+                self._stop.wait(self.notify_poll_seconds)
 
     def run_pass(self) -> tuple[int, int]:
         """One pass over the campaigns due now: (chunks claimed, campaigns still active)."""
@@ -71,6 +93,7 @@ class Worker:
                     db.session.rollback()
             self.schedule.run_due()
             remaining = len(dispatch.active_campaign_ids(db.session))
+            remaining += notify_dispatch.next_due(db.session) is not None
             self._next_at = plan.next_at
             db.session.remove()
         return chunks, remaining
@@ -85,13 +108,22 @@ class Worker:
     def run(self, *, drain: bool = False) -> None:
         """Loop until stopped (or, with drain, until no campaign is queued or sending)."""
         log.info("dispatcher started (%s)", "drain" if drain else "worker")
-        while not self._stop.is_set():
-            chunks, remaining = self.run_pass()
-            healthcheck.beat(self.app.config["HEARTBEAT_FILE"])  # this loop is alive
-            if drain and remaining == 0:
-                break
-            if not chunks:
-                self._stop.wait(self._idle_seconds())
+        lane = threading.Thread(target=self._notification_lane, name="notifications", daemon=True)
+        lane.start()
+        try:
+            while not self._stop.is_set():
+                chunks, remaining = self.run_pass()
+                healthcheck.beat(self.app.config["HEARTBEAT_FILE"])  # this loop is alive
+                if drain and remaining == 0:
+                    break
+                if not chunks:
+                    self._stop.wait(self._idle_seconds())
+        finally:
+            stopped = self._stop.is_set()
+            self._stop.set()
+            lane.join()
+            if not stopped:
+                self._stop.clear()  # drained: tell the caller it finished, not that it timed out
         log.info("dispatcher stopped")
 
 

@@ -30,6 +30,12 @@ from models.device import (
     Purpose,
     PushPermission,
 )
+from models.notification import (
+    IdempotencyKey,
+    Notification,
+    NotificationDelivery,
+    NotificationStatus,
+)
 from models.privacy import AccountTermination, AccountTombstone, AuditEvent
 from models.telemetry import DeviceVersionChange, TelemetryEvent, VersionField
 
@@ -57,8 +63,12 @@ __all__ = [
     "DeliveryStatus",
     "Device",
     "DeviceVersionChange",
+    "IdempotencyKey",
     "InterruptionLevel",
     "LocationPermission",
+    "Notification",
+    "NotificationDelivery",
+    "NotificationStatus",
     "Platform",
     "Purpose",
     "PushPermission",

@@ -19,6 +19,8 @@ class Role(StrEnum):
     SUPPORT = "support"
     PRIVACY = "privacy"
     ADMIN = "admin"
+    # The helpdesk's backend: transactional notifications to its own users.
+    NOTIFY = "notify"
 
 
 class ApiKey(Base):

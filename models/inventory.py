@@ -272,6 +272,74 @@ INVENTORY: dict[str, dict[str, Entry]] = {
         "claimed_at": not_personal("the dispatcher's lease of the row"),
         "handed_at": not_personal("when the dispatcher handed the row's message over"),
     },
+    "notifications": {
+        "id": not_personal(ROW_KEY),
+        "category_key": not_personal("the notification's category"),
+        # The message as the helpdesk backend wrote it to one account. It is deleted with
+        # the notification (DELIVERY_RETENTION_DAYS); the helpdesk decides what it says.
+        **{
+            column: not_personal("the helpdesk's message text and settings")
+            for column in (
+                "title",
+                "body",
+                "content",
+                "default_locale",
+                "data",
+                "link",
+                "image_url",
+                "ttl_seconds",
+                "collapse_key",
+            )
+        },
+        "account_id": device(
+            P.NOTIFICATIONS,
+            B.CONTRACT,
+            None,
+            retention=DELIVERY_RETENTION,
+            erasure=Erasure.KEYED_HASH,
+            why_not_exported="each device's export lists the notifications it was sent",
+        ),
+        "device_ids": device(
+            P.NOTIFICATIONS,
+            B.CONTRACT,
+            None,
+            retention=DELIVERY_RETENTION,
+            erasure=Erasure.KEYED_HASH,
+            why_not_exported="each device's export lists the notifications it was sent",
+        ),
+        "created_by": not_personal("the API key that sent it (key:<id>)"),
+        "created_role": not_personal("the role of that key"),
+        "created_at": not_personal("when it was accepted"),
+    },
+    "notification_deliveries": {
+        "id": not_personal(ROW_KEY),
+        "device_id": device(
+            P.NOTIFICATIONS,
+            B.CONTRACT,
+            "device.id",
+            retention=DELIVERY_RETENTION,
+            erasure=Erasure.UNLINKED,
+        ),
+        **{
+            column: device(
+                P.NOTIFICATIONS,
+                B.CONTRACT,
+                f"notifications[].{column}",
+                retention=DELIVERY_RETENTION,
+                erasure=Erasure.UNLINKED,
+            )
+            for column in ("notification_id", "status", "reason", "attempts", "updated_at")
+        },
+        "next_attempt_at": not_personal("the dispatcher's schedule of the row"),
+        "claimed_at": not_personal("the dispatcher's lease of the row"),
+    },
+    "idempotency_keys": {
+        "api_key_id": not_personal("the API key that used the Idempotency-Key"),
+        "key": not_personal("a machine's request key, kept 24 hours"),
+        "fingerprint": not_personal("a hash of the request body"),
+        "notification_id": not_personal("the notification the key made"),
+        "created_at": not_personal("when the key was first used"),
+    },
     "account_terminations": {
         "account_id": device(
             P.ACCOUNT_CLOSURE,

@@ -66,10 +66,11 @@ def app(app_factory: Callable[..., Flask], fcm_settings: dict[str, Any]) -> Iter
 
 
 def close_transport(app: Flask) -> None:
-    """Release the firebase-admin app a test built."""
-    push = app.extensions.pop("push_transport", None)
-    if push is not None:
-        push.close()
+    """Release the firebase-admin apps a test built (campaigns' and the notification lane's)."""
+    for name in ("push_transport", "push_transport.notifications"):
+        push = app.extensions.pop(name, None)
+        if push is not None:
+            push.close()
 
 
 @pytest.fixture

@@ -76,7 +76,10 @@ def app(postgres_url: str, fcm_settings: dict[str, Any], queue: str) -> Iterator
     wipe(built)
 
 
-def _start_worker(name: str, env: dict[str, str], queue: str, log: Path) -> subprocess.Popen[Any]:
+def _start_worker(
+    name: str, env: dict[str, str], queue: str | None, log: Path
+) -> subprocess.Popen[Any]:
+    """A Celery worker of queue `queue` (None: every queue of the deployment)."""
     # A session of its own: kill_hard takes its pool process with it.
     return subprocess.Popen(
         [
@@ -86,8 +89,7 @@ def _start_worker(name: str, env: dict[str, str], queue: str, log: Path) -> subp
             "--app",
             "wsgi.celery",
             "worker",
-            "-Q",
-            queue,
+            *(["-Q", queue] if queue else []),
             "-c",
             "1",
             "-n",
@@ -158,10 +160,11 @@ def test_two_celery_workers_process_one_campaign_without_duplicates(
     assert counts["suppressed"] == {"promotional_opt_out": 1}
 
 
-def _waiting_messages(queue: str) -> int:
+def _waiting_messages(queue: str, name: str | None = None) -> int:
+    """Messages waiting in queue `name` (default: the deployment's queue itself)."""
     client = redis.Redis.from_url(REDIS_URL)
     try:
-        return int(client.llen(f"{queue}:{queue}"))
+        return int(client.llen(f"{queue}:{name or queue}"))
     finally:
         client.close()
 

@@ -24,7 +24,7 @@ from mobile_api.extensions import db
 from mobile_api.services import erasure, export, inventory, privacy
 from mobile_api.services.caller import CLI
 from mobile_api.services.secrets import hash_secret
-from models import Base, Campaign, Delivery, Device, Role
+from models import Base, Campaign, Delivery, Device, Notification, NotificationDelivery, Role
 from models.inventory import INVENTORY, Erasure, Personal, Subject, personal, stale, undeclared
 from tests.conftest import bearer
 from tests.privacy_fixtures import (
@@ -196,6 +196,23 @@ def device_with_everything(
     with app.app_context():
         campaign_id = created.get_json()["id"]
         db.session.add(Delivery(campaign_id=campaign_id, device_id=device["id"], status="sent"))
+        # A notification to the account, and one naming the device.
+        for target in ({"account_id": account}, {"device_ids": [device["id"]]}):
+            notification = Notification(
+                category_key="service",
+                title="t",
+                body="b",
+                created_by="key:x",
+                created_role="admin",
+                **target,
+            )
+            db.session.add(notification)
+            db.session.flush()
+            db.session.add(
+                NotificationDelivery(
+                    notification_id=notification.id, device_id=device["id"], status="sent"
+                )
+            )
         db.session.commit()
         db.session.remove()
     return Everything(device=device, token=token, account_id=account, push_token=push_token)

@@ -69,7 +69,6 @@ __all__ = [
 log = logging.getLogger("mobile_api.push")
 
 _EXTENSION = "push_transport"  # the built Router (tests swap it)
-_EXTENSION_PID = "push_transport_pid"
 _MODULES = "push_modules"
 
 
@@ -103,15 +102,18 @@ def providers(app: Flask) -> frozenset[str]:
     return frozenset(served)
 
 
-def transport(app: Flask) -> PushTransport:
-    """The app's push router, built once per process from the configured modules.
+def transport(app: Flask, lane: str | None = None) -> PushTransport:
+    """The app's push router, built once per process (and `lane`) from the configured modules.
 
     A bad credential file raises here, so a dispatcher that builds it as it starts
     fails then, not at its first chunk. A forked pool process builds its own:
-    connections and firebase-admin's state are not shared across a fork.
+    connections and firebase-admin's state are not shared across a fork. A `lane`
+    (notifications) gets a router of its own: its messages never wait for one of
+    the connections a campaign's batch keeps busy.
     """
-    existing: PushTransport | None = app.extensions.get(_EXTENSION)
-    if existing is not None and app.extensions.get(_EXTENSION_PID) in (None, os.getpid()):
+    name = _EXTENSION if lane is None else f"{_EXTENSION}.{lane}"
+    existing: PushTransport | None = app.extensions.get(name)
+    if existing is not None and app.extensions.get(f"{name}.pid") in (None, os.getpid()):
         return existing
     transports: dict[str, PushTransport] = {}
     try:
@@ -124,6 +126,6 @@ def transport(app: Flask) -> PushTransport:
             built.close()
         raise
     router = Router(transports)
-    app.extensions[_EXTENSION] = router
-    app.extensions[_EXTENSION_PID] = os.getpid()
+    app.extensions[name] = router
+    app.extensions[f"{name}.pid"] = os.getpid()
     return router

@@ -60,6 +60,8 @@ RETENTION: list[RetentionRule] = [
         # A campaign's counts outlive its delivery rows.
         before=campaigns.store_all_final_counts,
     ),
+    # A notification and its deliveries (cascade) go together.
+    RetentionRule("notifications", "created_at", "DELIVERY_RETENTION_DAYS"),
 ]
 
 

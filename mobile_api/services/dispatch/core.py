@@ -56,9 +56,9 @@ class Settings:
         )
 
 
-def transport(app: Flask) -> PushTransport:
-    """The app's push router, built once per process (see mobile_api.push.transport)."""
-    return push_seam.transport(app)
+def transport(app: Flask, lane: str | None = None) -> PushTransport:
+    """The app's push router, built once per process and lane (see mobile_api.push.transport)."""
+    return push_seam.transport(app, lane)
 
 
 def lock_campaign(session: Db, campaign_id: str, *, exclusive: bool) -> Campaign | None:

@@ -1,0 +1,199 @@
+"""The notification lane: claim due notification deliveries, hand them to FCM, record.
+
+Notifications never wait behind a campaign: their deliveries live in their own table,
+the embedded dispatcher works them in a thread of their own and Celery in a queue of
+its own. The bookkeeping is the campaigns' (see services/dispatch.py): a claim commits
+before the hand-off, so no row is handed over twice, and each device's deliverability
+and consent to the category are read in the query that claims it.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+import sqlalchemy as sa
+
+from mobile_api.push import PushMessage, PushTransport
+from mobile_api.services import Db, categories, dispatch, is_postgresql, messaging
+from mobile_api.services import audience as aud
+from mobile_api.services.dispatch import ledger
+from models import (
+    Category,
+    DeliveryStatus,
+    Device,
+    Notification,
+    NotificationDelivery,
+    utcnow,
+)
+from models.base import UTCDateTime
+
+log = logging.getLogger(__name__)
+
+LANE = "notifications"  # its push transport is its own (see dispatch.transport)
+
+_due = sa.and_(
+    NotificationDelivery.status == DeliveryStatus.PENDING,
+    NotificationDelivery.next_attempt_at <= sa.bindparam("now", type_=UTCDateTime()),
+)
+
+
+def next_due(session: Db) -> datetime | None:
+    """When the earliest pending notification delivery may be tried; reads only."""
+    value: datetime | None = session.scalar(
+        sa.select(sa.func.min(NotificationDelivery.next_attempt_at)).where(
+            NotificationDelivery.status == DeliveryStatus.PENDING
+        )
+    )
+    session.commit()
+    return value
+
+
+def has_due(session: Db) -> bool:
+    """Whether a delivery is due now; reads only, so an idle poll takes no write lock."""
+    found = session.scalar(
+        sa.select(sa.select(NotificationDelivery.id).where(_due).exists()), {"now": utcnow()}
+    )
+    session.commit()
+    return bool(found)
+
+
+def _message(row: Any, category: Category) -> PushMessage:
+    """The message for one claimed row: its language, its category's channel, rich content."""
+    key = messaging.content_key(row.content, row.locale)
+    text = row.content[key] if row.content and key else None
+    data = dict(row.data or {})
+    if row.link:
+        data["link"] = row.link  # apps that read only data find it too
+    return PushMessage(
+        token=row.push_token,
+        title=text["title"] if text else row.title,
+        body=text["body"] if text else row.body,
+        data=data,
+        ttl_seconds=row.ttl_seconds,
+        collapse_key=row.collapse_key,
+        priority="high",
+        android_channel_id=category.android_channel_id,
+        ios_interruption_level=category.ios_interruption_level,
+        image_url=row.image_url,
+    )
+
+
+def _claimable(session: Db, category: Category, now: datetime, limit: int) -> list[Any]:
+    """Due rows of notifications of one category, with why each may not be sent now."""
+    # The device's state and its choice for the category are read here, in the
+    # query that claims the row: the consent that counts is the one at hand-off.
+    reason = sa.case(
+        (Device.id.is_(None), aud.ERASED),
+        else_=aud.exclusion_reason(categories.rule(category)),
+    ).label("reason")
+    stmt = aud.with_terminations(
+        sa.select(
+            NotificationDelivery.id,
+            NotificationDelivery.device_id,
+            NotificationDelivery.attempts,
+            Device.push_token,
+            Device.locale,
+            Notification.title,
+            Notification.body,
+            Notification.content,
+            Notification.data,
+            Notification.link,
+            Notification.image_url,
+            Notification.ttl_seconds,
+            Notification.collapse_key,
+            reason,
+        )
+        .select_from(NotificationDelivery)
+        .join(Notification, Notification.id == NotificationDelivery.notification_id)
+        .outerjoin(Device, Device.id == NotificationDelivery.device_id)
+    )
+    stmt = (
+        stmt.where(_due, Notification.category_key == category.key)
+        .order_by(NotificationDelivery.id)
+        .limit(limit)
+    )
+    if is_postgresql(session):
+        stmt = stmt.with_for_update(of=NotificationDelivery, skip_locked=True)
+    return list(session.execute(stmt, {"now": now}).all())
+
+
+def send_due(session: Db, push: PushTransport, settings: dispatch.Settings) -> int:
+    """Claim up to a chunk of due deliveries, hand them over, record; rows claimed."""
+    if not has_due(session):
+        return 0
+    now = utcnow()
+    if not is_postgresql(session):
+        # Write first, so this transaction holds SQLite's write lock before it reads.
+        session.execute(
+            sa.update(NotificationDelivery)
+            .where(sa.false())
+            .values(status=NotificationDelivery.status)
+            .execution_options(synchronize_session=False)
+        )
+    # Each category has its own consent rule: one claim query per category due.
+    due_categories = session.scalars(
+        sa.select(Category)
+        .where(
+            Category.key.in_(
+                sa.select(Notification.category_key)
+                .join(NotificationDelivery)
+                .where(_due)
+                .distinct()
+            )
+        )
+        .order_by(Category.key),
+        {"now": now},
+    ).all()
+    rows: list[Any] = []
+    messages: list[PushMessage] = []
+    for category in due_categories:
+        claimable = _claimable(session, category, now, settings.chunk_size - len(rows))
+        rows += claimable
+        messages += [_message(row, category) for row in claimable if row.reason is None]
+        if len(rows) >= settings.chunk_size:
+            break
+    if not rows:
+        session.commit()
+        return 0
+    table = cast(sa.Table, NotificationDelivery.__table__)
+    to_send = [row for row in rows if row.reason is None]
+    ledger.claim(session, table, to_send, ledger.refused(rows), now)
+    session.commit()  # the claim: from here on no other dispatcher takes these rows
+
+    results = ledger.hand_over(push, messages)
+    ledger.write(session, table, ledger.outcomes(to_send, results, settings, utcnow()))
+    session.commit()
+    return len(rows)
+
+
+def resolve_interrupted(session: Db, settings: dispatch.Settings) -> int:
+    """Rows claimed longer than the lease ago belong to a dead dispatcher: failed, never re-sent."""
+    cutoff = utcnow() - timedelta(seconds=settings.claim_lease_seconds)
+    lapsed = (
+        NotificationDelivery.claimed_at < cutoff,
+        NotificationDelivery.status == DeliveryStatus.SENDING,
+    )
+    if not session.scalar(sa.select(sa.select(NotificationDelivery.id).where(*lapsed).exists())):
+        session.commit()
+        return 0
+    result = session.execute(
+        sa.update(NotificationDelivery)
+        .where(*lapsed)
+        .values(status=DeliveryStatus.FAILED, reason=dispatch.INTERRUPTED, claimed_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    count = int(result.rowcount)  # type: ignore[attr-defined]
+    if count:
+        log.warning("%s notification deliveries were interrupted mid-hand-off; not re-sent", count)
+    return count
+
+
+def drain(session: Db, push: PushTransport, settings: dispatch.Settings) -> int:
+    """Send everything due now, chunk after chunk; rows claimed."""
+    total = 0
+    while claimed := send_due(session, push, settings):
+        total += claimed
+    return total

@@ -1,0 +1,104 @@
+"""Celery mode: notifications go through a queue of their own, never behind a campaign's tasks."""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from flask.testing import FlaskClient
+
+from mobile_api import tasks
+from tests.campaign_fixtures import (
+    Made,
+    create_campaign,
+    device,
+    fcm,
+    fcm_settings,
+    marketing,
+    subprocess_env,
+)
+from tests.fakes.fcm_server import FakeFcmServer
+from tests.notification_fixtures import notification_body, notify, post_notification, ticket_reply
+from tests.test_dispatch_celery import REDIS_URL, _start_worker, _waiting_messages, app, queue
+
+__all__ = ["app", "create_campaign", "device", "fcm", "fcm_settings", "marketing", "notify"]
+__all__ += ["post_notification", "queue", "ticket_reply"]
+
+
+def test_a_notification_is_sent_while_a_campaign_waits_in_its_queue(
+    app: Flask,
+    client: FlaskClient,
+    postgres_url: str,
+    fcm_settings: dict[str, Any],
+    queue: str,
+    marketing: dict[str, str],
+    notify: dict[str, str],
+    create_campaign: Callable[..., str],
+    post_notification: Callable[..., Any],
+    device: Callable[..., Made],
+    fcm: FakeFcmServer,
+    tmp_path: Path,
+) -> None:
+    for _ in range(10):
+        device()
+    helpdesk_user = device(promotional=False, account_id="acct-1")
+    campaign_id = create_campaign()
+    assert client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing).status_code == 202
+    accepted = post_notification(notify, notification_body()).get_json()
+    notifications = tasks.notification_queue(app)
+    assert notifications == f"{queue}.notifications"
+    assert _waiting_messages(queue) == 1  # the campaign's task
+    assert _waiting_messages(queue, notifications) == 1  # the notification's, in its own queue
+
+    # A worker of the notification lane only: the campaign's task stays where it is.
+    env = subprocess_env(
+        postgres_url, fcm_settings, CELERY_BROKER_URL=REDIS_URL, CELERY_QUEUE=queue
+    )
+    log = tmp_path / "notifications.log"
+    worker = _start_worker("n1", env, notifications, log)
+    try:
+        deadline = time.monotonic() + 60
+        while not fcm.received and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=10)
+    assert collections.Counter(m.token for m in fcm.received) == {helpdesk_user.push_token: 1}, (
+        log.read_text()
+    )
+    assert _waiting_messages(queue) == 1
+    got = client.get(f"/v1/notifications/{accepted['id']}", headers=notify).get_json()
+    assert got["status"] == "completed"
+
+
+def test_a_worker_started_without_queues_sends_notifications_too(
+    app: Flask,
+    client: FlaskClient,
+    postgres_url: str,
+    fcm_settings: dict[str, Any],
+    queue: str,
+    notify: dict[str, str],
+    post_notification: Callable[..., Any],
+    device: Callable[..., Made],
+    fcm: FakeFcmServer,
+    tmp_path: Path,
+) -> None:
+    helpdesk_user = device(promotional=False, account_id="acct-1")
+    post_notification(notify, notification_body())
+    env = subprocess_env(
+        postgres_url, fcm_settings, CELERY_BROKER_URL=REDIS_URL, CELERY_QUEUE=queue
+    )
+    log = tmp_path / "worker.log"
+    worker = _start_worker("all", env, None, log)
+    try:
+        deadline = time.monotonic() + 60
+        while not fcm.received and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=10)
+    assert [m.token for m in fcm.received] == [helpdesk_user.push_token], log.read_text()
