@@ -74,6 +74,15 @@ class Defaults:
 
     LOG_LEVEL = "INFO"
 
+    # The staff console (/console/).
+    CONSOLE_BASE_URL = "http://127.0.0.1:8000"  # where one-time sign-in links point
+    CONSOLE_LINK_TTL_HOURS = 72  # a one-time link expires unused after this
+    CONSOLE_IDLE_MINUTES = 30  # a session unused this long is over
+    CONSOLE_SESSION_HOURS = 12  # and any session this old
+    # Failed sign-ins allowed per client IP, and per email, in a moving window.
+    CONSOLE_SIGN_IN_LIMIT_IP = "20 per 15 minutes"
+    CONSOLE_SIGN_IN_LIMIT_EMAIL = "5 per 15 minutes"
+
     API_TITLE = "mobile_api"
     API_VERSION = __version__
     OPENAPI_VERSION = "3.0.3"
@@ -135,6 +144,12 @@ _ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "PROXY_FIX_X_FOR": ("PROXY_FIX_X_FOR", int),
     "PROXY_FIX_X_PROTO": ("PROXY_FIX_X_PROTO", int),
     "LOG_LEVEL": ("LOG_LEVEL", str),
+    "CONSOLE_BASE_URL": ("CONSOLE_BASE_URL", str),
+    "CONSOLE_LINK_TTL_HOURS": ("CONSOLE_LINK_TTL_HOURS", int),
+    "CONSOLE_IDLE_MINUTES": ("CONSOLE_IDLE_MINUTES", int),
+    "CONSOLE_SESSION_HOURS": ("CONSOLE_SESSION_HOURS", int),
+    "CONSOLE_SIGN_IN_LIMIT_IP": ("CONSOLE_SIGN_IN_LIMIT_IP", str),
+    "CONSOLE_SIGN_IN_LIMIT_EMAIL": ("CONSOLE_SIGN_IN_LIMIT_EMAIL", str),
 }
 
 

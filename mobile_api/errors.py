@@ -241,3 +241,29 @@ class CampaignFinished(DomainError):
     code = 409
     error = "campaign_finished"
     description = "This campaign has already finished; there is nothing left to cancel."
+
+
+class SignInRefused(DomainError):
+    code = 401
+    error = "sign_in_refused"
+    description = "That email, password and code do not sign anybody in."
+
+
+class StaffLinkInvalid(DomainError):
+    code = 410
+    error = "link_invalid"
+    description = (
+        "This sign-in link is used, expired or unknown; ask an administrator for a new one."
+    )
+
+
+class EnrolmentRefused(DomainError):
+    code = 422
+    error = "enrolment_refused"
+    description = "The password or the authenticator code was not accepted."
+
+
+class StaffExists(DomainError):
+    code = 409
+    error = "staff_exists"
+    description = "A staff member with this email already exists."

@@ -23,6 +23,7 @@ from models.device import (
     PushPermission,
 )
 from models.privacy import AccountTermination, AccountTombstone, AuditEvent
+from models.staff import StaffLink, StaffMember, StaffRole, StaffSession
 from models.telemetry import DeviceVersionChange, TelemetryEvent, VersionField
 
 __all__ = [
@@ -54,3 +55,4 @@ __all__ = [
     "new_id",
     "utcnow",
 ]
+__all__ += ["StaffLink", "StaffMember", "StaffRole", "StaffSession"]
