@@ -71,6 +71,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         api.register_blueprint(blueprint)
     cli.init_app(app)
     make_celery(app)
+
+    from mobile_api import console
+
+    console.init_app(app)
     return app
 
 

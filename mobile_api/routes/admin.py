@@ -12,11 +12,10 @@ from mobile_api.auth import auth_required, current_principal
 from mobile_api.errors import ErrorSchema, NotFound
 from mobile_api.extensions import db
 from mobile_api.pagination import PageArgsSchema, page_schema, paginate
-from mobile_api.push import mask_token
 from mobile_api.routes import Blueprint
 from mobile_api.routes.devices import DeviceSchema
 from mobile_api.routes.fields import Timestamp, printable
-from mobile_api.services import audit, privacy, support
+from mobile_api.services import privacy, support
 from models import AuditEvent, Device, Platform, Role
 
 blp = Blueprint(
@@ -47,9 +46,7 @@ class AdminDeviceSchema(DeviceSchema):
 
     @ma.post_dump
     def _mask_push_token(self, data: dict[str, Any], **_kwargs: Any) -> dict[str, Any]:
-        token = data.get("push_token")
-        # The logs' masking: support and logs show the same tail of a token.
-        data["push_token"] = mask_token(token) if token else None
+        data["push_token"] = support.masked_push_token(data.get("push_token"))
         return data
 
 
@@ -243,12 +240,8 @@ class AdminAudit(MethodView):
     @blp.response(200, AuditPageSchema)
     def get(self, args: dict[str, Any]) -> Any:
         """Audit events, newest first, filtered by actor, action or target."""
-        target = args.get("target")
-        stmt = audit.events_query(
-            actor=args.get("actor"),
-            action=args.get("action"),
-            # Devices and accounts are recorded by keyed hash: accept the raw id too.
-            targets=[target, privacy.subject(target)] if target else None,
+        stmt = privacy.audit_query(
+            actor=args.get("actor"), action=args.get("action"), target=args.get("target")
         )
         items, next_cursor = paginate(
             db.session, stmt, AuditEvent.id, args["limit"], args["cursor"], descending=True

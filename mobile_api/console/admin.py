@@ -1,0 +1,129 @@
+"""Admin pages: staff accounts (one-time links shown once) and API keys (secret shown once)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from flask import current_app, g, render_template, request
+
+from mobile_api.cli_staff import sign_in_link
+from mobile_api.console import bp, requires
+from mobile_api.errors import DomainError, NotFound
+from mobile_api.extensions import db
+from mobile_api.services import keys as key_service
+from mobile_api.services import staff as staff_service
+from models import Role, StaffRole
+
+
+def _link_ttl() -> timedelta:
+    return timedelta(hours=int(current_app.config["CONSOLE_LINK_TTL_HOURS"]))
+
+
+def _staff_page(status: int = 200, **context: Any) -> Any:
+    context.setdefault("errors", {})
+    return (
+        render_template(
+            "console/staff.html",
+            members=staff_service.list_members(db.session),
+            roles=[r.value for r in StaffRole],
+            **context,
+        ),
+        status,
+    )
+
+
+@bp.route("/admin/staff")
+@requires(StaffRole.ADMIN)
+def staff() -> Any:
+    """Staff accounts: create, re-role, disable, enable, reset."""
+    return _staff_page()
+
+
+@bp.route("/admin/staff", methods=["POST"])
+@requires(StaffRole.ADMIN)
+def staff_create() -> Any:
+    """Create a staff member; their one-time link is shown on this page, once."""
+    email, role = request.form.get("email", ""), request.form.get("role", "")
+    if role not in {r.value for r in StaffRole}:
+        return _staff_page(422, errors={"role": ["Choose a role."]})
+    try:
+        member, secret = staff_service.create(
+            db.session, email, role, link_ttl=_link_ttl(), actor=g.staff.actor
+        )
+    except DomainError as refused:
+        db.session.rollback()
+        return _staff_page(refused.code or 422, errors={"email": [refused.description]})
+    return _staff_page(link=(member.email, sign_in_link(secret)))
+
+
+@bp.route("/admin/staff/change", methods=["POST"])
+@requires(StaffRole.ADMIN)
+def staff_change() -> Any:
+    """Apply one change (role, disable, enable, reset) to one staff member."""
+    email = request.form.get("email", "")
+    change = request.form.get("change", "")
+    actor = g.staff.actor
+    if change == "role":
+        role = request.form.get("role", "")
+        if role not in {r.value for r in StaffRole}:
+            return _staff_page(422, errors={"role": ["Choose a role."]})
+        staff_service.set_role(db.session, email, role, actor=actor)
+        return _staff_page(done=f"{email} now has role {role}.")
+    if change == "disable":
+        staff_service.disable(db.session, email, actor=actor)
+        return _staff_page(done=f"Disabled {email}; their sessions have ended.")
+    if change == "enable":
+        staff_service.enable(db.session, email, actor=actor)
+        return _staff_page(done=f"Enabled {email}.")
+    if change == "reset":
+        secret = staff_service.reset(db.session, email, link_ttl=_link_ttl(), actor=actor)
+        return _staff_page(link=(email, sign_in_link(secret)))
+    raise NotFound("No such change.")
+
+
+def _keys_page(status: int = 200, **context: Any) -> Any:
+    context.setdefault("errors", {})
+    return (
+        render_template(
+            "console/keys.html",
+            keys=key_service.list_keys(db.session),
+            roles=[r.value for r in Role],
+            **context,
+        ),
+        status,
+    )
+
+
+@bp.route("/admin/keys")
+@requires(StaffRole.ADMIN)
+def keys() -> Any:
+    """API keys: list, create (secret shown once), revoke."""
+    return _keys_page()
+
+
+@bp.route("/admin/keys", methods=["POST"])
+@requires(StaffRole.ADMIN)
+def key_create() -> Any:
+    """Create a key; its secret is on this page only."""
+    role = request.form.get("role", "")
+    name = request.form.get("name", "").strip()
+    errors: dict[str, list[str]] = {}
+    if role not in {r.value for r in Role}:
+        errors["role"] = ["Choose a role."]
+    if not name or len(name) > 128:
+        errors["name"] = ["Give a name of 1–128 characters."]
+    if errors:
+        return _keys_page(422, errors=errors)
+    key, secret = key_service.create(db.session, role, name, actor=g.staff.actor)
+    return _keys_page(created=(key, secret))
+
+
+@bp.route("/admin/keys/<key_id>/revoke", methods=["POST"])
+@requires(StaffRole.ADMIN)
+def key_revoke(key_id: str) -> Any:
+    """Revoke a key at once."""
+    key = key_service.revoke(db.session, key_id, actor=g.staff.actor)
+    if key is None:
+        raise NotFound("No such key.")
+    return _keys_page(done=f"Revoked key {key.id} ({key.name}).")
