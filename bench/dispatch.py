@@ -139,6 +139,9 @@ def main() -> None:
         from mobile_api import create_app
         from mobile_api.extensions import db
         from mobile_api.services import campaigns, dispatch
+        from mobile_api.services.caller import Caller
+
+        bench_caller = Caller(actor="bench", role="admin")
 
         app = create_app()
         with app.app_context():
@@ -161,8 +164,7 @@ def main() -> None:
                         "body": "b",
                         "audience": audience,
                     },
-                    actor="bench",
-                    is_admin=True,
+                    bench_caller,
                 )
 
             for label, audience in (("all", {}), ("min_os_version", {"min_os_version": "12.1"})):
@@ -215,7 +217,7 @@ def main() -> None:
         time.sleep(3 if args.mode == "celery" else 1.5)  # let them start
         with app.app_context():
             sent_at = time.perf_counter()
-            campaigns.send(db.session, campaign_id, actor="bench", is_admin=True)
+            campaigns.send(db.session, campaign_id, bench_caller)
             dispatch.notify_queued(app, campaign_id)
             first = None
             engine = db.engine

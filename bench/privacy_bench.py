@@ -30,6 +30,7 @@ from flask_migrate import upgrade
 from mobile_api import create_app
 from mobile_api.extensions import db
 from mobile_api.services import privacy
+from mobile_api.services.caller import Caller
 from models import utcnow
 
 T = TypeVar("T")
@@ -75,6 +76,9 @@ FROM generate_series(1, :accounts) AS a
 """
 
 
+BENCH = Caller(actor="bench", role="privacy")
+
+
 def _seed(accounts: int, devices: int, consents: int, telemetry: int, terminate: bool) -> str:
     run = uuid.uuid4().hex[:8]
     params = {"run": run, "accounts": accounts, "devices": devices}
@@ -105,7 +109,7 @@ def bench_erasure(repeat: int) -> list[float]:
         assert held == 100_000, held
         elapsed, _ = _timed(
             lambda run=run: privacy.erase_account(
-                db.session, f"bench-{run}-1", actor="bench", reason="user_request"
+                db.session, f"bench-{run}-1", BENCH, reason="user_request"
             )
         )
         times.append(elapsed)

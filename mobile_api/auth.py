@@ -14,6 +14,7 @@ from mobile_api.errors import ErrorSchema, Forbidden, Unauthenticated
 from mobile_api.extensions import db
 from mobile_api.routes import Blueprint
 from mobile_api.services import keys
+from mobile_api.services.caller import Caller
 from mobile_api.services.secrets import DEVICE_TOKEN_PREFIX, hash_secret, matches
 from models import Device, Role
 
@@ -36,6 +37,11 @@ class Principal:
             return f"key:{self.key.id}"
         assert self.device is not None
         return f"device:{self.device.id}"
+
+    @property
+    def role(self) -> str:
+        """The key's role, or the pseudo-role `device`."""
+        return self.key.role if self.key is not None else DEVICE
 
 
 def bearer_secret() -> str | None:
@@ -119,6 +125,12 @@ def current_principal() -> Principal:
     """The authenticated caller of this request."""
     principal: Principal = g.principal
     return principal
+
+
+def current_caller() -> Caller:
+    """The services' view of this request's caller: actor, role and request id."""
+    principal = current_principal()
+    return Caller(actor=principal.actor, role=principal.role, request_id=g.get("request_id"))
 
 
 def current_device() -> Device:

@@ -21,7 +21,7 @@ def create_key(role: str, name: str) -> None:
     name = name.strip()
     if not name or len(name) > 128:
         raise click.BadParameter("must be 1–128 characters", param_hint="--name")
-    key, secret = key_service.create(db.session, role, name, actor="cli")
+    key, secret = key_service.create(db.session, role, name)
     click.echo(f"Created key {key.id} (role {key.role}, name {key.name!r}).")
     click.echo("The secret below is shown only now; store it safely:")
     click.echo(secret)
@@ -39,7 +39,7 @@ def list_keys() -> None:
 @click.argument("key_id")
 def revoke_key(key_id: str) -> None:
     """Revoke a key at once."""
-    key = key_service.revoke(db.session, key_id, actor="cli")
+    key = key_service.revoke(db.session, key_id)
     if key is None:
         raise click.ClickException(f"no key with id {key_id}")
     click.echo(f"Revoked key {key.id}.")

@@ -9,6 +9,7 @@ from flask.cli import AppGroup
 
 from mobile_api.extensions import db
 from mobile_api.services import audit, privacy
+from mobile_api.services.caller import CLI
 from models import utcnow
 
 privacy_cli = AppGroup("privacy", help="Privacy operations.")
@@ -41,7 +42,7 @@ def purge_command(now: datetime | None) -> None:
             "earlier time, never ahead of the clock (that would erase accounts early)",
             param_hint="--now",
         )
-    result = privacy.run_purge(as_of, actor="cli")
+    result = privacy.run_purge(as_of, caller=CLI)
     click.echo(f"erased {result.accounts} accounts, {result.devices} devices")
     for table, rows in result.retention.items():
         click.echo(f"retention: deleted {rows} rows from {table}")

@@ -9,6 +9,7 @@ from flask import Flask
 
 from mobile_api.extensions import db
 from mobile_api.services import audit
+from mobile_api.services.caller import Caller
 from models import AuditEvent
 
 
@@ -17,7 +18,11 @@ def _write(app: Flask, count: int, actor: str = "key:test") -> list[int]:
         ids = []
         for i in range(count):
             event = audit.record(
-                db.session, actor=actor, action="probe", target=f"t{i}", details={"n": i}
+                db.session,
+                Caller(actor=actor, role="admin"),
+                action="probe",
+                target=f"t{i}",
+                details={"n": i},
             )
             db.session.commit()
             ids.append(event.id)

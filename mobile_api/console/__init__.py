@@ -34,6 +34,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from mobile_api.errors import DomainError
 from mobile_api.extensions import db
 from mobile_api.services import staff as staff_service
+from mobile_api.services.caller import Caller
 from models import StaffRole
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,12 @@ CSP = (
 PRE_SESSION_CSRF_COOKIE = "console_csrf"
 _ROLES_ATTRIBUTE = "_console_roles"
 _PUBLIC = ("console.static", "console.sign_in", "console.enrol")
+
+
+def caller() -> Caller:
+    """The signed-in staff member as the services' caller, audited as `staff:<email>`."""
+    signed_in: staff_service.SignedIn = g.staff
+    return signed_in.caller(g.get("request_id"))
 
 
 def requires(*roles: StaffRole) -> Callable[[F], F]:
@@ -211,7 +218,10 @@ def nav() -> list[tuple[str, str]]:
         return []
     links = {
         StaffRole.SUPPORT: [("console.devices", "Devices"), ("console.audit_trail", "Audit trail")],
-        StaffRole.PRIVACY: [("console.privacy_page", "Privacy requests"), ("console.audit_trail", "Audit")],
+        StaffRole.PRIVACY: [
+            ("console.privacy_page", "Privacy requests"),
+            ("console.audit_trail", "Audit"),
+        ],
         StaffRole.MARKETING: [
             ("console.campaigns", "Campaigns"),
             ("console.compose", "New campaign"),

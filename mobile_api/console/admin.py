@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from flask import current_app, g, render_template, request
+from flask import current_app, render_template, request
 
 from mobile_api.cli_staff import sign_in_link
-from mobile_api.console import bp, requires
+from mobile_api.console import bp, caller, requires
 from mobile_api.errors import DomainError, NotFound
 from mobile_api.extensions import db
 from mobile_api.services import keys as key_service
@@ -49,7 +49,7 @@ def staff_create() -> Any:
         return _staff_page(422, errors={"role": ["Choose a role."]})
     try:
         member, secret = staff_service.create(
-            db.session, email, role, link_ttl=_link_ttl(), actor=g.staff.actor
+            db.session, email, role, link_ttl=_link_ttl(), caller=caller()
         )
     except DomainError as refused:
         db.session.rollback()
@@ -63,21 +63,21 @@ def staff_change() -> Any:
     """Apply one change (role, disable, enable, reset) to one staff member."""
     email = request.form.get("email", "")
     change = request.form.get("change", "")
-    actor = g.staff.actor
+    actor = caller()
     if change == "role":
         role = request.form.get("role", "")
         if role not in {r.value for r in StaffRole}:
             return _staff_page(422, errors={"role": ["Choose a role."]})
-        staff_service.set_role(db.session, email, role, actor=actor)
+        staff_service.set_role(db.session, email, role, actor)
         return _staff_page(done=f"{email} now has role {role}.")
     if change == "disable":
-        staff_service.disable(db.session, email, actor=actor)
+        staff_service.disable(db.session, email, actor)
         return _staff_page(done=f"Disabled {email}; their sessions have ended.")
     if change == "enable":
-        staff_service.enable(db.session, email, actor=actor)
+        staff_service.enable(db.session, email, actor)
         return _staff_page(done=f"Enabled {email}.")
     if change == "reset":
-        secret = staff_service.reset(db.session, email, link_ttl=_link_ttl(), actor=actor)
+        secret = staff_service.reset(db.session, email, link_ttl=_link_ttl(), caller=actor)
         return _staff_page(link=(email, sign_in_link(secret)))
     raise NotFound("No such change.")
 
@@ -115,7 +115,7 @@ def key_create() -> Any:
         errors["name"] = ["Give a name of 1–128 characters."]
     if errors:
         return _keys_page(422, errors=errors)
-    key, secret = key_service.create(db.session, role, name, actor=g.staff.actor)
+    key, secret = key_service.create(db.session, role, name, caller())
     return _keys_page(created=(key, secret))
 
 
@@ -123,7 +123,7 @@ def key_create() -> Any:
 @requires(StaffRole.ADMIN)
 def key_revoke(key_id: str) -> Any:
     """Revoke a key at once."""
-    key = key_service.revoke(db.session, key_id, actor=g.staff.actor)
+    key = key_service.revoke(db.session, key_id, caller())
     if key is None:
         raise NotFound("No such key.")
     return _keys_page(done=f"Revoked key {key.id} ({key.name}).")

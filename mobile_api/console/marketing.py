@@ -7,10 +7,10 @@ from typing import Any
 
 import marshmallow as ma
 import sqlalchemy as sa
-from flask import current_app, g, redirect, render_template, request, url_for
+from flask import current_app, redirect, render_template, request, url_for
 from werkzeug.datastructures import MultiDict
 
-from mobile_api.console import bp, requires
+from mobile_api.console import bp, caller, requires
 from mobile_api.console.support import PAGE, filled
 from mobile_api.extensions import db
 from mobile_api.pagination import paginate
@@ -35,10 +35,6 @@ _LIST_SPLIT = re.compile(r"[\s,]+")
 _TEXT_FIELDS = ("name", "category", "title", "body", "collapse_key", "priority")
 _AUDIENCE_LISTS = ("app_versions", "locales", "account_ids", "device_ids")
 _INTEGERS = {"ttl_seconds": None, "last_seen_within_days": "audience"}
-
-
-def _is_admin() -> bool:
-    return bool(g.staff.role == StaffRole.ADMIN)
 
 
 def _words(text: str) -> list[str]:
@@ -161,9 +157,7 @@ def compose() -> Any:
     campaign = campaign_service.create(
         db.session,
         data,
-        actor=g.staff.actor,
-        is_admin=_is_admin(),
-        request_id=g.get("request_id"),
+        caller(),
     )
     return redirect(url_for("console.campaign", campaign_id=campaign.id, done="created"), 303)
 
@@ -217,9 +211,7 @@ def send_campaign(campaign_id: str) -> Any:
     sent = campaign_service.send(
         db.session,
         campaign_id,
-        actor=g.staff.actor,
-        is_admin=_is_admin(),
-        request_id=g.get("request_id"),
+        caller(),
     )
     dispatch_service.notify_queued(current_app._get_current_object(), sent.id)  # type: ignore[attr-defined]
     return redirect(url_for("console.campaign", campaign_id=campaign_id, done="queued"), 303)
@@ -232,9 +224,7 @@ def cancel_campaign(campaign_id: str) -> Any:
     campaign_service.cancel(
         db.session,
         campaign_id,
-        actor=g.staff.actor,
-        is_admin=_is_admin(),
-        request_id=g.get("request_id"),
+        caller(),
     )
     return redirect(url_for("console.campaign", campaign_id=campaign_id, done="cancelled"), 303)
 
@@ -261,15 +251,11 @@ def test_send(campaign_id: str) -> Any:
     except ma.ValidationError as invalid:
         errors = {"device_ids": _flat(invalid.messages)}
         return campaign(campaign_id, status=422, errors=errors)
-    test = campaign_service.create(
-        db.session, data, actor=g.staff.actor, is_admin=_is_admin(), request_id=g.get("request_id")
-    )
+    test = campaign_service.create(db.session, data, caller())
     campaign_service.send(
         db.session,
         test.id,
-        actor=g.staff.actor,
-        is_admin=_is_admin(),
-        request_id=g.get("request_id"),
+        caller(),
     )
     dispatch_service.notify_queued(current_app._get_current_object(), test.id)  # type: ignore[attr-defined]
     return redirect(url_for("console.campaign", campaign_id=test.id, done="test-queued"), 303)

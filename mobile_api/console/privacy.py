@@ -7,9 +7,9 @@ from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Response, current_app, g, render_template, request
+from flask import Response, current_app, render_template, request
 
-from mobile_api.console import bp, requires
+from mobile_api.console import bp, caller, requires
 from mobile_api.errors import NotFound
 from mobile_api.extensions import db
 from mobile_api.services import privacy
@@ -66,7 +66,7 @@ def privacy_export() -> Any:
     if errors:
         return _page(422, errors=errors, form=form, section="export")
     export = privacy.export_device if kind == "device" else privacy.export_account
-    document = export(db.session, identifier, actor=g.staff.actor, request_id=g.get("request_id"))
+    document = export(db.session, identifier, caller())
     if document is None:
         raise NotFound(f"No such {kind}.")
     body = json.dumps(document, indent=2, ensure_ascii=False, default=str)
@@ -90,13 +90,11 @@ def privacy_erase() -> Any:
         errors["confirm"] = ["Type the id exactly as above to confirm the erasure."]
     if errors:
         return _page(422, errors=errors, form=form, section="erase")
-    caller = {"actor": g.staff.actor, "request_id": g.get("request_id")}
     if kind == "device":
-        erased = (
-            1 if privacy.erase_device(db.session, identifier, reason=reason, **caller) else None
-        )
+        found = privacy.erase_device(db.session, identifier, caller(), reason=reason)
+        erased = 1 if found else None
     else:
-        erased = privacy.erase_account(db.session, identifier, reason=reason, **caller)
+        erased = privacy.erase_account(db.session, identifier, caller(), reason=reason)
     if erased is None:
         raise NotFound(f"No such {kind}.")
     noun = "device" if erased == 1 else "devices"
@@ -119,8 +117,7 @@ def privacy_terminate() -> Any:
     termination = privacy.terminate(
         db.session,
         account_id,
+        caller(),
         purge_after_days=int(current_app.config["PURGE_AFTER_DAYS"]),
-        actor=g.staff.actor,
-        request_id=g.get("request_id"),
     )
     return _page(termination=termination)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import marshmallow as ma
-from flask import g, redirect, render_template, request, url_for
+from flask import redirect, render_template, request, url_for
 from werkzeug.datastructures import MultiDict
 
-from mobile_api.console import bp, requires
+from mobile_api.console import bp, caller, requires
 from mobile_api.errors import NotFound
 from mobile_api.extensions import db
 from mobile_api.pagination import paginate
@@ -83,7 +83,7 @@ def device(device_id: str, errors: Any = None, status: int = 200) -> Any:
     page = render_template(
         "console/device.html",
         device=found,
-        push_token=support.masked_push_token(found.push_token),
+        push_token=support.masked_push_token(found),
         terminated=privacy.is_terminated(db.session, found.account_id),
         consents=support.consent_timeline(db.session, found.id),
         deliveries=support.recent_deliveries(db.session, found.id),
@@ -106,8 +106,7 @@ def disable_device(device_id: str) -> Any:
         device_id,
         reason=data["reason"],
         ticket=data.get("ticket"),
-        actor=g.staff.actor,
-        request_id=g.get("request_id"),
+        caller=caller(),
     )
     if found is None:
         raise NotFound("No such device.")
@@ -118,9 +117,7 @@ def disable_device(device_id: str) -> Any:
 @requires(StaffRole.SUPPORT)
 def enable_device(device_id: str) -> Any:
     """Let pushes reach the device again."""
-    found = support.enable(
-        db.session, device_id, actor=g.staff.actor, request_id=g.get("request_id")
-    )
+    found = support.enable(db.session, device_id, caller())
     if found is None:
         raise NotFound("No such device.")
     return redirect(url_for("console.device", device_id=device_id, done="enabled"), 303)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import marshmallow as ma
-from flask import current_app, g
+from flask import current_app
 from flask.views import MethodView
 
-from mobile_api.auth import auth_required, current_principal
+from mobile_api.auth import auth_required, current_caller
 from mobile_api.errors import ErrorSchema, NotFound
 from mobile_api.extensions import db
 from mobile_api.pagination import PageArgsSchema, page_schema, paginate
@@ -21,11 +21,6 @@ from models import AuditEvent, Device, Platform, Role
 blp = Blueprint(
     "admin", __name__, url_prefix="/v1/admin", description="Support and privacy (staff)"
 )
-
-
-def _staff() -> dict[str, Any]:
-    """Who acts and in which request, for the audit trail."""
-    return {"actor": current_principal().actor, "request_id": g.get("request_id")}
 
 
 class DeviceSearchArgsSchema(PageArgsSchema):
@@ -43,11 +38,11 @@ class AdminDeviceSchema(DeviceSchema):
     disabled_at = Timestamp(allow_none=True)
     disabled_reason = ma.fields.String(allow_none=True)
     disabled_ticket = ma.fields.String(allow_none=True)
-
-    @ma.post_dump
-    def _mask_push_token(self, data: dict[str, Any], **_kwargs: Any) -> dict[str, Any]:
-        data["push_token"] = support.masked_push_token(data.get("push_token"))
-        return data
+    # Replaces the device's own field: staff never see a whole token.
+    push_token = ma.fields.Function(  # type: ignore[assignment]
+        support.masked_push_token,
+        metadata={"type": "string", "nullable": True, "description": "Masked: only its tail"},
+    )
 
 
 AdminDevicePageSchema = page_schema(AdminDeviceSchema, "AdminDevicePage")
@@ -145,9 +140,9 @@ class AdminDeviceDisable(MethodView):
             support.disable(
                 db.session,
                 device_id,
+                current_caller(),
                 reason=data["reason"],
                 ticket=data.get("ticket"),
-                **_staff(),
             )
         )
 
@@ -161,7 +156,7 @@ class AdminDeviceEnable(MethodView):
     @blp.alt_response(404, **_NOT_FOUND)
     def post(self, device_id: str) -> Any:
         """Let pushes reach this device again."""
-        return _found(support.enable(db.session, device_id, **_staff()))
+        return _found(support.enable(db.session, device_id, current_caller()))
 
 
 @blp.route("/devices/<device_id>/export")
@@ -173,7 +168,7 @@ class AdminDeviceExport(MethodView):
     @blp.alt_response(404, **_NOT_FOUND)
     def get(self, device_id: str) -> Any:
         """Everything held about this device, as one JSON document."""
-        return _found(privacy.export_device(db.session, device_id, **_staff()))
+        return _found(privacy.export_device(db.session, device_id, current_caller()))
 
 
 @blp.route("/devices/<device_id>")
@@ -186,7 +181,9 @@ class AdminDevice(MethodView):
     @blp.alt_response(404, **_NOT_FOUND)
     def delete(self, data: dict[str, Any], device_id: str) -> None:
         """Erase this device and everything tied to it, now."""
-        erased = privacy.erase_device(db.session, device_id, reason=data["reason"], **_staff())
+        erased = privacy.erase_device(
+            db.session, device_id, current_caller(), reason=data["reason"]
+        )
         _found(erased or None)
 
 
@@ -199,7 +196,7 @@ class AdminAccountExport(MethodView):
     @blp.alt_response(404, **_NOT_FOUND)
     def get(self, account_id: str) -> Any:
         """Everything held about this account's devices, as one JSON document."""
-        return _found(privacy.export_account(db.session, account_id, **_staff()))
+        return _found(privacy.export_account(db.session, account_id, current_caller()))
 
 
 @blp.route("/accounts/<account_id>")
@@ -212,7 +209,10 @@ class AdminAccount(MethodView):
     @blp.alt_response(404, **_NOT_FOUND)
     def delete(self, data: dict[str, Any], account_id: str) -> None:
         """Erase every device of this account and everything tied to them, now."""
-        _found(privacy.erase_account(db.session, account_id, reason=data["reason"], **_staff()))
+        erased = privacy.erase_account(
+            db.session, account_id, current_caller(), reason=data["reason"]
+        )
+        _found(erased)
 
 
 @blp.route("/accounts/<account_id>/terminate")
@@ -226,8 +226,8 @@ class AdminAccountTerminate(MethodView):
         return privacy.terminate(
             db.session,
             account_id,
+            current_caller(),
             purge_after_days=int(current_app.config["PURGE_AFTER_DAYS"]),
-            **_staff(),
         )
 
 

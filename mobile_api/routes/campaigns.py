@@ -6,10 +6,10 @@ import re
 from typing import Any
 
 import marshmallow as ma
-from flask import current_app, g
+from flask import current_app
 from flask.views import MethodView
 
-from mobile_api.auth import auth_required, current_principal
+from mobile_api.auth import auth_required, current_caller
 from mobile_api.errors import ErrorSchema
 from mobile_api.extensions import db
 from mobile_api.pagination import PageArgsSchema, page_schema, paginate
@@ -177,11 +177,6 @@ class ExplainSchema(ma.Schema):
     explanation = ma.fields.String(required=True)
 
 
-def _is_admin() -> bool:
-    key = current_principal().key
-    return key is not None and key.role == Role.ADMIN
-
-
 def _with_counts(campaign: Any) -> Any:
     campaign.counts = campaign_service.counts(db.session, campaign)
     return campaign
@@ -200,9 +195,7 @@ class Campaigns(MethodView):
         campaign = campaign_service.create(
             db.session,
             data,
-            actor=current_principal().actor,
-            is_admin=_is_admin(),
-            request_id=g.get("request_id"),
+            current_caller(),
         )
         return _with_counts(campaign)
 
@@ -244,9 +237,7 @@ class CampaignSend(MethodView):
         campaign = campaign_service.send(
             db.session,
             campaign_id,
-            actor=current_principal().actor,
-            is_admin=_is_admin(),
-            request_id=g.get("request_id"),
+            current_caller(),
         )
         # After the commit that queued it, never before.
         dispatch_service.notify_queued(current_app, campaign.id)
@@ -266,9 +257,7 @@ class CampaignCancel(MethodView):
         campaign = campaign_service.cancel(
             db.session,
             campaign_id,
-            actor=current_principal().actor,
-            is_admin=_is_admin(),
-            request_id=g.get("request_id"),
+            current_caller(),
         )
         return _with_counts(campaign)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import marshmallow as ma
-from flask import current_app, g
+from flask import current_app
 from flask.views import MethodView
 
-from mobile_api.auth import DEVICE, auth_required, current_device
+from mobile_api.auth import DEVICE, auth_required, current_caller, current_device
 from mobile_api.errors import ErrorSchema
 from mobile_api.extensions import db, device_limit_key, limiter
 from mobile_api.pagination import PageArgsSchema, page_schema, paginate
@@ -222,7 +222,7 @@ class DeviceMe(MethodView):
     @blp.response(204)
     def delete(self) -> None:
         """Unregister: erase this device and everything tied to it."""
-        device_service.erase(db.session, current_device().id, g.get("request_id"))
+        device_service.erase(db.session, current_device().id, current_caller())
 
 
 @blp.route("/me/preferences")

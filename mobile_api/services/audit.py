@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from mobile_api.services import Db, is_postgresql
+from mobile_api.services.caller import Caller
 from mobile_api.services.secrets import keyed_hash
 from models import AuditEvent, utcnow
 
@@ -64,14 +65,13 @@ def _digest(fields: Mapping[str, Any], prev_hash: str) -> str:
 
 def record(
     session: Db,
+    caller: Caller,
     *,
-    actor: str,
     action: str,
     target: str | None = None,
     details: Mapping[str, Any] | None = None,
-    request_id: str | None = None,
 ) -> AuditEvent:
-    """Append one event to the caller's transaction (the caller commits)."""
+    """Append one event by `caller` to the session's transaction (the service commits)."""
     if is_postgresql(session):
         _lock_chain(session)
     # Insert first, then link: on SQLite the INSERT takes the database's single
@@ -79,10 +79,10 @@ def record(
     # writing this row. The placeholder keeps the unique hash column satisfied.
     event = AuditEvent(
         recorded_at=utcnow(),
-        actor=actor,
+        actor=caller.actor,
         action=action,
         target=target,
-        request_id=request_id,
+        request_id=caller.request_id,
         details=dict(details or {}),
         prev_hash=GENESIS,
         hash=secrets.token_hex(32),
@@ -95,11 +95,11 @@ def record(
     return event
 
 
-def record_many(session: Db, events: Sequence[Mapping[str, Any]]) -> None:
-    """Append many events (each given as `record`'s keyword arguments) at once; no commit."""
+def record_many(session: Db, caller: Caller, events: Sequence[Mapping[str, Any]]) -> None:
+    """Append many events by `caller` (each given as `record`'s keyword arguments); no commit."""
     if not is_postgresql(session):
         for event in events:
-            record(session, **event)
+            record(session, caller, **event)
         return
     _lock_chain(session)
     parent = _last_hash(session)
@@ -119,10 +119,10 @@ def record_many(session: Db, events: Sequence[Mapping[str, Any]]) -> None:
         row: dict[str, Any] = {
             "id": event_id,
             "recorded_at": now,
-            "actor": event["actor"],
+            "actor": caller.actor,
             "action": event["action"],
             "target": event.get("target"),
-            "request_id": event.get("request_id"),
+            "request_id": caller.request_id,
             "details": dict(event.get("details") or {}),
             "prev_hash": parent,
         }

@@ -17,6 +17,7 @@ from mobile_api.errors import (
 from mobile_api.push import INVALID_TOKEN_ERRORS
 from mobile_api.services import Db, audit, export
 from mobile_api.services import audience as aud
+from mobile_api.services.caller import Caller
 from models import (
     FINAL_STATUSES,
     Campaign,
@@ -49,21 +50,18 @@ def _export_deliveries(session: Db, device: Device) -> list[dict[str, Any]]:
     ]
 
 
-def _require_role(campaign_category: str, is_admin: bool) -> None:
-    if campaign_category == CampaignCategory.SERVICE and not is_admin:
+def _require_role(campaign_category: str, caller: Caller) -> None:
+    if campaign_category == CampaignCategory.SERVICE and not caller.is_admin:
         raise ServiceCampaignRequiresAdmin()
 
 
 def create(
     session: Db,
     data: Mapping[str, Any],
-    *,
-    actor: str,
-    is_admin: bool,
-    request_id: str | None = None,
+    caller: Caller,
 ) -> Campaign:
     """Create a draft campaign; service campaigns need an admin."""
-    _require_role(data["category"], is_admin)
+    _require_role(data["category"], caller)
     campaign = Campaign(
         name=data["name"],
         category=data["category"],
@@ -75,17 +73,16 @@ def create(
         collapse_key=data.get("collapse_key"),
         priority=data.get("priority") or "normal",
         status=CampaignStatus.DRAFT,
-        created_by=actor,
+        created_by=caller.actor,
     )
     session.add(campaign)
     session.flush()
     audit.record(
         session,
-        actor=actor,
+        caller,
         action="campaign.create",
         target=campaign.id,
         details={"category": campaign.category},
-        request_id=request_id,
     )
     session.commit()
     return campaign
@@ -110,12 +107,10 @@ def preview(session: Db, campaign: Campaign) -> dict[str, Any]:
     return {"eligible": counts.get(None, 0), "excluded": excluded}
 
 
-def send(
-    session: Db, campaign_id: str, *, actor: str, is_admin: bool, request_id: str | None = None
-) -> Campaign:
+def send(session: Db, campaign_id: str, caller: Caller) -> Campaign:
     """Queue a draft for the dispatcher; a second send is refused (409)."""
     campaign = get(session, campaign_id)
-    _require_role(campaign.category, is_admin)
+    _require_role(campaign.category, caller)
     now = utcnow()
     # Compare-and-set on the status: of two concurrent sends exactly one wins.
     result = session.execute(
@@ -129,23 +124,20 @@ def send(
         raise CampaignAlreadySent()
     audit.record(
         session,
-        actor=actor,
+        caller,
         action="campaign.send",
         target=campaign_id,
         details={"category": campaign.category},
-        request_id=request_id,
     )
     session.commit()
     session.refresh(campaign)
     return campaign
 
 
-def cancel(
-    session: Db, campaign_id: str, *, actor: str, is_admin: bool, request_id: str | None = None
-) -> Campaign:
+def cancel(session: Db, campaign_id: str, caller: Caller) -> Campaign:
     """Stop a campaign: every delivery not yet handed to FCM is suppressed as cancelled."""
     campaign = get(session, campaign_id)
-    _require_role(campaign.category, is_admin)
+    _require_role(campaign.category, caller)
     if campaign.status == CampaignStatus.CANCELLED:
         return campaign  # cancelling twice is harmless
     now = utcnow()
@@ -175,11 +167,10 @@ def cancel(
     store_final_counts(session, campaign_id)
     audit.record(
         session,
-        actor=actor,
+        caller,
         action="campaign.cancel",
         target=campaign_id,
         details={},
-        request_id=request_id,
     )
     session.commit()
     session.refresh(campaign)

@@ -14,6 +14,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from mobile_api.errors import InstallationExists
 from mobile_api.services import Db, commit_keeping_state, is_postgresql, privacy, telemetry
+from mobile_api.services.caller import Caller
 from mobile_api.services.secrets import (
     DEVICE_TOKEN_PREFIX,
     hash_secret,
@@ -288,8 +289,8 @@ def consents_query(device_id: str) -> sa.Select[tuple[ConsentRecord]]:
     return sa.select(ConsentRecord).where(ConsentRecord.device_id == device_id)
 
 
-def erase(session: Db, device_id: str, request_id: str | None = None) -> bool:
+def erase(session: Db, device_id: str, caller: Caller) -> bool:
     """The app unregisters: erase the device through the one privacy erasure path."""
-    return privacy.erase_device(
-        session, device_id, actor="device", reason="unregistered", request_id=request_id
-    )
+    # The trail outlives the device, so it names the actor only as "device", not by its id.
+    anonymous = Caller(actor="device", role=caller.role, request_id=caller.request_id)
+    return privacy.erase_device(session, device_id, anonymous, reason="unregistered")

@@ -9,11 +9,12 @@ from typing import cast
 import sqlalchemy as sa
 
 from mobile_api.services import Db, audit
+from mobile_api.services.caller import CLI, Caller
 from mobile_api.services.secrets import API_KEY_PREFIX, hash_secret, matches, new_secret
 from models import ApiKey, Role, new_id, utcnow
 
 
-def create(session: Db, role: str, name: str, *, actor: str = "cli") -> tuple[ApiKey, str]:
+def create(session: Db, role: str, name: str, caller: Caller = CLI) -> tuple[ApiKey, str]:
     """Create a key and return it with its secret, which is never retrievable again.
 
     The key and its `key.created` audit event are committed together: no usable key
@@ -23,7 +24,7 @@ def create(session: Db, role: str, name: str, *, actor: str = "cli") -> tuple[Ap
     secret = new_secret(API_KEY_PREFIX)
     key = ApiKey(id=new_id(), role=role, name=name, secret_hash=hash_secret(secret))
     session.add(key)
-    audit.record(session, actor=actor, action="key.created", target=key.id, details={"role": role})
+    audit.record(session, caller, action="key.created", target=key.id, details={"role": role})
     session.commit()
     return key, secret
 
@@ -33,7 +34,7 @@ def list_keys(session: Db) -> Sequence[ApiKey]:
     return session.scalars(sa.select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)).all()
 
 
-def revoke(session: Db, key_id: str, *, actor: str = "cli") -> ApiKey | None:
+def revoke(session: Db, key_id: str, caller: Caller = CLI) -> ApiKey | None:
     """Revoke a key at once; None when no such key exists.
 
     The revocation and its `key.revoked` audit event are committed together; revoking
@@ -44,7 +45,7 @@ def revoke(session: Db, key_id: str, *, actor: str = "cli") -> ApiKey | None:
         return None
     if key.revoked_at is None:
         key.revoked_at = utcnow()
-        audit.record(session, actor=actor, action="key.revoked", target=key.id)
+        audit.record(session, caller, action="key.revoked", target=key.id)
         session.commit()
     return key
 

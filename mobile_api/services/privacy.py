@@ -19,6 +19,7 @@ from flask import current_app
 from mobile_api.errors import AccountTerminated
 from mobile_api.extensions import db
 from mobile_api.services import Db, audit, campaigns, dialect_insert, export
+from mobile_api.services.caller import SYSTEM, Caller
 from models import (
     AccountTermination,
     AccountTombstone,
@@ -34,7 +35,6 @@ from models import (
 log = logging.getLogger(__name__)
 
 ERASURE_REASONS = ("user_request", "child_under_13", "other")
-SYSTEM_ACTOR = "system"
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,10 +157,9 @@ def _forget_terminations(session: Db, account_ids: Sequence[str], now: datetime)
 def erase_device(
     session: Db,
     device_id: str,
+    caller: Caller,
     *,
-    actor: str,
     reason: str,
-    request_id: str | None = None,
 ) -> bool:
     """Erase a device and everything tied to it in one transaction; False if unknown."""
     result = session.execute(sa.delete(Device).where(Device.id == device_id))
@@ -169,11 +168,10 @@ def erase_device(
         return False
     audit.record(
         session,
-        actor=actor,
+        caller,
         action="device.erased",
         target=subject(device_id),
         details={"reason": reason},
-        request_id=request_id,
     )
     session.commit()
     log.info("erased a device (reason %s)", reason)
@@ -183,10 +181,9 @@ def erase_device(
 def erase_account(
     session: Db,
     account_id: str,
+    caller: Caller,
     *,
-    actor: str,
     reason: str,
-    request_id: str | None = None,
 ) -> int | None:
     """Erase every device of an account and its termination; devices erased, None if unknown."""
     termination = session.get(AccountTermination, account_id, with_for_update=True)
@@ -198,11 +195,10 @@ def erase_account(
         _forget_terminations(session, [account_id], utcnow())
     audit.record(
         session,
-        actor=actor,
+        caller,
         action="account.erased",
         target=subject(account_id),
         details={"reason": reason, "devices": devices},
-        request_id=request_id,
     )
     session.commit()
     log.info("erased an account with %s devices (reason %s)", devices, reason)
@@ -212,10 +208,9 @@ def erase_account(
 def terminate(
     session: Db,
     account_id: str,
+    caller: Caller,
     *,
-    actor: str,
     purge_after_days: int,
-    request_id: str | None = None,
 ) -> Termination:
     """Terminate an account: its devices get no more pushes; purge is due later. Idempotent."""
     now = utcnow()
@@ -242,11 +237,10 @@ def terminate(
                 )
         audit.record(
             session,
-            actor=actor,
+            caller,
             action="account.terminated",
             target=subject(account_id),
             details={"devices": len(devices)},
-            request_id=request_id,
         )
     session.commit()
     termination = session.get(AccountTermination, account_id)
@@ -265,22 +259,17 @@ def _audited_export(
     *,
     action: str,
     identifier: str,
-    actor: str,
-    request_id: str | None,
+    caller: Caller,
 ) -> dict[str, Any] | None:
     if document is None:
         session.rollback()
         return None
-    audit.record(
-        session, actor=actor, action=action, target=subject(identifier), request_id=request_id
-    )
+    audit.record(session, caller, action=action, target=subject(identifier))
     session.commit()
     return document
 
 
-def export_device(
-    session: Db, device_id: str, *, actor: str, request_id: str | None = None
-) -> dict[str, Any] | None:
+def export_device(session: Db, device_id: str, caller: Caller) -> dict[str, Any] | None:
     """Everything held about a device, for staff (audited); None if unknown."""
     device = session.get(Device, device_id)
     document = export.export_device(session, device) if device is not None else None
@@ -289,22 +278,18 @@ def export_device(
         document,
         action="device.exported",
         identifier=device_id,
-        actor=actor,
-        request_id=request_id,
+        caller=caller,
     )
 
 
-def export_account(
-    session: Db, account_id: str, *, actor: str, request_id: str | None = None
-) -> dict[str, Any] | None:
+def export_account(session: Db, account_id: str, caller: Caller) -> dict[str, Any] | None:
     """Everything held about an account, for staff (audited); None if unknown."""
     return _audited_export(
         session,
         export.export_account(session, account_id),
         action="account.exported",
         identifier=account_id,
-        actor=actor,
-        request_id=request_id,
+        caller=caller,
     )
 
 
@@ -361,7 +346,7 @@ def _purge_due_accounts(
     *,
     now: datetime,
     purge_after_days: int,
-    actor: str,
+    caller: Caller,
     batch_size: int,
 ) -> None:
     """Erase the due accounts batch by batch, each batch in its own transaction."""
@@ -380,9 +365,9 @@ def _purge_due_accounts(
         counts = _delete_devices(session, due)
         audit.record_many(
             session,
+            caller,
             [
                 {
-                    "actor": actor,
                     "action": "account.purged",
                     "target": subject(account_id),
                     "details": {"devices": counts.get(account_id, 0)},
@@ -396,7 +381,7 @@ def _purge_due_accounts(
         result.devices += sum(counts.values())
 
 
-def _record_run(session: Db, result: PurgeResult, *, actor: str, error: str | None) -> None:
+def _record_run(session: Db, result: PurgeResult, caller: Caller, *, error: str | None) -> None:
     details: dict[str, Any] = {
         "accounts": result.accounts,
         "devices": result.devices,
@@ -404,7 +389,7 @@ def _record_run(session: Db, result: PurgeResult, *, actor: str, error: str | No
     }
     if error is not None:
         details["error"] = error
-    audit.record(session, actor=actor, action="purge.run", details=details)
+    audit.record(session, caller, action="purge.run", details=details)
     session.commit()
 
 
@@ -414,7 +399,7 @@ def purge(
     now: datetime,
     purge_after_days: int,
     retention_days: Mapping[str, int] | None = None,
-    actor: str = SYSTEM_ACTOR,
+    caller: Caller = SYSTEM,
     batch_size: int = 500,
     rules: Sequence[RetentionRule] | None = None,
     metadata: sa.MetaData | None = None,
@@ -435,7 +420,7 @@ def purge(
             result,
             now=now,
             purge_after_days=purge_after_days,
-            actor=actor,
+            caller=caller,
             batch_size=batch_size,
         )
         _apply_retention(
@@ -452,7 +437,7 @@ def purge(
         # (the exception's class only: a database error's message may quote row values).
         session.rollback()
         try:
-            _record_run(session, result, actor=actor, error=type(exc).__name__)
+            _record_run(session, result, caller, error=type(exc).__name__)
         except Exception as unrecorded:
             session.rollback()
             log.warning(
@@ -461,12 +446,12 @@ def purge(
             )
         raise
     if result.erased_anything:
-        _record_run(session, result, actor=actor, error=None)
+        _record_run(session, result, caller, error=None)
     log.info("purge erased %s accounts, %s devices", result.accounts, result.devices)
     return result
 
 
-def run_purge(now: datetime | None = None, *, actor: str = SYSTEM_ACTOR) -> PurgeResult:
+def run_purge(now: datetime | None = None, *, caller: Caller = SYSTEM) -> PurgeResult:
     """One purge run with the current app's settings (for the CLI, worker and Celery beat)."""
     config = current_app.config
     return purge(
@@ -478,5 +463,5 @@ def run_purge(now: datetime | None = None, *, actor: str = SYSTEM_ACTOR) -> Purg
             for rule in RETENTION
             if config.get(rule.setting) is not None
         },
-        actor=actor,
+        caller=caller,
     )

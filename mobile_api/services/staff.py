@@ -25,6 +25,7 @@ from mobile_api.errors import (
     StaffLinkInvalid,
 )
 from mobile_api.services import Db, audit
+from mobile_api.services.caller import CLI, Caller
 from mobile_api.services.secrets import hash_secret, new_secret
 from models import StaffLink, StaffMember, StaffRole, StaffSession, utcnow
 
@@ -66,6 +67,10 @@ class SignedIn:
     def actor(self) -> str:
         """How the audit trail names this person."""
         return f"staff:{self.email}"
+
+    def caller(self, request_id: str | None) -> Caller:
+        """The services' view of this person acting in a request."""
+        return Caller(actor=self.actor, role=self.role, request_id=request_id)
 
 
 def normalise_email(email: str) -> str:
@@ -113,7 +118,7 @@ def _end_sessions(session: Db, staff_id: str) -> None:
 
 
 def create(
-    session: Db, email: str, role: str, *, link_ttl: timedelta, actor: str = "cli"
+    session: Db, email: str, role: str, *, link_ttl: timedelta, caller: Caller = CLI
 ) -> tuple[StaffMember, str]:
     """Create a staff member; returns it with the secret of its one-time link."""
     role = StaffRole(role).value
@@ -124,9 +129,7 @@ def create(
     session.add(member)
     session.flush()
     secret = _new_link(session, member, link_ttl)
-    audit.record(
-        session, actor=actor, action="staff.created", target=member.id, details={"role": role}
-    )
+    audit.record(session, caller, action="staff.created", target=member.id, details={"role": role})
     session.commit()
     return member, secret
 
@@ -136,14 +139,14 @@ def list_members(session: Db) -> Sequence[StaffMember]:
     return session.scalars(sa.select(StaffMember).order_by(StaffMember.email)).all()
 
 
-def set_role(session: Db, email: str, role: str, *, actor: str = "cli") -> StaffMember:
+def set_role(session: Db, email: str, role: str, caller: Caller = CLI) -> StaffMember:
     """Change a member's role; it applies to their open sessions at their next request."""
     role = StaffRole(role).value
     member = _member(session, email)
     if member.role != role:
         audit.record(
             session,
-            actor=actor,
+            caller,
             action="staff.role_changed",
             target=member.id,
             details={"from": member.role, "to": role},
@@ -153,28 +156,28 @@ def set_role(session: Db, email: str, role: str, *, actor: str = "cli") -> Staff
     return member
 
 
-def disable(session: Db, email: str, *, actor: str = "cli") -> StaffMember:
+def disable(session: Db, email: str, caller: Caller = CLI) -> StaffMember:
     """Stop a member signing in; their open sessions end at once."""
     member = _member(session, email)
     if member.disabled_at is None:
         member.disabled_at = utcnow()
-        audit.record(session, actor=actor, action="staff.disabled", target=member.id)
+        audit.record(session, caller, action="staff.disabled", target=member.id)
     _end_sessions(session, member.id)
     session.commit()
     return member
 
 
-def enable(session: Db, email: str, *, actor: str = "cli") -> StaffMember:
+def enable(session: Db, email: str, caller: Caller = CLI) -> StaffMember:
     """Let a disabled member sign in again."""
     member = _member(session, email)
     if member.disabled_at is not None:
         member.disabled_at = None
-        audit.record(session, actor=actor, action="staff.enabled", target=member.id)
+        audit.record(session, caller, action="staff.enabled", target=member.id)
     session.commit()
     return member
 
 
-def reset(session: Db, email: str, *, link_ttl: timedelta, actor: str = "cli") -> str:
+def reset(session: Db, email: str, *, link_ttl: timedelta, caller: Caller = CLI) -> str:
     """Forget a member's password and authenticator, end their sessions; a new link's secret."""
     member = _member(session, email)
     member.password_hash = None
@@ -182,7 +185,7 @@ def reset(session: Db, email: str, *, link_ttl: timedelta, actor: str = "cli") -
     member.totp_last_step = None
     _end_sessions(session, member.id)
     secret = _new_link(session, member, link_ttl)
-    audit.record(session, actor=actor, action="staff.reset", target=member.id)
+    audit.record(session, caller, action="staff.reset", target=member.id)
     session.commit()
     return secret
 
@@ -254,9 +257,14 @@ def complete_enrolment(session: Db, secret: str, password: str, confirm: str, co
     member.password_hash = _hasher.hash(password)
     member.totp_secret = link.totp_secret
     member.totp_last_step = step
-    audit.record(session, actor=member.actor, action="staff.enrolled", target=member.id)
+    audit.record(session, _self(member), action="staff.enrolled", target=member.id)
     session.commit()
     return member.email
+
+
+def _self(member: StaffMember, request_id: str | None = None) -> Caller:
+    """A member acting on their own sign-in."""
+    return Caller(actor=member.actor, role=member.role, request_id=request_id)
 
 
 def _verify_password(stored: str | None, password: str) -> bool:
@@ -300,13 +308,7 @@ def sign_in(
     )
     session.add(record)
     session.flush()
-    audit.record(
-        session,
-        actor=member.actor,
-        action="staff.signed_in",
-        target=member.id,
-        request_id=request_id,
-    )
+    audit.record(session, _self(member, request_id), action="staff.signed_in", target=member.id)
     signed_in = SignedIn(member.id, member.email, member.role, record.id, record.csrf_token)
     session.commit()
     return secret, signed_in

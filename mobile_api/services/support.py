@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from mobile_api.push import mask_token
 from mobile_api.services import Db, audit, privacy
+from mobile_api.services.caller import Caller
 from mobile_api.services.privacy import subject
 from models import Campaign, ConsentRecord, ConsentSource, Delivery, Device, Purpose, utcnow
 
@@ -32,6 +33,11 @@ def search_query(
     if platform is not None:
         stmt = stmt.where(Device.platform == platform)
     return stmt
+
+
+def masked_push_token(device: Device) -> str | None:
+    """The device's push token as staff may see it: never whole, the same tail the logs show."""
+    return mask_token(device.push_token) if device.push_token else None
 
 
 def _record_delivery(session: Db, device: Device, granted: bool) -> None:
@@ -61,25 +67,22 @@ def _audit_details(ticket: str | None, reason: str | None = None) -> dict[str, o
 def disable(
     session: Db,
     device_id: str,
+    caller: Caller,
     *,
     reason: str,
     ticket: str | None,
-    actor: str,
-    request_id: str | None = None,
 ) -> Device | None:
     """Stop every push to a device until it is enabled; None if unknown."""
-    return _set_disabled(session, device_id, reason, ticket, actor=actor, request_id=request_id)
+    return _set_disabled(session, device_id, reason, ticket, caller)
 
 
 def enable(
     session: Db,
     device_id: str,
-    *,
-    actor: str,
-    request_id: str | None = None,
+    caller: Caller,
 ) -> Device | None:
     """Let pushes reach a disabled device again; None if unknown."""
-    return _set_disabled(session, device_id, None, None, actor=actor, request_id=request_id)
+    return _set_disabled(session, device_id, None, None, caller)
 
 
 def _set_disabled(
@@ -87,9 +90,7 @@ def _set_disabled(
     device_id: str,
     reason: str | None,
     ticket: str | None,
-    *,
-    actor: str,
-    request_id: str | None,
+    caller: Caller,
 ) -> Device | None:
     """Disable (with a reason) or enable (reason None); recorded in the ledger and the trail."""
     disable = reason is not None
@@ -106,19 +107,13 @@ def _set_disabled(
     device.disabled_ticket = ticket
     audit.record(
         session,
-        actor=actor,
+        caller,
         action="device.disabled" if disable else "device.enabled",
         target=subject(device.id),
         details=_audit_details(audit_ticket, reason),
-        request_id=request_id,
     )
     session.commit()
     return device
-
-
-def masked_push_token(token: str | None) -> str | None:
-    """A push token as staff see it: the logs' mask, never the whole token."""
-    return mask_token(token) if token else None
 
 
 @dataclass(frozen=True, slots=True)
