@@ -10,8 +10,9 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from flask import g, request
 
-from mobile_api.errors import ErrorSchema, Forbidden, Unauthenticated
+from mobile_api.errors import Forbidden, Unauthenticated
 from mobile_api.extensions import db
+from mobile_api.http_errors import ErrorSchema
 from mobile_api.routes import Blueprint
 from mobile_api.services import keys
 from mobile_api.services.caller import Caller

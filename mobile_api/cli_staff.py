@@ -10,6 +10,7 @@ from flask.cli import AppGroup
 
 from mobile_api.errors import DomainError
 from mobile_api.extensions import db
+from mobile_api.http_errors import domain_error_message
 from mobile_api.services import staff as staff_service
 from models import StaffRole
 
@@ -34,7 +35,7 @@ def _echo_link(secret: str) -> None:
 
 
 def _refused(error: DomainError) -> click.ClickException:
-    return click.ClickException(error.description or error.error)
+    return click.ClickException(domain_error_message(error))
 
 
 @staff_cli.command("create")

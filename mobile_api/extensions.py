@@ -8,7 +8,7 @@ from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 
-from mobile_api.errors import Api
+from mobile_api.http_errors import Api
 from models import Base
 
 db = SQLAlchemy(model_class=Base)

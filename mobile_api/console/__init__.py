@@ -33,6 +33,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from mobile_api.errors import DomainError
 from mobile_api.extensions import db
+from mobile_api.http_errors import domain_error_message, domain_error_row
 from mobile_api.services import staff as staff_service
 from mobile_api.services.caller import Caller
 from models import StaffRole
@@ -190,15 +191,21 @@ def _http_error(error: HTTPException) -> Response:
     message = error.description or error.name
     if isinstance(error, InternalServerError):
         message = "Something went wrong on our side; it has been logged."
-    title = error.name
-    if isinstance(error, DomainError):
-        title = error.error.replace("_", " ").capitalize()
-    response = error_page(code, title, message)
+    response = error_page(code, error.name, message)
     for name, value in error.get_headers():
         if name.lower() not in {"content-type", "content-length"}:
             response.headers.setdefault(name, value)
-    if isinstance(error, DomainError):
-        response.headers.update(error.extra_headers)
+    return response
+
+
+@bp.errorhandler(DomainError)
+def _domain_error(error: DomainError) -> Response:
+    """A service's refusal, from the web layer's one table, as an HTML page."""
+    code, identifier, _default = domain_error_row(error)
+    title = identifier.replace("_", " ").capitalize()
+    response = error_page(code, title, domain_error_message(error))
+    if error.retry_after is not None:
+        response.headers["Retry-After"] = str(error.retry_after)
     return response
 
 

@@ -11,6 +11,7 @@ from mobile_api.cli_staff import sign_in_link
 from mobile_api.console import bp, caller, requires
 from mobile_api.errors import DomainError, NotFound
 from mobile_api.extensions import db
+from mobile_api.http_errors import domain_error_message, domain_error_row
 from mobile_api.services import keys as key_service
 from mobile_api.services import staff as staff_service
 from models import Role, StaffRole
@@ -53,7 +54,8 @@ def staff_create() -> Any:
         )
     except DomainError as refused:
         db.session.rollback()
-        return _staff_page(refused.code or 422, errors={"email": [refused.description]})
+        code = domain_error_row(refused)[0]
+        return _staff_page(code, errors={"email": [domain_error_message(refused)]})
     return _staff_page(link=(member.email, sign_in_link(secret)))
 
 

@@ -12,6 +12,7 @@ from limits import parse
 from mobile_api.console import HOME, bp, requires, session_cookie_name, set_cookie
 from mobile_api.errors import EnrolmentRefused, SignInRefused
 from mobile_api.extensions import db, limiter
+from mobile_api.http_errors import domain_error_message
 from mobile_api.services import staff as staff_service
 from mobile_api.services.secrets import hash_secret
 from models import StaffRole
@@ -84,7 +85,9 @@ def sign_in() -> Any:
     except SignInRefused as refused:
         _count_failure()
         return (
-            render_template("console/sign_in.html", next=next_page, error=refused.description),
+            render_template(
+                "console/sign_in.html", next=next_page, error=domain_error_message(refused)
+            ),
             401,
         )
     signed = redirect(next_page or url_for(HOME[StaffRole(signed_in.role)]), 303)
@@ -125,7 +128,9 @@ def enrol(secret: str) -> Any:
         )
     except EnrolmentRefused as refused:
         return (
-            render_template("console/enrol.html", enrolment=enrolment, error=refused.description),
+            render_template(
+                "console/enrol.html", enrolment=enrolment, error=domain_error_message(refused)
+            ),
             422,
         )
     return render_template("console/enrolled.html", email=email)

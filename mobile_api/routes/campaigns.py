@@ -10,8 +10,8 @@ from flask import current_app
 from flask.views import MethodView
 
 from mobile_api.auth import auth_required, current_caller
-from mobile_api.errors import ErrorSchema
 from mobile_api.extensions import db
+from mobile_api.http_errors import ErrorSchema
 from mobile_api.pagination import PageArgsSchema, page_schema, paginate
 from mobile_api.routes import Blueprint
 from mobile_api.routes.fields import VERSION, Locale, Timestamp, printable

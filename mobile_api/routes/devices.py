@@ -9,8 +9,8 @@ from flask import current_app
 from flask.views import MethodView
 
 from mobile_api.auth import DEVICE, auth_required, current_caller, current_device
-from mobile_api.errors import ErrorSchema
 from mobile_api.extensions import db, device_limit_key, limiter
+from mobile_api.http_errors import ErrorSchema
 from mobile_api.pagination import PageArgsSchema, page_schema, paginate
 from mobile_api.routes import Blueprint
 from mobile_api.routes.fields import (

@@ -10,8 +10,9 @@ from flask import Response
 from flask.views import MethodView
 from sqlalchemy.exc import SQLAlchemyError
 
-from mobile_api.errors import DatabaseUnavailable, ErrorSchema
+from mobile_api.errors import DatabaseUnavailable
 from mobile_api.extensions import db
+from mobile_api.http_errors import ErrorSchema
 from mobile_api.observability import metrics_response
 from mobile_api.routes import Blueprint
 

@@ -9,8 +9,8 @@ from flask import Flask, current_app
 from flask.views import MethodView
 
 from mobile_api.auth import DEVICE, auth_required, current_device
-from mobile_api.errors import ErrorSchema
 from mobile_api.extensions import device_limit_key, limiter
+from mobile_api.http_errors import ErrorSchema
 from mobile_api.routes import Blueprint
 from mobile_api.routes.fields import printable
 from mobile_api.services import places as places_service

@@ -11,8 +11,8 @@ import marshmallow as ma
 from flask.views import MethodView
 
 from mobile_api.auth import DEVICE, auth_required, current_device
-from mobile_api.errors import ErrorSchema
 from mobile_api.extensions import db, device_limit_key, limiter
+from mobile_api.http_errors import ErrorSchema
 from mobile_api.routes import Blueprint
 from mobile_api.routes.devices import _device_limit
 from mobile_api.routes.fields import Timestamp, printable

@@ -181,9 +181,7 @@ def _provider_faults() -> Iterator[None]:
     try:
         yield
     except ProviderUnavailable as exc:
-        raise MappingProviderUnavailable(
-            headers={"Retry-After": str(_retry_after(exc.retry_after))}
-        ) from None
+        raise MappingProviderUnavailable(retry_after=_retry_after(exc.retry_after)) from None
     except ProviderTimeout:
         raise MappingProviderTimeout() from None
     except ProviderError:

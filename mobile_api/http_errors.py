@@ -1,0 +1,240 @@
+"""The web layer's errors: one body shape for every failure, and the one table that maps
+each domain refusal (mobile_api/errors.py) to its HTTP status and `error` identifier."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import flask_smorest
+import marshmallow as ma
+from apispec import BasePlugin
+from sqlalchemy import exc as sa_exc
+from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.http import HTTP_STATUS_CODES
+
+from mobile_api import errors
+
+log = logging.getLogger(__name__)
+
+
+class ErrorSchema(ma.Schema):
+    """The body of every error response."""
+
+    code = ma.fields.Integer(required=True, metadata={"description": "HTTP status code"})
+    status = ma.fields.String(required=True, metadata={"description": "HTTP status name"})
+    message = ma.fields.String(required=True, metadata={"description": "What went wrong"})
+    errors = ma.fields.Dict(
+        metadata={"description": "Validation errors by location (json, query, headers), then field"}
+    )
+    error = ma.fields.String(
+        metadata={"description": "Stable snake_case identifier of a domain refusal"}
+    )
+
+
+# Every domain refusal: (HTTP status, `error` identifier, default message).
+DOMAIN_ERRORS: dict[type[errors.DomainError], tuple[int, str, str]] = {
+    errors.DomainError: (400, "bad_request", "The request was refused."),
+    errors.Unauthenticated: (401, "unauthenticated", "A valid bearer credential is required."),
+    errors.Forbidden: (403, "forbidden", "This credential may not call this endpoint."),
+    errors.NotFound: (404, "not_found", "No such resource."),
+    errors.InstallationExists: (
+        409,
+        "installation_exists",
+        "This installation is already registered; "
+        "send its device token in X-Device-Token to update it.",
+    ),
+    errors.DatabaseUnavailable: (
+        503,
+        "database_unavailable",
+        "The database is not reachable.",
+    ),
+    errors.InvalidCursor: (422, "invalid_cursor", "The pagination cursor is not valid."),
+    errors.AccountTerminated: (
+        403,
+        "account_terminated",
+        "This account has been terminated; devices cannot be registered to it.",
+    ),
+    errors.LocationConsentRequired: (
+        403,
+        "location_consent_required",
+        "Places need the location_services preference on and the OS location permission "
+        "precise or approximate on this device.",
+    ),
+    errors.MappingProviderUnavailable: (
+        503,
+        "mapping_provider_unavailable",
+        "The mapping provider is busy or unavailable; retry after the given delay.",
+    ),
+    errors.MappingProviderTimeout: (
+        504,
+        "mapping_provider_timeout",
+        "The mapping provider did not answer in time.",
+    ),
+    errors.MappingProviderError: (
+        502,
+        "mapping_provider_error",
+        "The mapping provider answered with an error.",
+    ),
+    errors.ServiceCampaignRequiresAdmin: (
+        403,
+        "service_campaign_requires_admin",
+        "Service campaigns can only be created, sent or cancelled with an admin key.",
+    ),
+    errors.CampaignAlreadySent: (
+        409,
+        "campaign_already_sent",
+        "This campaign has already been sent (or cancelled); nothing was sent again.",
+    ),
+    errors.CampaignFinished: (
+        409,
+        "campaign_finished",
+        "This campaign has already finished; there is nothing left to cancel.",
+    ),
+    errors.SignInRefused: (
+        401,
+        "sign_in_refused",
+        "That email, password and code do not sign anybody in.",
+    ),
+    errors.StaffLinkInvalid: (
+        410,
+        "link_invalid",
+        "This sign-in link is used, expired or unknown; ask an administrator for a new one.",
+    ),
+    errors.EnrolmentRefused: (
+        422,
+        "enrolment_refused",
+        "The password or the authenticator code was not accepted.",
+    ),
+    errors.StaffExists: (409, "staff_exists", "A staff member with this email already exists."),
+}
+
+
+def domain_error_row(error: errors.DomainError) -> tuple[int, str, str]:
+    """The table row of `error`'s class, or of its nearest listed ancestor."""
+    for cls in type(error).__mro__:
+        if cls in DOMAIN_ERRORS:
+            return DOMAIN_ERRORS[cls]
+    return DOMAIN_ERRORS[errors.DomainError]
+
+
+def domain_error_message(error: errors.DomainError) -> str:
+    """What to tell a person about a refusal: its own message, else the table's."""
+    return error.message or domain_error_row(error)[2]
+
+
+_DEFAULT_MESSAGES = {
+    400: "The request could not be understood.",
+    401: DOMAIN_ERRORS[errors.Unauthenticated][2],
+    403: DOMAIN_ERRORS[errors.Forbidden][2],
+    404: "No such resource.",
+    405: "This method is not allowed on this resource.",
+    413: "The request body is too large.",
+    415: "Send the body as application/json.",
+    422: "The request was well-formed but contains invalid values.",
+    429: "Too many requests; slow down and retry later.",
+    500: "Something went wrong on our side; it has been logged.",
+}
+
+
+def _seconds_until_reset() -> int:
+    """Whole seconds until the limit that was just exceeded lets the caller in again."""
+    from mobile_api.extensions import limiter  # extensions imports this module
+
+    current = limiter.current_limit
+    if current is None:
+        return 60
+    return max(1, math.ceil(current.reset_at - time.time()))
+
+
+class BodyRefusalsPlugin(BasePlugin):
+    """Document, on every operation that takes a body, the refusals of any body."""
+
+    def operation_helper(
+        self, path: str | None = None, operations: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
+        """Add 400 (not JSON) and 413 (over MAX_CONTENT_LENGTH) beside the schema's 422."""
+        for operation in (operations or {}).values():
+            if "requestBody" in operation:
+                responses = operation.setdefault("responses", {})
+                responses.setdefault("400", "BAD_REQUEST")
+                responses.setdefault("413", "REQUEST_ENTITY_TOO_LARGE")
+
+
+class Api(flask_smorest.Api):
+    """flask-smorest's Api with the error body of API.md."""
+
+    ERROR_SCHEMA = ErrorSchema
+
+    def __init__(self, *args: Any, spec_kwargs: dict[str, Any] | None = None, **kwargs: Any):
+        spec_kwargs = dict(spec_kwargs or {})
+        spec_kwargs["extra_plugins"] = [*spec_kwargs.get("extra_plugins", ()), BodyRefusalsPlugin()]
+        super().__init__(*args, spec_kwargs=spec_kwargs, **kwargs)
+
+    def init_app(self, app: Any, *args: Any, **kwargs: Any) -> None:
+        """Also answer domain refusals from the table, and a lost or locked database with
+        503, not as a bug (500)."""
+        super().init_app(app, *args, **kwargs)
+        app.register_error_handler(errors.DomainError, self.handle_domain_error)
+        app.register_error_handler(sa_exc.OperationalError, self._database_unavailable)
+        app.register_error_handler(sa_exc.InterfaceError, self._database_unavailable)
+
+    def _database_unavailable(self, error: sa_exc.DBAPIError) -> Any:
+        # A dropped connection has already been discarded by the pool, and a SQLite
+        # lock outlived its busy timeout: either way, a retry may well succeed.
+        log.warning("database unavailable: %s", type(error.orig).__name__)
+        return self.handle_domain_error(errors.DatabaseUnavailable())
+
+    def handle_domain_error(self, error: errors.DomainError) -> Any:
+        """The error body of a domain refusal, from DOMAIN_ERRORS."""
+        code, identifier, default_message = domain_error_row(error)
+        payload: dict[str, Any] = {
+            "code": code,
+            "status": HTTP_STATUS_CODES[code],
+            "message": error.message or default_message,
+            "error": identifier,
+        }
+        headers: dict[str, str] = {}
+        if error.retry_after is not None:
+            headers["Retry-After"] = str(error.retry_after)
+        return payload, code, headers
+
+    def handle_http_exception(self, error: HTTPException) -> Any:
+        """Turn any HTTPException (and unhandled errors) into the one error shape."""
+        code = error.code or 500
+        if isinstance(error, InternalServerError) and error.original_exception is not None:
+            log.error(
+                "unhandled error: %s",
+                type(error.original_exception).__name__,
+                exc_info=error.original_exception,
+            )
+        payload: dict[str, Any] = {
+            "code": code,
+            "status": error.name,
+            "message": _DEFAULT_MESSAGES.get(code, error.description or error.name),
+        }
+        headers: dict[str, str] = {}
+        data = getattr(error, "data", None)
+        if data:
+            if "message" in data:
+                payload["message"] = data["message"]
+            errors_ = data.get("errors", data.get("messages"))
+            if errors_:
+                payload["errors"] = errors_
+                if code == 422 and "message" not in data:
+                    payload["message"] = _DEFAULT_MESSAGES[422]
+            if "error" in data:
+                payload["error"] = data["error"]
+            headers.update(data.get("headers") or {})
+        # Keep protocol headers such as Allow (405) and Retry-After (429, 503),
+        # but not the HTML content type werkzeug would send.
+        for name, value in error.get_headers():
+            if name.lower() != "content-type":
+                headers.setdefault(name, value)
+        if code == 429:
+            payload["error"] = "rate_limited"
+            payload["message"] = _DEFAULT_MESSAGES[429]
+            headers.setdefault("Retry-After", str(_seconds_until_reset()))
+        return payload, code, headers
