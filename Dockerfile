@@ -9,7 +9,9 @@
 # Migrations are an explicit step (the first `docker run` above), run once per
 # release before the new web servers start; the web server never migrates.
 
-ARG PYTHON_IMAGE=python:3.11-slim
+# An exact release, not a moving tag: rebuilds get the same Python and Debian. (Pin the
+# digest too, python:X@sha256:..., where the registry can be reached to look it up.)
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -26,7 +28,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     WEB_CONCURRENCY=2 \
     PORT=8000 \
-    PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus
+    PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus \
+    HEARTBEAT_FILE=/tmp/mobile_api.heartbeat
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --home-dir /app --no-create-home --shell /usr/sbin/nologin app
 COPY --from=builder /opt/venv /opt/venv
@@ -41,8 +44,10 @@ RUN python -m compileall -q mobile_api models migrations wsgi.py gunicorn.conf.p
     && mkdir -p /app/instance /tmp/prometheus && chown app:app /app/instance /tmp/prometheus
 USER 10001:10001
 EXPOSE 8000
+# By role, as the container runs it: the web server answers /healthz on $PORT; a
+# dispatcher (flask dispatch worker, celery worker) touched HEARTBEAT_FILE lately.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import os, sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8000'), timeout=4).status == 200 else 1)"]
+    CMD ["python", "-m", "mobile_api.healthcheck"]
 # exec: gunicorn becomes PID 1 and receives SIGTERM from `docker stop`.
 # The app writes its own JSON access log to stderr, so gunicorn's is left off.
 # /metrics aggregates the workers through prometheus_client's multiprocess files,

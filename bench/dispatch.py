@@ -136,9 +136,9 @@ def main() -> None:
     try:
         from flask_migrate import upgrade
 
-        from mobile_api import create_app
+        from mobile_api import create_app, tasks
         from mobile_api.extensions import db
-        from mobile_api.services import campaigns, dispatch
+        from mobile_api.services import campaigns
         from mobile_api.services.caller import Caller
 
         bench_caller = Caller(actor="bench", role="admin")
@@ -218,7 +218,7 @@ def main() -> None:
         with app.app_context():
             sent_at = time.perf_counter()
             campaigns.send(db.session, campaign_id, bench_caller)
-            dispatch.notify_queued(app, campaign_id)
+            tasks.notify_queued(app, campaign_id)
             first = None
             engine = db.engine
             with engine.connect() as conn:

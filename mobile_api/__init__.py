@@ -27,6 +27,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.config.update(test_config)
 
     if not app.config["SECRET_KEY"]:
+        app.config["SECRET_KEY"] = _secret_key_from_file(
+            app.config["SECRET_KEY_FILE"] or os.path.join(app.instance_path, "secret_key")
+        )
+    if not app.config["SECRET_KEY"]:
         if not (app.debug or app.testing):
             raise RuntimeError("SECRET_KEY must be set (see README: Configuration)")
         app.config["SECRET_KEY"] = "insecure-development-key"  # noqa: S105 - debug/testing only
@@ -62,7 +66,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     api.init_app(app)
     observability.init_app(app)
 
-    from mobile_api import cli
+    from mobile_api import cli, docs
     from mobile_api.routes import admin, campaigns, devices, ops, places, telemetry
     from mobile_api.tasks import make_celery
 
@@ -70,12 +74,30 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     for blueprint in (ops.blp, devices.blp, admin.blp, telemetry.blp, places.blp, campaigns.blp):
         api.register_blueprint(blueprint)
     cli.init_app(app)
+    docs.init_app(app)
     make_celery(app)
 
     from mobile_api import console
 
     console.init_app(app)
     return app
+
+
+def _secret_key_from_file(name: str) -> str | None:
+    """The key in file `name` (bin/serve generates instance/secret_key), if there is one.
+
+    So the flask CLI (keys create, audit verify) signs and hashes with the same key as
+    the server it sits beside, without SECRET_KEY in every shell. A file others may
+    read is refused: the key would be theirs too.
+    """
+    path = Path(name)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return None
+    if mode & 0o077:
+        raise RuntimeError(f"{path} must be readable by its owner only: chmod 600 {path}")
+    return path.read_text(encoding="utf-8").strip() or None
 
 
 def _tune_engine(engine: sa.Engine) -> None:

@@ -12,6 +12,12 @@ class Defaults:
     """Settings in force when nothing overrides them."""
 
     SECRET_KEY: str | None = None
+    # Read when SECRET_KEY is unset (None: secret_key in the instance folder, which
+    # bin/serve generates); owner-only permissions required.
+    SECRET_KEY_FILE: str | None = None
+    # A dispatcher (embedded or Celery worker) touches this file while its loop runs;
+    # the container healthcheck (mobile_api/healthcheck.py) reads its age. None: off.
+    HEARTBEAT_FILE: str | None = None
     SQLALCHEMY_DATABASE_URI: str | None = None  # None → SQLite file under instance/
     SQLALCHEMY_ENGINE_OPTIONS: dict[str, Any] = {}
     # A server connection idle this long is pinged before use, and replaced if dead
@@ -89,7 +95,9 @@ class Defaults:
     OPENAPI_URL_PREFIX = "/"
     OPENAPI_JSON_PATH = "openapi.json"
     OPENAPI_SWAGGER_UI_PATH = "docs"
-    OPENAPI_SWAGGER_UI_URL = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/"
+    # None: flask-smorest's own page (CDN assets, inline script) is off; mobile_api/docs.py
+    # serves /docs from the vendored, pinned assets instead.
+    OPENAPI_SWAGGER_UI_URL: str | None = None
     API_SPEC_OPTIONS = {
         "components": {
             "securitySchemes": {
@@ -144,6 +152,8 @@ _ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "PROXY_FIX_X_FOR": ("PROXY_FIX_X_FOR", int),
     "PROXY_FIX_X_PROTO": ("PROXY_FIX_X_PROTO", int),
     "LOG_LEVEL": ("LOG_LEVEL", str),
+    "SECRET_KEY_FILE": ("SECRET_KEY_FILE", str),
+    "HEARTBEAT_FILE": ("HEARTBEAT_FILE", str),
     "CONSOLE_BASE_URL": ("CONSOLE_BASE_URL", str),
     "CONSOLE_LINK_TTL_HOURS": ("CONSOLE_LINK_TTL_HOURS", int),
     "CONSOLE_IDLE_MINUTES": ("CONSOLE_IDLE_MINUTES", int),

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery import Celery, Task, bootsteps, shared_task
 from celery.signals import worker_process_init
 from flask import Flask, current_app
 
-from mobile_api import periodic
+from mobile_api import healthcheck, periodic
 from mobile_api.extensions import db
 from mobile_api.services import dispatch
 from models import Campaign, utcnow
@@ -45,8 +45,30 @@ def make_celery(app: Flask) -> Celery:
         def build(self, **_kwargs: Any) -> None:
             dispatch.transport(app)
 
+    class HeartbeatStep(bootsteps.StartStopStep):
+        """Touch HEARTBEAT_FILE every few seconds from the worker's timer, for the healthcheck."""
+
+        requires = {"celery.worker.components:Timer"}
+
+        def __init__(self, parent: Any, **kwargs: Any) -> None:
+            super().__init__(parent, **kwargs)
+            self.path = app.config["HEARTBEAT_FILE"]
+            self.timer: Any = None
+
+        def start(self, parent: Any) -> None:
+            if self.path:
+                healthcheck.beat(self.path)
+                self.timer = parent.timer.call_repeatedly(
+                    healthcheck.HEARTBEAT_SECONDS, healthcheck.beat, (self.path,)
+                )
+
+        def stop(self, parent: Any) -> None:
+            if self.timer is not None:
+                self.timer.cancel()
+
     celery = Celery(app.import_name, task_cls=FlaskTask)
     celery.steps["worker"].add(PushTransportStep)
+    celery.steps["worker"].add(HeartbeatStep)
     queue = app.config["CELERY_QUEUE"]
     schedule: dict[str, Any] = {
         "dispatch-sweep": {"task": "mobile_api.dispatch.sweep", "schedule": SWEEP_SECONDS},
@@ -77,6 +99,27 @@ def make_celery(app: Flask) -> Celery:
     celery.set_default()
     app.extensions["celery"] = celery
     return celery
+
+
+def notify_queued(app: Flask, campaign_id: str) -> None:
+    """Call after the commit that queued a campaign: with Celery, enqueue its dispatch."""
+    if not app.config["CELERY_BROKER_URL"]:
+        return  # embedded: the worker finds queued campaigns on its agenda
+    from kombu.exceptions import OperationalError
+
+    try:
+        dispatch_campaign.delay(campaign_id)
+    except OperationalError:
+        # The campaign is committed as queued; the beat sweep enqueues it once
+        # the broker is back, so the send itself has succeeded.
+        log.warning("broker unreachable; campaign %s waits for the sweep", campaign_id)
+
+
+def _come_back(task: Task, args: tuple[Any, ...], at: datetime | None) -> None:
+    """Run `task` again with `args` when the scheduling contract says its work is due."""
+    if at is None:
+        return
+    task.apply_async(args, countdown=max((at - utcnow()).total_seconds(), 0.0))
 
 
 def _settings() -> dispatch.Settings:
@@ -129,10 +172,8 @@ def dispatch_campaign(campaign_id: str) -> None:
 def dispatch_chunk(self: Task, campaign_id: str, first_id: int, last_id: int | None) -> None:
     """Send the due deliveries of one id range; come back when its retries are due."""
     _send_due(campaign_id, first_id, last_id)
-    due = dispatch.next_due(db.session, campaign_id, first_id, last_id)
-    if due is not None:
-        delay = max((due - utcnow()).total_seconds(), 0.0)
-        self.apply_async((campaign_id, first_id, last_id), countdown=delay)
+    at = dispatch.due_at(db.session, campaign_id, first_id=first_id, last_id=last_id)
+    _come_back(self, (campaign_id, first_id, last_id), at)
     dispatch.finish_if_done(db.session, campaign_id)
 
 
@@ -147,7 +188,7 @@ def sweep() -> None:
     stall = _stall()
     now = utcnow()
     for campaign_id in dispatch.active_campaign_ids(db.session):
-        due = dispatch.next_due(db.session, campaign_id)
+        due = dispatch.due_at(db.session, campaign_id, first_id=0)
         campaign = db.session.get(Campaign, campaign_id)
         if campaign is None:
             continue
@@ -184,10 +225,9 @@ def recover_campaign(self: Task, campaign_id: str) -> None:
         return
     else:
         _send_due(campaign_id, 0, None)
-        due = dispatch.next_due(db.session, campaign_id)
+        due = dispatch.due_at(db.session, campaign_id, first_id=0)
         dispatch.hold_recovery(db.session, campaign_id, due)
-        if due is not None:
-            self.apply_async((campaign_id,), countdown=max((due - utcnow()).total_seconds(), 0.0))
+        _come_back(self, (campaign_id,), due)
     dispatch.finish_if_done(db.session, campaign_id)
 
 

@@ -6,15 +6,17 @@ import logging
 import signal
 import threading
 import time
+from datetime import datetime
 from types import FrameType
 
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from mobile_api import periodic
+from mobile_api import healthcheck, periodic
 from mobile_api.extensions import db
 from mobile_api.services import dispatch
+from models import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -31,23 +33,24 @@ class Worker:
         self.poll_seconds = float(app.config["DISPATCH_POLL_SECONDS"])
         self.schedule = periodic.Schedule()
         self._stop = threading.Event()
+        self._next_at: datetime | None = None
 
     def stop(self) -> None:
         """Finish the chunk in hand, then return from run()."""
         self._stop.set()
 
     def run_pass(self) -> tuple[int, int]:
-        """One pass over the active campaigns: (chunks claimed, campaigns still active)."""
+        """One pass over the campaigns due now: (chunks claimed, campaigns still active)."""
         with self.app.app_context():
             push = dispatch.transport(self.app)
             dispatch.resolve_interrupted(db.session, self.settings)
             chunks = 0
-            active = dispatch.active_campaign_ids(db.session)
-            for campaign_id in active:
+            # Only what the scheduling contract says is due: a campaign waiting for
+            # retries is not touched, so polling it never writes.
+            plan = dispatch.agenda(db.session)
+            for campaign_id in plan.due:
                 if self._stop.is_set():
                     break
-                if not dispatch.has_work(db.session, campaign_id):
-                    continue  # waiting for retries: polling it must not write
                 try:
                     chunks += dispatch.run_campaign(
                         db.session, push, campaign_id, self.settings, max_chunks=CHUNKS_PER_TURN
@@ -60,18 +63,27 @@ class Worker:
                     db.session.rollback()
             self.schedule.run_due()
             remaining = len(dispatch.active_campaign_ids(db.session))
+            self._next_at = plan.next_at
             db.session.remove()
         return chunks, remaining
+
+    def _idle_seconds(self) -> float:
+        """Seconds to wait before the next pass: the poll interval, less if work is due sooner."""
+        if self._next_at is None:
+            return self.poll_seconds
+        until = (self._next_at - utcnow()).total_seconds()
+        return min(self.poll_seconds, max(until, 0.0))
 
     def run(self, *, drain: bool = False) -> None:
         """Loop until stopped (or, with drain, until no campaign is queued or sending)."""
         log.info("dispatcher started (%s)", "drain" if drain else "worker")
         while not self._stop.is_set():
             chunks, remaining = self.run_pass()
+            healthcheck.beat(self.app.config["HEARTBEAT_FILE"])  # this loop is alive
             if drain and remaining == 0:
                 break
             if not chunks:
-                self._stop.wait(self.poll_seconds)
+                self._stop.wait(self._idle_seconds())
         log.info("dispatcher stopped")
 
 

@@ -200,3 +200,7 @@ def register(client: FlaskClient, app_key: str) -> Callable[..., tuple[dict[str,
         return body["device"], body["device_token"]
 
     return do
+
+
+# The browser fixtures (headless Chromium, a live server) for every test module.
+from tests.browser import browser, live_server  # noqa: E402, F401

@@ -217,6 +217,22 @@ def test_secret_key_is_required_outside_testing(monkeypatch):
 
     monkeypatch.delenv("SECRET_KEY", raising=False)
     with pytest.raises(RuntimeError, match="SECRET_KEY"):
+        create_app({"SQLALCHEMY_DATABASE_URI": "sqlite://", "SECRET_KEY_FILE": "/nonexistent"})
+
+
+def test_secret_key_is_read_from_an_owner_only_file(monkeypatch, tmp_path):
+    from mobile_api import create_app
+
+    monkeypatch.delenv("SECRET_KEY", raising=False)
+    secret_file = tmp_path / "secret_key"
+    secret_file.write_text("generated-by-bin-serve\n")
+    secret_file.chmod(0o600)
+    monkeypatch.setenv("SECRET_KEY_FILE", str(secret_file))
+    app = create_app({"SQLALCHEMY_DATABASE_URI": "sqlite://"})
+    assert app.config["SECRET_KEY"] == "generated-by-bin-serve"
+
+    secret_file.chmod(0o640)
+    with pytest.raises(RuntimeError, match="chmod 600"):
         create_app({"SQLALCHEMY_DATABASE_URI": "sqlite://"})
 
 

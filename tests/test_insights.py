@@ -147,12 +147,14 @@ def test_aggregates_of_a_known_fleet(
         {"platform": "android", "app_version": "5.2.0", "devices": 7},
         {"platform": "other", "app_version": "other", "devices": 6},
     ]
+    # 3, 2 and 3 devices opted in: groups under 5, withheld like the breakdowns'.
+    withheld = {"devices": None, "rate": None}
     assert body["opt_in"] == {
-        "promotional_push": {"devices": 3, "rate": 0.15},
-        "location_services": {"devices": 2, "rate": 0.1},
+        "promotional_push": withheld,
+        "location_services": withheld,
         "analytics": {"devices": 6, "rate": 0.3},
         "os_push_permission": {"devices": 9, "rate": 0.45},
-        "os_location_permission": {"devices": 3, "rate": 0.15},
+        "os_location_permission": withheld,
     }
     assert body["seen_within_days"] == {"1": 14, "7": 17, "30": 19}
     # One and two devices changed: too few to show.
@@ -203,6 +205,37 @@ def test_check_ins_show_up_as_version_changes(
     client.delete("/v1/devices/me", headers=bearer(tokens[0]))
     changes = _get(client, make_key("marketing"))["version_changes"]
     assert changes["app_version"] == {"changes": None, "devices": None}
+
+
+def _add(app: Flask, devices: list[Device]) -> None:
+    with app.app_context():
+        db.session.add_all(devices)
+        db.session.commit()
+
+
+def test_opt_in_rates_of_too_few_devices_are_withheld(
+    app: Flask, client: FlaskClient, make_key: Callable[[str], str]
+) -> None:
+    secret = make_key("marketing")
+    # One user alone: any rate would be that user's choice.
+    _add(app, [_device(analytics=True, promotional_push=False)])
+    body = _get(client, secret)
+    assert body["active_devices"] == 1
+    assert all(v == {"devices": None, "rate": None} for v in body["opt_in"].values())
+
+    # Nine more who allow analytics but not promotional push: each side of each
+    # purpose is now empty or a group of ten, so the counts are shown.
+    _add(app, [_device(analytics=True) for _ in range(9)])
+    opt_in = _get(client, secret)["opt_in"]
+    assert opt_in["analytics"] == {"devices": 10, "rate": 1.0}
+    assert opt_in["promotional_push"] == {"devices": 0, "rate": 0.0}
+
+    # Four of them opt out of analytics: the opted-out group is under 5 (and could be
+    # read off the total), so the count is withheld; at five it is shown.
+    _add(app, [_device(analytics=False) for _ in range(4)])
+    assert _get(client, secret)["opt_in"]["analytics"] == {"devices": None, "rate": None}
+    _add(app, [_device(analytics=False)])
+    assert _get(client, secret)["opt_in"]["analytics"] == {"devices": 10, "rate": 0.6667}
 
 
 @pytest.mark.parametrize(("role", "status"), [("support", 403), ("privacy", 403), ("app", 403)])

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from flask import current_app, redirect, render_template, request, url_for
 from werkzeug.datastructures import MultiDict
 
+from mobile_api import tasks
 from mobile_api.console import bp, caller, requires
 from mobile_api.console.support import PAGE, filled
 from mobile_api.extensions import db
@@ -17,7 +18,6 @@ from mobile_api.pagination import paginate
 from mobile_api.routes.campaigns import CampaignCreateSchema, DeliveryArgsSchema
 from mobile_api.services import audience as aud
 from mobile_api.services import campaigns as campaign_service
-from mobile_api.services import dispatch as dispatch_service
 from mobile_api.services import insights as insights_service
 from models import (
     ACTIVE_STATUSES,
@@ -213,7 +213,7 @@ def send_campaign(campaign_id: str) -> Any:
         campaign_id,
         caller(),
     )
-    dispatch_service.notify_queued(current_app._get_current_object(), sent.id)  # type: ignore[attr-defined]
+    tasks.notify_queued(current_app, sent.id)
     return redirect(url_for("console.campaign", campaign_id=campaign_id, done="queued"), 303)
 
 
@@ -257,7 +257,7 @@ def test_send(campaign_id: str) -> Any:
         test.id,
         caller(),
     )
-    dispatch_service.notify_queued(current_app._get_current_object(), test.id)  # type: ignore[attr-defined]
+    tasks.notify_queued(current_app, test.id)
     return redirect(url_for("console.campaign", campaign_id=test.id, done="test-queued"), 303)
 
 

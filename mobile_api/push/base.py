@@ -27,6 +27,10 @@ class PushMessage:
     ttl_seconds: int | None = None
     collapse_key: str | None = None
     priority: Priority = "normal"
+    # The message's identity on the device: Android's notification `tag` and APNs'
+    # `apns-collapse-id`. A message handed over twice with the same one replaces
+    # its first copy on the screen instead of showing a second.
+    collapse_id: str | None = None
 
 
 # The FCM error reasons that mean the token is dead (Outcome.INVALID_TOKEN): the

@@ -9,6 +9,7 @@ import marshmallow as ma
 from flask import current_app
 from flask.views import MethodView
 
+from mobile_api import tasks
 from mobile_api.auth import auth_required, current_caller
 from mobile_api.extensions import db
 from mobile_api.http_errors import ErrorSchema
@@ -16,7 +17,6 @@ from mobile_api.pagination import PageArgsSchema, page_schema, paginate
 from mobile_api.routes import Blueprint
 from mobile_api.routes.fields import VERSION, Locale, Timestamp, printable
 from mobile_api.services import campaigns as campaign_service
-from mobile_api.services import dispatch as dispatch_service
 from models import CampaignCategory, Delivery, DeliveryStatus, Platform, Role
 
 blp = Blueprint("campaigns", __name__, url_prefix="/v1/campaigns", description="Push campaigns")
@@ -240,7 +240,7 @@ class CampaignSend(MethodView):
             current_caller(),
         )
         # After the commit that queued it, never before.
-        dispatch_service.notify_queued(current_app, campaign.id)
+        tasks.notify_queued(current_app, campaign.id)
         return _with_counts(campaign)
 
 

@@ -173,9 +173,13 @@ class GroupSchema(ma.Schema):
 
 
 class OptInSchema(ma.Schema):
-    """How many active devices allow a purpose, and what share of all active devices."""
+    """How many active devices allow a purpose, and what share of all active devices.
 
-    devices = ma.fields.Integer(required=True)
+    Both are null when fewer than 5 devices allow it, or fewer than 5 do not: a group
+    that small could single someone out.
+    """
+
+    devices = ma.fields.Integer(required=True, allow_none=True)
     rate = ma.fields.Float(allow_none=True, required=True)
 
 

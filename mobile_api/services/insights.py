@@ -42,6 +42,18 @@ def _rate(count: int, total: int) -> float | None:
     return round(count / total, 4) if total else None
 
 
+def _opt_in(count: int, total: int) -> dict[str, Any]:
+    """A purpose's opt-in count and rate, or nulls if either side is a group under MIN_GROUP_SIZE.
+
+    Among 3 active devices, a rate of 1.0 is each user's choice; among 40, 39 of them
+    opted in says how the one left chose. The opted-out side is read off the total,
+    so it is a group like the opted-in side and is withheld like the small breakdowns.
+    """
+    if 0 < count < MIN_GROUP_SIZE or 0 < total - count < MIN_GROUP_SIZE:
+        return {"devices": None, "rate": None}
+    return {"devices": count, "rate": _rate(count, total)}
+
+
 def fold(counts: Counter[Any], other: Hashable) -> list[tuple[Any, int]]:
     """Groups by size, largest first, with every group under MIN_GROUP_SIZE folded into `other`.
 
@@ -121,10 +133,7 @@ def device_insights(session: Db, now: datetime | None = None) -> dict[str, Any]:
         "by_app_version": _breakdown(
             rows, lambda r: (r.platform, r.app_version), ("platform", "app_version")
         ),
-        "opt_in": {
-            purpose: {"devices": summed(purpose), "rate": _rate(summed(purpose), total)}
-            for purpose in purposes
-        },
+        "opt_in": {purpose: _opt_in(summed(purpose), total) for purpose in purposes},
         "seen_within_days": {str(days): summed(f"seen_{days}") for days in SEEN_WITHIN_DAYS},
         "version_changes": _version_changes(session, now),
     }

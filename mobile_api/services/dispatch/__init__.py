@@ -1,0 +1,50 @@
+"""The dispatcher's units of work, shared by the embedded worker and the Celery tasks.
+
+By job:
+- `enumerate`: a campaign's audience expanded, page by page, into `pending` delivery
+  rows (one per campaign and device, unique), its cursor advanced in the same
+  transaction.
+- `send`: claim a chunk of due rows (consent and deliverability read in that query),
+  hand it to the push service, record the outcomes.
+- `recovery`: claims left by a dead dispatcher; campaigns whose Celery tasks were lost.
+- `schedule`: the one scheduling contract of both dispatchers, "this work is due at T".
+
+Callers import from here; the modules are how the code is organised, not an API.
+"""
+
+from .core import INTERRUPTED, Settings, lock_campaign, transport
+from .enumerate import Batch, enumerate_batch
+from .recovery import (
+    hold_recovery,
+    note_progress,
+    queue_recovery,
+    resolve_interrupted,
+    stalled,
+)
+from .schedule import Agenda, active_campaign_ids, agenda, due_at, has_work, next_due
+from .send import ChunkResult, backoff_seconds, finish_if_done, process_chunk, run_campaign
+
+__all__ = [
+    "INTERRUPTED",
+    "Agenda",
+    "Batch",
+    "ChunkResult",
+    "Settings",
+    "active_campaign_ids",
+    "agenda",
+    "backoff_seconds",
+    "due_at",
+    "enumerate_batch",
+    "finish_if_done",
+    "has_work",
+    "hold_recovery",
+    "lock_campaign",
+    "next_due",
+    "note_progress",
+    "process_chunk",
+    "queue_recovery",
+    "resolve_interrupted",
+    "run_campaign",
+    "stalled",
+    "transport",
+]
