@@ -5,7 +5,7 @@ Run from the worktree root:
     .venv/bin/python -m bench.console_render \
         --postgres postgresql+psycopg://postgres@127.0.0.1:5432/test --requests 200
 
-It seeds (once; later runs reuse the database `console_bench` unless --reseed) 1,000,000
+It seeds (once: later runs keep what the database `console_bench` holds, unless --reseed) 1,000,000
 devices, 1,000,000 audit events, 3 consent records for each of the first 100,000
 devices, and one campaign per status of interest with a delivery for each of
 --campaign-devices devices; then times, in process through Flask's test client with a
@@ -74,8 +74,8 @@ SEED_AUDIT = """
 INSERT INTO audit_events (recorded_at, actor, action, target, request_id, details,
                           prev_hash, hash)
 SELECT now() - (:n - i) * interval '1 second',
-       (:actors)[1 + (i * 7919) % array_length(:actors, 1)],
-       (:actions)[1 + (i * 104729) % array_length(:actions, 1)],
+       (:actors)[1 + (i::bigint * 7919) % array_length(:actors, 1)],
+       (:actions)[1 + (i::bigint * 104729) % array_length(:actions, 1)],
        md5('target' || (i % 200000)) || md5('t2' || (i % 200000)),
        md5('r' || i), '{}', md5('p' || i) || md5('p2' || i), md5('h' || i) || md5('h2' || i)
 FROM generate_series(1, :n) AS i
@@ -87,6 +87,7 @@ INSERT INTO campaigns (id, name, category, title, body, data, audience, priority
 VALUES (:id, :name, 'promotional', 'Hello', 'Body', '{}', '{}', 'normal', :status,
         'staff:bench@example.com', now(), true, :n, :final_sent, :final_failed, :pruned,
         CAST(:final_suppressed AS JSON))
+ON CONFLICT (id) DO NOTHING
 """
 SEED_DELIVERIES = """
 INSERT INTO campaign_deliveries (campaign_id, device_id, status, reason, attempts,
@@ -119,7 +120,11 @@ def _ensure_database(postgres: str, reseed: bool) -> bool:
     return not exists
 
 
-def _timed(label: str, step: Callable[[], object]) -> None:
+def _timed(label: str, step: Callable[[], object], table: str) -> None:
+    # A table seeded by an earlier, interrupted run is kept.
+    if db.session.scalar(sa.text(f"SELECT EXISTS (SELECT 1 FROM {table})")):
+        print(f"  kept {table} from an earlier run", flush=True)
+        return
     started = time.perf_counter()
     step()
     print(f"  seeded {label} in {time.perf_counter() - started:.1f} s", flush=True)
@@ -130,13 +135,16 @@ def _seed(app: Flask, devices: int, events: int, campaign_devices: int) -> None:
         upgrade()
         session = db.session
         _timed(
-            f"{devices:,} devices", lambda: session.execute(sa.text(SEED_DEVICES), {"n": devices})
+            f"{devices:,} devices",
+            lambda: session.execute(sa.text(SEED_DEVICES), {"n": devices}),
+            "devices",
         )
         session.commit()
         consenting = min(devices, 100_000)
         _timed(
             f"{3 * consenting:,} consent records",
             lambda: session.execute(sa.text(SEED_CONSENTS), {"n": consenting}),
+            "consent_records",
         )
         session.commit()
         audit = sa.text(SEED_AUDIT).bindparams(
@@ -146,6 +154,7 @@ def _seed(app: Flask, devices: int, events: int, campaign_devices: int) -> None:
         _timed(
             f"{events:,} audit events",
             lambda: session.execute(audit, {"n": events, "actors": ACTORS, "actions": ACTIONS}),
+            "audit_events",
         )
         session.commit()
         half = campaign_devices // 2
@@ -171,9 +180,10 @@ def _seed(app: Flask, devices: int, events: int, campaign_devices: int) -> None:
                 lambda c=campaign_id, p=pending: session.execute(
                     sa.text(SEED_DELIVERIES), {"campaign": c, "n": campaign_devices, "pending": p}
                 ),
+                f"campaign_deliveries WHERE campaign_id = '{campaign_id}'",
             )
             session.commit()
-        _timed("ANALYZE", lambda: session.execute(sa.text("ANALYZE")))
+        session.execute(sa.text("ANALYZE"))
         session.commit()
 
 
@@ -222,11 +232,8 @@ def main() -> None:
             "LOG_LEVEL": "WARNING",
         }
     )
-    if fresh:
-        _seed(app, args.devices, args.events, args.campaign_devices)
-    else:
-        with app.app_context():
-            upgrade()
+    del fresh  # every table is seeded unless it has rows already
+    _seed(app, args.devices, args.events, args.campaign_devices)
     rng = random.Random(7)
     n = args.devices
 

@@ -1,4 +1,5 @@
-"""Staff people for the console: accounts, one-time links, server-side sessions.
+"""Staff people for the console: accounts, one-time links, server-side sessions;
+audit indexes that end in the id, for the console's filtered, newest-first pages.
 
 Revision ID: 0012
 Revises: 0006
@@ -69,9 +70,20 @@ def upgrade():
         sa.UniqueConstraint("token_hash", name=op.f("uq_staff_sessions_token_hash")),
     )
     op.create_index("ix_staff_sessions_staff_id", "staff_sessions", ["staff_id"])
+    # The console filters the audit trail newest first by actor, action or target.
+    for column in ("actor", "action", "target"):
+        op.drop_index(f"ix_audit_events_{column}", table_name="audit_events")
+        op.create_index(f"ix_audit_events_{column}_id", "audit_events", [column, "id"])
+    op.create_index(
+        "ix_audit_events_actor_action_id", "audit_events", ["actor", "action", "id"]
+    )
 
 
 def downgrade():
+    op.drop_index("ix_audit_events_actor_action_id", table_name="audit_events")
+    for column in ("actor", "action", "target"):
+        op.drop_index(f"ix_audit_events_{column}_id", table_name="audit_events")
+        op.create_index(f"ix_audit_events_{column}", "audit_events", [column])
     op.drop_index("ix_staff_sessions_staff_id", table_name="staff_sessions")
     op.drop_table("staff_sessions")
     op.drop_index("ix_staff_links_staff_id", table_name="staff_links")
