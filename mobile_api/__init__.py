@@ -73,6 +73,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     places.init_app(app)
     for blueprint in (ops.blp, devices.blp, admin.blp, telemetry.blp, places.blp, campaigns.blp):
         api.register_blueprint(blueprint)
+    from mobile_api.routes import categories
+
+    api.register_blueprint(categories.blp)
     cli.init_app(app)
     docs.init_app(app)
     make_celery(app)

@@ -45,6 +45,14 @@ class Defaults:
     # this long has lost its tasks; the sweep queues one recovery at a time.
     DISPATCH_STALL_SECONDS = 300.0
     CELERY_QUEUE = "mobile_api"
+    # Promotional messages due inside quiet hours ("21:00-08:00", device's timezone)
+    # wait for their end; caps ("2/1d,5/7d") limit promotional hand-offs per device.
+    # Unset: v1 behaviour. A device's own quiet hours apply either way.
+    QUIET_HOURS: str | None = None
+    PROMO_FREQUENCY_CAP: str | None = None
+    # Celery: a task comes back by countdown only for work due this soon; later
+    # work (scheduled waves, quiet hours) is found by the beat sweep.
+    DISPATCH_COUNTDOWN_MAX_SECONDS = 60.0
 
     GEOCODER_DOMAIN = "nominatim.openstreetmap.org"
     GEOCODER_SCHEME = "https"
@@ -152,6 +160,9 @@ _ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "PROXY_FIX_X_FOR": ("PROXY_FIX_X_FOR", int),
     "PROXY_FIX_X_PROTO": ("PROXY_FIX_X_PROTO", int),
     "LOG_LEVEL": ("LOG_LEVEL", str),
+    "QUIET_HOURS": ("QUIET_HOURS", str),
+    "PROMO_FREQUENCY_CAP": ("PROMO_FREQUENCY_CAP", str),
+    "DISPATCH_COUNTDOWN_MAX_SECONDS": ("DISPATCH_COUNTDOWN_MAX_SECONDS", float),
     "SECRET_KEY_FILE": ("SECRET_KEY_FILE", str),
     "HEARTBEAT_FILE": ("HEARTBEAT_FILE", str),
     "CONSOLE_BASE_URL": ("CONSOLE_BASE_URL", str),

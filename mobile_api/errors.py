@@ -77,6 +77,34 @@ class CampaignFinished(DomainError):
     """The campaign has finished; nothing is left to cancel."""
 
 
+class CategoryKindImmutable(DomainError):
+    """A category's kind is fixed once it is created."""
+
+
+class CategorySettingsInvalid(DomainError):
+    """A category's settings break the rules of its kind."""
+
+
+class UnknownCategory(DomainError):
+    """No such notification category."""
+
+
+class CategoryNotChangeable(DomainError):
+    """The category is unknown or not the user's to change."""
+
+
+class CategoryNotAllowed(DomainError):
+    """Campaigns take promotional or service categories only."""
+
+
+class CategoryMismatch(DomainError):
+    """category and category_key disagree."""
+
+
+class CampaignScheduledFieldFixed(DomainError):
+    """A scheduled campaign keeps its audience and category."""
+
+
 class SignInRefused(DomainError):
     """The email, password and TOTP code do not sign anybody in (whichever part was wrong)."""
 

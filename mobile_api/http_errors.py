@@ -93,6 +93,40 @@ DOMAIN_ERRORS: dict[type[errors.DomainError], tuple[int, str, str]] = {
         "campaign_finished",
         "This campaign has already finished; there is nothing left to cancel.",
     ),
+    errors.CategoryKindImmutable: (
+        422,
+        "category_kind_immutable",
+        "A category's kind is fixed once it is created.",
+    ),
+    errors.CategorySettingsInvalid: (
+        422,
+        "category_settings_invalid",
+        "A promotional category cannot be enabled by default, and a service category "
+        "cannot be opted out of.",
+    ),
+    errors.UnknownCategory: (422, "unknown_category", "No such notification category."),
+    errors.CategoryNotChangeable: (
+        422,
+        "category_not_changeable",
+        "This category is unknown or not the user's to change "
+        "(promotions follows promotional_push).",
+    ),
+    errors.CategoryNotAllowed: (
+        422,
+        "category_not_allowed",
+        "Campaigns take a promotional or service category, not a transactional one.",
+    ),
+    errors.CategoryMismatch: (
+        422,
+        "category_mismatch",
+        "category and category_key disagree: category must be the key's kind.",
+    ),
+    errors.CampaignScheduledFieldFixed: (
+        409,
+        "campaign_already_scheduled",
+        "A scheduled campaign keeps its audience and category (targeted was fixed when "
+        "it was sent); cancel it and create another to change them.",
+    ),
     errors.SignInRefused: (
         401,
         "sign_in_refused",

@@ -116,10 +116,18 @@ def notify_queued(app: Flask, campaign_id: str) -> None:
 
 
 def _come_back(task: Task, args: tuple[Any, ...], at: datetime | None) -> None:
-    """Run `task` again with `args` when the scheduling contract says its work is due."""
+    """Run `task` again with `args` when the scheduling contract says its work is due.
+
+    Only for work due soon: under acks_late a countdown is a message the broker
+    keeps unacknowledged until then (Redis redelivers it after its visibility
+    timeout, a second copy). Later work, scheduled waves and quiet hours, is found
+    by the sweep when it falls due.
+    """
     if at is None:
         return
-    task.apply_async(args, countdown=max((at - utcnow()).total_seconds(), 0.0))
+    wait = max((at - utcnow()).total_seconds(), 0.0)
+    if wait <= float(current_app.config["DISPATCH_COUNTDOWN_MAX_SECONDS"]):
+        task.apply_async(args, countdown=wait)
 
 
 def _settings() -> dispatch.Settings:
@@ -201,7 +209,28 @@ def sweep() -> None:
             except Exception:
                 dispatch.hold_recovery(db.session, campaign_id, None)  # none is outstanding
                 raise
+        elif _due_unattended(campaign, due, now):
+            # Work due now that no task is coming back for (a wave of a scheduled
+            # campaign, the end of quiet hours): send it.
+            dispatch.note_progress(db.session, campaign_id, timedelta(0))
+            dispatch_due.delay(campaign_id)
         dispatch.finish_if_done(db.session, campaign_id)
+
+
+def _due_unattended(campaign: Campaign, due: datetime | None, now: datetime) -> bool:
+    """Whether deliveries are due and no chunk of the campaign progressed for a sweep."""
+    if due is None or due > now or not campaign.enumeration_done:
+        return False
+    quiet_since = now - timedelta(seconds=SWEEP_SECONDS)
+    return campaign.progress_at is None or campaign.progress_at < quiet_since
+
+
+@shared_task(name="mobile_api.dispatch.due", bind=True)
+def dispatch_due(self: Task, campaign_id: str) -> None:
+    """Send a campaign's deliveries due now; come back only if more fall due soon."""
+    _send_due(campaign_id, 0, None)
+    _come_back(self, (campaign_id,), dispatch.due_at(db.session, campaign_id, first_id=0))
+    dispatch.finish_if_done(db.session, campaign_id)
 
 
 @shared_task(name="mobile_api.dispatch.recover", bind=True)

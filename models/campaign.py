@@ -32,6 +32,7 @@ class CampaignStatus(StrEnum):
     """Where a campaign is in its life."""
 
     DRAFT = "draft"
+    SCHEDULED = "scheduled"  # sent with a future send_at or a local_time: waits for its waves
     QUEUED = "queued"
     SENDING = "sending"
     COMPLETED = "completed"
@@ -39,7 +40,9 @@ class CampaignStatus(StrEnum):
     FAILED = "failed"
 
 
-ACTIVE_STATUSES = (CampaignStatus.QUEUED, CampaignStatus.SENDING)
+# A scheduled campaign is active: its audience is enumerated at once (targeted is
+# fixed when it is sent), its deliveries wait for their due time.
+ACTIVE_STATUSES = (CampaignStatus.SCHEDULED, CampaignStatus.QUEUED, CampaignStatus.SENDING)
 FINAL_STATUSES = (CampaignStatus.COMPLETED, CampaignStatus.CANCELLED, CampaignStatus.FAILED)
 
 
@@ -92,6 +95,19 @@ class Campaign(Base):
     final_failed: Mapped[int | None]
     final_invalid_tokens_pruned: Mapped[int | None]
     final_suppressed: Mapped[dict[str, int] | None] = mapped_column(JSON)
+    # v1.1: the notification category (its kind gives `category`), per-locale texts
+    # ({tag: {title, body}}; title/body are the fallback in `default_locale`), rich
+    # content, and the schedule (send_at, or local_time in each device's timezone).
+    category_key: Mapped[str] = mapped_column(String(40), default="promotions")
+    content: Mapped[dict[str, dict[str, str]] | None] = mapped_column(JSON)
+    default_locale: Mapped[str | None] = mapped_column(String(35))
+    image_url: Mapped[str | None] = mapped_column(Text)
+    link: Mapped[str | None] = mapped_column(Text)
+    sound: Mapped[str | None] = mapped_column(String(64))
+    badge: Mapped[int | None]
+    send_at: Mapped[datetime | None]
+    local_time: Mapped[str | None] = mapped_column(String(5))
+    fallback_timezone: Mapped[str] = mapped_column(String(64), default="UTC")
 
     @property
     def active(self) -> bool:
@@ -110,6 +126,8 @@ class Delivery(Base):
         Index("ix_campaign_deliveries_device_id", "device_id"),
         # Only chunks being handed over have claimed_at set: finding dead claims is cheap.
         Index("ix_campaign_deliveries_claimed_at", "claimed_at"),
+        # Frequency caps count a device's recent promotional hand-offs.
+        Index("ix_campaign_deliveries_device_id_handed_at", "device_id", "handed_at"),
     )
 
     id: Mapped[int] = mapped_column(
@@ -130,3 +148,8 @@ class Delivery(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
     claimed_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # When the message became due for this device (send_at or its local-time wave):
+    # its TTL counts from here, whatever deferral or retries follow.
+    due_at: Mapped[datetime | None]
+    # When a promotional message was handed over; frequency caps count these.
+    handed_at: Mapped[datetime | None]

@@ -94,6 +94,10 @@ class Device(Base):
     promotional_push: Mapped[bool] = mapped_column(default=False)
     location_services: Mapped[bool] = mapped_column(default=False)
     analytics: Mapped[bool] = mapped_column(default=False)
+    # The user's own quiet hours ("HH:MM", in the device's timezone); NULL: the
+    # deployment's QUIET_HOURS apply. A setting, not a consent.
+    quiet_hours_start: Mapped[str | None] = mapped_column(String(5))
+    quiet_hours_end: Mapped[str | None] = mapped_column(String(5))
     disabled_at: Mapped[datetime | None]
     disabled_reason: Mapped[str | None] = mapped_column(String(500))
     disabled_ticket: Mapped[str | None] = mapped_column(String(128))
@@ -126,7 +130,8 @@ class ConsentRecord(Base):
         autoincrement=True,
     )
     device_id: Mapped[str] = mapped_column(String(26), ForeignKey("devices.id", ondelete="CASCADE"))
-    purpose: Mapped[str] = mapped_column(String(32))
+    # A Purpose, or `category:<key>` for a notification category's preference.
+    purpose: Mapped[str] = mapped_column(String(64))
     granted: Mapped[bool]
     source: Mapped[str] = mapped_column(String(16))
     policy_version: Mapped[str | None] = mapped_column(String(32))

@@ -17,6 +17,7 @@ from flask_migrate import upgrade
 
 from mobile_api import create_app
 from mobile_api.extensions import db
+from mobile_api.services import categories
 from mobile_api.services import keys as key_service
 
 POSTGRES_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -109,6 +110,8 @@ def wipe(app: Flask) -> None:
         for table in reversed(db.metadata.sorted_tables):
             db.session.execute(table.delete())
         db.session.commit()
+        # Rows the migrations seed, which every test expects.
+        categories.ensure_built_ins(db.session)
         db.session.remove()
         db.engine.dispose()
 

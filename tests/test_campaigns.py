@@ -184,7 +184,10 @@ def test_preview_counts_exclusions_by_reason(
             "no_push_token": 1,
             "invalid_push_token": 1,
             "account_terminated": 1,
+            "category_opt_out": 0,
+            "frequency_capped": 0,
         },
+        "languages": {"fallback": 2},
     }
     # A service announcement needs no opt-in: the opted-out device is eligible.
     service_id = create_campaign(

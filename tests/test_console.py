@@ -493,7 +493,7 @@ def test_privacy_exports_erases_with_confirmation_and_terminates(
 
 
 def _compose(client: FlaskClient, **fields: str) -> Any:
-    body = {"name": "spring", "category": "promotional", "title": "Hi", "body": "Sale"}
+    body = {"name": "spring", "category_key": "promotions", "title": "Hi", "body": "Sale"}
     body.update(fields)
     return post_form(client, "/console/campaigns/new", "/console/campaigns/new", body)
 
@@ -548,7 +548,7 @@ def test_marketing_previews_creates_sends_and_follows_a_campaign(
     draft = _compose(client, action="create").headers["Location"].split("?")[0]
     cancelled = post_form(client, draft, f"{draft}/cancel", {})
     assert cancelled.status_code == 303 and "cancelled" in _text(client.get(draft))
-    service = _compose(client, action="create", category="service")
+    service = _compose(client, action="create", category_key="service")
     assert service.status_code == 403 and "admin" in _text(service)
 
 
@@ -625,3 +625,73 @@ def test_admin_manages_staff_and_keys_showing_secrets_once(
     )
     actors = {e.actor for e in _trail(app) if e.action in {"key.created", "staff.created"}}
     assert "staff:admin0@example.com" in actors
+
+
+def test_the_composer_takes_languages_and_a_schedule(
+    app: Flask,  # noqa: F811
+    staff_client: Clients,  # noqa: F811
+    device: Callable[..., Any],  # noqa: F811
+) -> None:
+    device(locale="id-ID")
+    device(locale="en-GB")
+    client = staff_client("marketing")
+    fields = {
+        "content": "id | Diskon | Hanya minggu ini\nen | Sale | This week only",
+        "default_locale": "en",
+        "local_time": "09:30",
+        "fallback_timezone": "Asia/Jakarta",
+        "send_at": "2030-01-02T00:00",
+        "link": "app://offers",
+    }
+    preview = _text(_compose(client, action="preview", **fields))
+    assert "Preview: 2 eligible devices now" in preview
+    assert "<li>id: 1</li>" in preview and "<li>en: 1</li>" in preview
+    bad = _compose(client, action="preview", content="id | only a title")
+    assert bad.status_code == 422 and "tag | title | body" in _text(bad)
+
+    created = _compose(client, action="create", **fields)
+    assert created.status_code == 303, _text(created)
+    page_url = created.headers["Location"].split("?")[0]
+    page = _text(client.get(page_url))
+    assert "not before 2030-01-02 00:00 UTC at 09:30 local time" in page
+    assert "id: Diskon" in page
+    assert post_form(client, page_url, f"{page_url}/send", {}).status_code == 303
+    assert "scheduled" in _text(client.get(page_url))
+
+
+def test_admin_creates_and_updates_categories_whose_kind_is_fixed(
+    app: Flask,  # noqa: F811
+    staff_client: Clients,  # noqa: F811
+) -> None:
+    client = staff_client("admin")
+    form = {
+        "key": "order_updates",
+        "name": "Order updates",
+        "kind": "transactional",
+        "default_enabled": "on",
+        "user_can_opt_out": "on",
+        "android_channel_id": "orders",
+        "ios_interruption_level": "active",
+    }
+    created = post_form(client, "/console/admin/categories", "/console/admin/categories", form)
+    assert created.status_code == 200 and "Created category order_updates." in _text(created)
+    renamed = post_form(
+        client,
+        "/console/admin/categories",
+        "/console/admin/categories",
+        {**form, "name": "Your orders"},
+    )
+    assert "Updated category order_updates." in _text(renamed)
+    assert "Your orders" in _text(client.get("/console/admin/categories"))
+    immutable = post_form(
+        client,
+        "/console/admin/categories",
+        "/console/admin/categories",
+        {**form, "kind": "promotional", "default_enabled": ""},
+    )
+    assert immutable.status_code == 422
+    bad_key = post_form(
+        client, "/console/admin/categories", "/console/admin/categories", {**form, "key": "Bad"}
+    )
+    assert bad_key.status_code == 422
+    assert {e.actor for e in _trail(app, target="order_updates")} == {"staff:admin0@example.com"}

@@ -20,6 +20,8 @@ def test_everything_is_off_until_granted(client, register):
         "promotional_push": False,
         "location_services": False,
         "analytics": False,
+        "categories": {},
+        "quiet_hours": None,
     }
     assert consents(client, token) == {"items": [], "next_cursor": None}
 
@@ -89,6 +91,8 @@ def test_bad_preference_bodies_change_nothing(client, register, body):
         "promotional_push": False,
         "location_services": False,
         "analytics": False,
+        "categories": {},
+        "quiet_hours": None,
     }
     assert consents(client, token)["items"] == []
 

@@ -237,6 +237,7 @@ def nav() -> list[tuple[str, str]]:
         StaffRole.ADMIN: [
             ("console.staff", "Staff"),
             ("console.keys", "API keys"),
+            ("console.categories", "Categories"),
             ("console.devices", "Devices"),
             ("console.privacy_page", "Privacy"),
             ("console.campaigns", "Campaigns"),

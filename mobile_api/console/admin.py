@@ -1,10 +1,12 @@
-"""Admin pages: staff accounts (one-time links shown once) and API keys (secret shown once)."""
+"""Admin pages: staff accounts and API keys (their secrets shown once), categories."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Any
 
+import marshmallow as ma
 from flask import current_app, render_template, request
 
 from mobile_api.cli_staff import sign_in_link
@@ -12,9 +14,11 @@ from mobile_api.console import bp, caller, requires
 from mobile_api.errors import DomainError, NotFound
 from mobile_api.extensions import db
 from mobile_api.http_errors import domain_error_message, domain_error_row
+from mobile_api.routes.categories import CategoryPutSchema
+from mobile_api.services import categories as category_service
 from mobile_api.services import keys as key_service
 from mobile_api.services import staff as staff_service
-from models import Role, StaffRole
+from models import CategoryKind, InterruptionLevel, Role, StaffRole
 
 
 def _link_ttl() -> timedelta:
@@ -129,3 +133,62 @@ def key_revoke(key_id: str) -> Any:
     if key is None:
         raise NotFound("No such key.")
     return _keys_page(done=f"Revoked key {key.id} ({key.name}).")
+
+
+_CATEGORY = CategoryPutSchema()
+_CATEGORY_KEY = re.compile(category_service.KEY_PATTERN)
+
+
+def _categories_page(status: int = 200, **context: Any) -> Any:
+    context.setdefault("errors", {})
+    context.setdefault("form", {})
+    return (
+        render_template(
+            "console/categories.html",
+            categories=category_service.list_all(db.session),
+            kinds=[k.value for k in CategoryKind],
+            levels=[level.value for level in InterruptionLevel],
+            **context,
+        ),
+        status,
+    )
+
+
+@bp.route("/admin/categories")
+@requires(StaffRole.ADMIN)
+def categories() -> Any:
+    """Notification categories: the catalogue, and a form to create or update one."""
+    return _categories_page()
+
+
+@bp.route("/admin/categories", methods=["POST"])
+@requires(StaffRole.ADMIN)
+def category_put() -> Any:
+    """Create or update a category (its kind is fixed once created)."""
+    form = {k: v.strip() for k, v in request.form.items() if k != "csrf_token"}
+    key = form.pop("key", "")
+    body: dict[str, Any] = {k: v for k, v in form.items() if v and k not in _FLAGS}
+    for flag in _FLAGS:
+        body[flag] = bool(request.form.get(flag))
+    errors: dict[str, list[str]] = {}
+    if not _CATEGORY_KEY.match(key):
+        errors["key"] = ["[a-z][a-z0-9_]{1,39}, e.g. order_updates."]
+    try:
+        data = _CATEGORY.load(body)
+    except ma.ValidationError as invalid:
+        messages: dict[str, Any] = dict(invalid.messages)  # type: ignore[arg-type]
+        errors.update({k: [str(m) for m in v] for k, v in messages.items()})
+    if errors:
+        return _categories_page(422, errors=errors, form={"key": key, **form})
+    try:
+        category, created = category_service.put(db.session, key, data, caller())
+    except DomainError as refused:
+        db.session.rollback()
+        code = domain_error_row(refused)[0]
+        message = domain_error_message(refused)
+        return _categories_page(code, errors={"kind": [message]}, form={"key": key, **form})
+    verb = "Created" if created else "Updated"
+    return _categories_page(done=f"{verb} category {category.key}.")
+
+
+_FLAGS = ("default_enabled", "user_can_opt_out")

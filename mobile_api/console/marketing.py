@@ -18,12 +18,14 @@ from mobile_api.pagination import paginate
 from mobile_api.routes.campaigns import CampaignCreateSchema, DeliveryArgsSchema
 from mobile_api.services import audience as aud
 from mobile_api.services import campaigns as campaign_service
+from mobile_api.services import categories as category_service
 from mobile_api.services import insights as insights_service
+from mobile_api.services.dispatch import Settings
+from mobile_api.services.messaging import FREQUENCY_CAPPED
 from models import (
-    ACTIVE_STATUSES,
     Campaign,
-    CampaignCategory,
     CampaignStatus,
+    CategoryKind,
     Delivery,
     Platform,
     StaffRole,
@@ -32,9 +34,22 @@ from models import (
 _CREATE = CampaignCreateSchema()
 _DELIVERIES = DeliveryArgsSchema()
 _LIST_SPLIT = re.compile(r"[\s,]+")
-_TEXT_FIELDS = ("name", "category", "title", "body", "collapse_key", "priority")
+_TEXT_FIELDS = (
+    "name",
+    "category_key",
+    "title",
+    "body",
+    "collapse_key",
+    "priority",
+    "default_locale",
+    "image_url",
+    "link",
+    "sound",
+    "local_time",
+    "fallback_timezone",
+)
 _AUDIENCE_LISTS = ("app_versions", "locales", "account_ids", "device_ids")
-_INTEGERS = {"ttl_seconds": None, "last_seen_within_days": "audience"}
+_INTEGERS = {"ttl_seconds": None, "badge": None, "last_seen_within_days": "audience"}
 
 
 def _words(text: str) -> list[str]:
@@ -78,6 +93,21 @@ def campaign_request(form: MultiDict[str, str]) -> tuple[dict[str, Any], dict[st
         data[key.strip()] = value.strip()
     if data:
         body["data"] = data
+    content: dict[str, dict[str, str]] = {}
+    for line in form.get("content", "").splitlines():
+        if not line.strip():
+            continue
+        parts = [part.strip() for part in line.split("|", 2)]
+        if len(parts) != 3 or not all(parts):
+            errors["content"] = ["One language a line: tag | title | body."]
+            break
+        content[parts[0]] = {"title": parts[1], "body": parts[2]}
+    if content:
+        body["content"] = content
+    send_at = form.get("send_at", "").strip()
+    if send_at:
+        # datetime-local sends a wall-clock time without a zone; the form says it is UTC.
+        body["send_at"] = send_at + (":00" if len(send_at) == 16 else "") + "+00:00"
     if audience:
         body["audience"] = audience
     return body, errors
@@ -126,14 +156,22 @@ def campaigns() -> Any:
     )
 
 
+def _caps() -> Any:
+    return Settings.from_config(current_app.config).caps
+
+
 def _composer(form: MultiDict[str, str], status: int = 200, **context: Any) -> Any:
     context.setdefault("errors", {})
+    choices = [
+        c for c in category_service.list_all(db.session) if c.kind != CategoryKind.TRANSACTIONAL
+    ]
     return (
         render_template(
             "console/compose.html",
             form=form,
             platforms=[p.value for p in Platform],
-            categories=[c.value for c in CampaignCategory],
+            categories=choices,
+            reasons=[*aud.EXCLUSION_REASONS, FREQUENCY_CAPPED],
             **context,
         ),
         status,
@@ -145,15 +183,14 @@ def _composer(form: MultiDict[str, str], status: int = 200, **context: Any) -> A
 def compose() -> Any:
     """Compose a campaign; "Preview" counts the audience, "Create draft" saves it."""
     if request.method == "GET":
-        return _composer(MultiDict({"category": "promotional", "priority": "normal"}))
+        return _composer(MultiDict({"category_key": "promotions", "priority": "normal"}))
     data, errors = _validated(request.form)
     if data is None:
         return _composer(request.form, 422, errors=errors)
     if request.form.get("action") == "preview":
         # An unsaved campaign: the service counts from its category and audience alone.
-        draft = Campaign(category=data["category"], audience=data.get("audience") or {})
-        preview = campaign_service.preview(db.session, draft)
-        return _composer(request.form, preview=preview, reasons=aud.EXCLUSION_REASONS)
+        preview = campaign_service.preview_unsaved(db.session, data, _caps())
+        return _composer(request.form, preview=preview)
     campaign = campaign_service.create(
         db.session,
         data,
@@ -191,7 +228,8 @@ def campaign(campaign_id: str, status: int = 200, **context: Any) -> Any:
             campaign=found,
             counts=counts,
             suppressed=sum(counts["suppressed"].values()),
-            active=found.status in ACTIVE_STATUSES,
+            # Scheduled campaigns may wait days: only those being sent refresh themselves.
+            active=found.status in (CampaignStatus.QUEUED, CampaignStatus.SENDING),
             deliveries=deliveries,
             next_cursor=next_cursor,
             query=query,
@@ -235,17 +273,14 @@ def test_send(campaign_id: str) -> Any:
     """Send a copy of the campaign to chosen device ids only: a new campaign, sent now."""
     found = campaign_service.get(db.session, campaign_id)
     device_ids = _words(request.form.get("device_ids", ""))
-    body = {
-        "name": f"Test of {found.name}"[:200],
-        "category": found.category,
-        "title": found.title,
-        "body": found.body,
-        "data": dict(found.data or {}),
-        "audience": {"device_ids": device_ids},
-        "ttl_seconds": found.ttl_seconds,
-        "collapse_key": found.collapse_key,
-        "priority": found.priority,
+    # The campaign's own fields, to these devices only, now (no schedule).
+    skipped = {"name", "category", "audience", "send_at", "local_time"}
+    body: dict[str, Any] = {
+        name: getattr(found, name)
+        for name in _CREATE.fields
+        if name not in skipped and getattr(found, name, None) is not None
     }
+    body.update(name=f"Test of {found.name}"[:200], audience={"device_ids": device_ids})
     try:
         data = _CREATE.load(body)
     except ma.ValidationError as invalid:

@@ -31,6 +31,13 @@ class PushMessage:
     # `apns-collapse-id`. A message handed over twice with the same one replaces
     # its first copy on the screen instead of showing a second.
     collapse_id: str | None = None
+    # The category's Android notification channel and iOS interruption level, so the
+    # user can silence one category in the OS; rich content of v1.1.
+    android_channel_id: str | None = None
+    ios_interruption_level: str | None = None
+    image_url: str | None = None
+    sound: str | None = None
+    badge: int | None = None
 
 
 # The FCM error reasons that mean the token is dead (Outcome.INVALID_TOKEN): the

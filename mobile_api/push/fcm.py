@@ -232,19 +232,36 @@ def _to_fcm_message(message: PushMessage) -> messaging.Message:
         apns_headers["apns-expiration"] = str(expiry)
     if message.collapse_key is not None:
         apns_headers["apns-collapse-id"] = message.collapse_key
+    aps_extra = {}
+    if message.ios_interruption_level is not None:
+        aps_extra["interruption-level"] = message.ios_interruption_level
     fcm_message = messaging.Message(
-        notification=messaging.Notification(title=message.title, body=message.body),
+        notification=messaging.Notification(
+            title=message.title, body=message.body, image=message.image_url
+        ),
         data=dict(message.data),
         android=messaging.AndroidConfig(
             ttl=message.ttl_seconds,
             collapse_key=message.collapse_key,
             priority="high" if high else "normal",
+            notification=messaging.AndroidNotification(
+                channel_id=message.android_channel_id, sound=message.sound
+            ),
         ),
         apns=messaging.APNSConfig(
             headers=apns_headers,
             payload=messaging.APNSPayload(
-                aps=messaging.Aps(alert=messaging.ApsAlert(title=message.title, body=message.body))
+                aps=messaging.Aps(
+                    alert=messaging.ApsAlert(title=message.title, body=message.body),
+                    sound=message.sound,
+                    badge=message.badge,
+                    mutable_content=True if message.image_url else None,
+                    custom_data=aps_extra or None,
+                )
             ),
+            fcm_options=messaging.APNSFCMOptions(image=message.image_url)
+            if message.image_url
+            else None,
         ),
     )
     # firebase-admin 7.7 deprecates the `token=` argument in favour of `fid` (a

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 import marshmallow as ma
 from flask import current_app
@@ -15,9 +16,25 @@ from mobile_api.extensions import db
 from mobile_api.http_errors import ErrorSchema
 from mobile_api.pagination import PageArgsSchema, page_schema, paginate
 from mobile_api.routes import Blueprint
-from mobile_api.routes.fields import VERSION, Locale, Timestamp, printable
+from mobile_api.routes.fields import (
+    CLOCK,
+    VERSION,
+    Locale,
+    Timestamp,
+    printable,
+    validate_time_zone,
+)
 from mobile_api.services import campaigns as campaign_service
-from models import CampaignCategory, Delivery, DeliveryStatus, Platform, Role
+from mobile_api.services.dispatch import Settings
+from models import (
+    Campaign,
+    CampaignCategory,
+    CampaignStatus,
+    Delivery,
+    DeliveryStatus,
+    Platform,
+    Role,
+)
 
 blp = Blueprint("campaigns", __name__, url_prefix="/v1/campaigns", description="Push campaigns")
 
@@ -61,15 +78,33 @@ class AudienceSchema(ma.Schema):
     last_seen_within_days = ma.fields.Integer(validate=ma.validate.Range(min=1, max=3650))
 
 
-class CampaignCreateSchema(ma.Schema):
-    """Body of POST /v1/campaigns."""
+_KEY = ma.validate.Regexp(r"^[a-z][a-z0-9_]{1,39}$", error="A category key.")
 
-    name = ma.fields.String(required=True, validate=printable(200))
-    category = ma.fields.String(
-        required=True, validate=ma.validate.OneOf([c.value for c in CampaignCategory])
-    )
+
+def _https(value: str) -> None:
+    parsed = urlsplit(value)
+    if parsed.scheme != "https" or not parsed.netloc:
+        raise ma.ValidationError("An https:// URL.")
+
+
+class TextSchema(ma.Schema):
+    """A campaign's text in one language."""
+
     title = ma.fields.String(required=True, validate=printable(200))
     body = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=2000))
+
+
+class CampaignFieldsSchema(ma.Schema):
+    """The fields of a campaign a marketer writes (all optional here)."""
+
+    name = ma.fields.String(validate=printable(200))
+    category = ma.fields.String(validate=ma.validate.OneOf([c.value for c in CampaignCategory]))
+    category_key = ma.fields.String(
+        validate=_KEY,
+        metadata={"description": "A promotional or service category; its kind is `category`"},
+    )
+    title = ma.fields.String(validate=printable(200))
+    body = ma.fields.String(validate=ma.validate.Length(min=1, max=2000))
     data = ma.fields.Dict(
         keys=ma.fields.String(validate=printable(64)),
         values=ma.fields.String(validate=ma.validate.Length(max=1024)),
@@ -77,10 +112,63 @@ class CampaignCreateSchema(ma.Schema):
     )
     audience = ma.fields.Nested(AudienceSchema)
     ttl_seconds = ma.fields.Integer(
-        allow_none=True, validate=ma.validate.Range(min=0, max=28 * 24 * 3600)
+        allow_none=True,
+        validate=ma.validate.Range(min=0, max=28 * 24 * 3600),
+        metadata={"description": "Default 86400 for promotional campaigns"},
     )
     collapse_key = ma.fields.String(allow_none=True, validate=printable(64))
     priority = ma.fields.String(validate=ma.validate.OneOf(["normal", "high"]))
+    content = ma.fields.Dict(
+        keys=Locale(),
+        values=ma.fields.Nested(TextSchema),
+        allow_none=True,
+        validate=ma.validate.Length(max=100),
+        metadata={"description": "BCP 47 tag → {title, body}; title/body are the fallback"},
+    )
+    default_locale = Locale(allow_none=True, metadata={"description": "The fallback's language"})
+    image_url = ma.fields.String(allow_none=True, validate=[ma.validate.Length(max=2048), _https])
+    link = ma.fields.String(
+        allow_none=True,
+        validate=printable(2048),
+        metadata={"description": "A deep link the app opens; also sent as data.link"},
+    )
+    sound = ma.fields.String(allow_none=True, validate=printable(64))
+    badge = ma.fields.Integer(allow_none=True, validate=ma.validate.Range(min=0, max=99999))
+    send_at = ma.fields.AwareDateTime(
+        allow_none=True, metadata={"description": "RFC 3339; not before this moment"}
+    )
+    local_time = ma.fields.String(
+        allow_none=True,
+        validate=CLOCK,
+        metadata={"description": "HH:MM in each device's timezone, first on or after send_at"},
+    )
+    fallback_timezone = ma.fields.String(
+        validate=validate_time_zone,
+        metadata={"description": "For devices without a timezone (default UTC)"},
+    )
+
+
+class CampaignCreateSchema(CampaignFieldsSchema):
+    """Body of POST /v1/campaigns."""
+
+    name = ma.fields.String(required=True, validate=printable(200))
+    title = ma.fields.String(required=True, validate=printable(200))
+    body = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=2000))
+
+    @ma.validates_schema
+    def _category_given(self, data: dict[str, Any], **_kwargs: Any) -> None:
+        if "category" not in data and "category_key" not in data:
+            raise ma.ValidationError("Give category or category_key.", "category")
+
+
+class CampaignUpdateSchema(CampaignFieldsSchema):
+    """Body of PATCH /v1/campaigns/{id}: any field of a campaign."""
+
+
+class CampaignListArgsSchema(PageArgsSchema):
+    """Query of the campaign list."""
+
+    status = ma.fields.String(validate=ma.validate.OneOf([s.value for s in CampaignStatus]))
 
 
 class CountsSchema(ma.Schema):
@@ -107,6 +195,16 @@ class CampaignSchema(ma.Schema):
     ttl_seconds = ma.fields.Integer(allow_none=True)
     collapse_key = ma.fields.String(allow_none=True)
     priority = ma.fields.String(required=True)
+    category_key = ma.fields.String(required=True)
+    content = ma.fields.Dict(allow_none=True)
+    default_locale = ma.fields.String(allow_none=True)
+    image_url = ma.fields.String(allow_none=True)
+    link = ma.fields.String(allow_none=True)
+    sound = ma.fields.String(allow_none=True)
+    badge = ma.fields.Integer(allow_none=True)
+    send_at = Timestamp(allow_none=True)
+    local_time = ma.fields.String(allow_none=True)
+    fallback_timezone = ma.fields.String(required=True)
     status = ma.fields.String(required=True)
     created_at = Timestamp(required=True)
     queued_at = Timestamp(allow_none=True)
@@ -126,6 +224,12 @@ class ExcludedSchema(ma.Schema):
     promotional_opt_out = ma.fields.Integer(
         required=True, metadata={"description": "Always 0 for service campaigns"}
     )
+    category_opt_out = ma.fields.Integer(
+        required=True, metadata={"description": "Opted out of this (non-promotions) category"}
+    )
+    frequency_capped = ma.fields.Integer(
+        required=True, metadata={"description": "At PROMO_FREQUENCY_CAP as of now"}
+    )
 
 
 class PreviewSchema(ma.Schema):
@@ -133,6 +237,14 @@ class PreviewSchema(ma.Schema):
 
     eligible = ma.fields.Integer(required=True)
     excluded = ma.fields.Nested(ExcludedSchema, required=True)
+    languages = ma.fields.Dict(
+        keys=ma.fields.String(),
+        values=ma.fields.Integer(),
+        required=True,
+        metadata={
+            "description": "Eligible devices by the content key they get (fallback: default_locale)"
+        },
+    )
 
 
 class DeliveryArgsSchema(PageArgsSchema):
@@ -177,6 +289,13 @@ class ExplainSchema(ma.Schema):
     explanation = ma.fields.String(required=True)
 
 
+CampaignPageSchema = page_schema(CampaignSchema, "CampaignPage")
+
+
+def _caps() -> Any:
+    return Settings.from_config(current_app.config).caps
+
+
 def _with_counts(campaign: Any) -> Any:
     campaign.counts = campaign_service.counts(db.session, campaign)
     return campaign
@@ -184,7 +303,22 @@ def _with_counts(campaign: Any) -> Any:
 
 @blp.route("")
 class Campaigns(MethodView):
-    """Create campaigns."""
+    """Create and list campaigns."""
+
+    @auth_required(blp, Role.MARKETING)
+    @blp.arguments(CampaignListArgsSchema, location="query")
+    @blp.response(200, CampaignPageSchema)
+    def get(self, args: dict[str, Any]) -> Any:
+        """Campaigns, newest first, with their counts."""
+        items, next_cursor = paginate(
+            db.session,
+            campaign_service.list_query(args.get("status")),
+            Campaign.id,
+            args["limit"],
+            args["cursor"],
+            descending=True,
+        )
+        return {"items": [_with_counts(c) for c in items], "next_cursor": next_cursor}
 
     @auth_required(blp, Role.MARKETING)
     @blp.arguments(CampaignCreateSchema)
@@ -211,6 +345,21 @@ class CampaignItem(MethodView):
         """Status and counts."""
         return _with_counts(campaign_service.get(db.session, campaign_id))
 
+    @auth_required(blp, Role.MARKETING)
+    @blp.arguments(CampaignUpdateSchema)
+    @blp.response(200, CampaignSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such campaign")
+    @blp.alt_response(
+        409,
+        schema=ErrorSchema,
+        description="campaign_already_sent, or campaign_already_scheduled (audience, category)",
+    )
+    def patch(self, data: dict[str, Any], campaign_id: str) -> Any:
+        """Edit a draft or scheduled campaign."""
+        return _with_counts(
+            campaign_service.update(db.session, campaign_id, data, current_caller())
+        )
+
 
 @blp.route("/<string:campaign_id>/preview")
 class CampaignPreview(MethodView):
@@ -221,7 +370,8 @@ class CampaignPreview(MethodView):
     @blp.alt_response(404, schema=ErrorSchema, description="No such campaign")
     def post(self, campaign_id: str) -> Any:
         """Count eligible devices and exclusions by reason, as of now; nothing is sent."""
-        return campaign_service.preview(db.session, campaign_service.get(db.session, campaign_id))
+        campaign = campaign_service.get(db.session, campaign_id)
+        return campaign_service.preview(db.session, campaign, _caps())
 
 
 @blp.route("/<string:campaign_id>/send")
@@ -293,4 +443,4 @@ class CampaignExplain(MethodView):
     def get(self, campaign_id: str, device_id: str) -> Any:
         """Why this device did or did not get the campaign."""
         campaign = campaign_service.get(db.session, campaign_id)
-        return campaign_service.explain(db.session, campaign, device_id)
+        return campaign_service.explain(db.session, campaign, device_id, _caps())

@@ -14,6 +14,7 @@ from mobile_api.http_errors import ErrorSchema
 from mobile_api.pagination import PageArgsSchema, page_schema, paginate
 from mobile_api.routes import Blueprint
 from mobile_api.routes.fields import (
+    CLOCK,
     VERSION,
     Locale,
     StrictBoolean,
@@ -95,20 +96,50 @@ class DeviceCheckInSchema(DeviceFieldsSchema):
     """Body of PATCH /v1/devices/me: any subset of the device fields."""
 
 
+class QuietHoursSchema(ma.Schema):
+    """Quiet hours in the device's timezone; start == end means none."""
+
+    start = ma.fields.String(required=True, validate=CLOCK, metadata={"example": "21:00"})
+    end = ma.fields.String(required=True, validate=CLOCK, metadata={"example": "08:00"})
+
+
 class PreferencesSchema(ma.Schema):
     """The user's choices on the device."""
 
     promotional_push = ma.fields.Boolean(required=True)
     location_services = ma.fields.Boolean(required=True)
     analytics = ma.fields.Boolean(required=True)
+    categories = ma.fields.Dict(
+        keys=ma.fields.String(),
+        values=ma.fields.Boolean(),
+        required=True,
+        metadata={"description": "Every category the user may change, except promotions"},
+    )
+    quiet_hours = ma.fields.Nested(
+        QuietHoursSchema,
+        allow_none=True,
+        required=True,
+        metadata={"description": "null: the deployment's QUIET_HOURS apply"},
+    )
 
 
 class PreferencesUpdateSchema(ma.Schema):
-    """Body of PUT /v1/devices/me/preferences: any of the three, plus the policy seen."""
+    """Body of PUT /v1/devices/me/preferences: any preference, plus the policy seen."""
 
     promotional_push = StrictBoolean()
     location_services = StrictBoolean()
     analytics = StrictBoolean()
+    categories = ma.fields.Dict(
+        keys=ma.fields.String(validate=ma.validate.Length(min=1, max=40)),
+        values=StrictBoolean(),
+        validate=ma.validate.Length(max=100),
+        metadata={"description": "Category key → enabled (promotions: use promotional_push)"},
+    )
+    quiet_hours = ma.fields.Nested(
+        QuietHoursSchema,
+        allow_none=True,
+        metadata={"description": "null: the deployment's QUIET_HOURS apply"},
+    )
     policy_version = ma.fields.String(
         allow_none=True,
         validate=printable(32),
@@ -236,7 +267,7 @@ class DevicePreferences(MethodView):
     @blp.response(200, PreferencesSchema)
     def get(self) -> Any:
         """Current preferences (all off until the user opts in)."""
-        return current_device().preferences()
+        return device_service.preferences(db.session, current_device())
 
     @auth_required(blp, DEVICE)
     @_RATE_LIMITED
@@ -245,7 +276,12 @@ class DevicePreferences(MethodView):
     def put(self, data: dict[str, Any]) -> Any:
         """Change preferences; every change is recorded in the consent ledger."""
         policy_version = data.pop("policy_version", None)
-        return device_service.update_preferences(db.session, current_device(), data, policy_version)
+        extra: dict[str, Any] = {"category_choices": data.pop("categories", None)}
+        if "quiet_hours" in data:
+            extra["quiet_hours"] = data.pop("quiet_hours")
+        return device_service.update_preferences(
+            db.session, current_device(), data, policy_version, **extra
+        )
 
 
 @blp.route("/me/consents")

@@ -24,6 +24,9 @@ VERSION = ma.validate.Regexp(
     r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,31}$", error="Up to 32 characters, e.g. 17.4.1."
 )
 
+# A wall-clock time, "HH:MM" (quiet hours, a campaign's local time).
+CLOCK = ma.validate.Regexp(r"^([01][0-9]|2[0-3]):[0-5][0-9]$", error="HH:MM, 00:00–23:59.")
+
 
 @cache
 def _time_zones() -> frozenset[str]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -13,7 +14,16 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 
-from models import AccountTermination, CampaignCategory, Device, PushPermission
+from models import (
+    PROMOTIONS,
+    SERVICE,
+    AccountTermination,
+    CampaignCategory,
+    CategoryKind,
+    CategoryPreference,
+    Device,
+    PushPermission,
+)
 
 # Exclusion reasons, in the order they are tested: a device is counted under the
 # first that applies, so eligible + sum(excluded) = devices matching the filters.
@@ -24,7 +34,9 @@ EXCLUSION_REASONS = (
     "invalid_push_token",
     "push_permission_denied",
     "promotional_opt_out",
+    "category_opt_out",
 )
+CATEGORY_OPT_OUT = "category_opt_out"
 ERASED = "erased"  # only at dispatch: the device was erased after it was targeted
 
 _LEADING_VERSION = re.compile(r"^[0-9]+(?:\.[0-9]+)*")
@@ -110,18 +122,74 @@ def with_terminations(stmt: sa.Select[Any]) -> sa.Select[Any]:
     return stmt.outerjoin(AccountTermination, AccountTermination.account_id == Device.account_id)
 
 
-def exclusion_reason(category: str) -> ColumnElement[str | None]:
-    """Why a device may not get this category of push now, or NULL when it may."""
-    whens: list[tuple[ColumnElement[bool], str]] = [
+@dataclass(frozen=True, slots=True)
+class CategoryRule:
+    """What consent a notification category needs (see API.md, notification categories)."""
+
+    key: str
+    kind: str
+    default_enabled: bool = False
+
+
+# v1's `category` of a campaign stands for one of the built-in categories.
+V1_RULES = {
+    CampaignCategory.PROMOTIONAL.value: CategoryRule(PROMOTIONS, CategoryKind.PROMOTIONAL),
+    CampaignCategory.SERVICE.value: CategoryRule(SERVICE, CategoryKind.SERVICE, True),
+}
+
+
+def deliverability_whens() -> list[tuple[ColumnElement[bool], str]]:
+    """Why a device may get no push at all now, as CASE branches in EXCLUSION_REASONS order."""
+    return [
         (Device.disabled_at.is_not(None), "disabled"),
         (terminated(), "account_terminated"),
         (Device.push_token.is_(None), "no_push_token"),
         (Device.push_token_invalid_at.is_not(None), "invalid_push_token"),
         (Device.push_permission == PushPermission.DENIED, "push_permission_denied"),
     ]
-    if category == CampaignCategory.PROMOTIONAL:
-        whens.append((sa.not_(Device.promotional_push), "promotional_opt_out"))
-    return sa.case(*whens, else_=sa.null())
+
+
+def category_preference(key: str) -> ColumnElement[bool | None]:
+    """The device's stored choice for a category, or NULL when it never chose."""
+    return (
+        sa.select(CategoryPreference.enabled)
+        .where(CategoryPreference.device_id == Device.id, CategoryPreference.category_key == key)
+        .scalar_subquery()
+    )
+
+
+def consent_whens(rule: CategoryRule) -> list[tuple[ColumnElement[bool], str]]:
+    """Why a deliverable device may not get this category now, as CASE branches.
+
+    Promotional: `promotional_push` is the master switch (and the preference of
+    `promotions` itself); any other promotional category also needs its own
+    preference, default off. Transactional: its own preference, default
+    `default_enabled`. Service: none.
+    """
+    if rule.kind == CategoryKind.PROMOTIONAL:
+        whens = [(sa.not_(Device.promotional_push), "promotional_opt_out")]
+        if rule.key != PROMOTIONS:
+            chosen = sa.func.coalesce(category_preference(rule.key), sa.false())
+            whens.append((sa.not_(chosen), CATEGORY_OPT_OUT))
+        return whens
+    if rule.kind == CategoryKind.TRANSACTIONAL:
+        default = sa.true() if rule.default_enabled else sa.false()
+        chosen = sa.func.coalesce(category_preference(rule.key), default)
+        return [(sa.not_(chosen), CATEGORY_OPT_OUT)]
+    return []
+
+
+def exclusion_reason(
+    category: str | CategoryRule,
+    extra: Sequence[tuple[ColumnElement[bool], str]] = (),
+) -> ColumnElement[str | None]:
+    """Why a device may not get a push of this category now, or NULL when it may.
+
+    `category` is a category's rule, or v1's campaign category (its built-in);
+    `extra` reasons (frequency caps) are tested after deliverability and consent.
+    """
+    rule = V1_RULES[category] if isinstance(category, str) else category
+    return sa.case(*deliverability_whens(), *consent_whens(rule), *extra, else_=sa.null())
 
 
 def _locale_filter(locales: list[str]) -> ColumnElement[bool]:

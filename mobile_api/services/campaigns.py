@@ -3,31 +3,40 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, cast
 
 import sqlalchemy as sa
+from sqlalchemy.sql.expression import ColumnElement
 
 from mobile_api.errors import (
     CampaignAlreadySent,
     CampaignFinished,
+    CampaignScheduledFieldFixed,
+    CategoryMismatch,
+    CategoryNotAllowed,
     NotFound,
     ServiceCampaignRequiresAdmin,
 )
 from mobile_api.push import INVALID_TOKEN_ERRORS
-from mobile_api.services import Db, audit, export
+from mobile_api.services import Db, audit, categories, export, messaging
 from mobile_api.services import audience as aud
 from mobile_api.services.caller import Caller
+from mobile_api.services.messaging import FREQUENCY_CAPPED
 from models import (
     FINAL_STATUSES,
     Campaign,
     CampaignCategory,
     CampaignStatus,
+    Category,
+    CategoryKind,
     Delivery,
     DeliveryStatus,
     Device,
     utcnow,
 )
+from models.base import UTCDateTime
 
 log = logging.getLogger(__name__)
 
@@ -55,26 +64,87 @@ def _require_role(campaign_category: str, caller: Caller) -> None:
         raise ServiceCampaignRequiresAdmin()
 
 
+# Fields a PATCH may change, besides the category (its own rules) and the schedule.
+_EDITABLE = (
+    "name",
+    "title",
+    "body",
+    "data",
+    "audience",
+    "ttl_seconds",
+    "collapse_key",
+    "priority",
+    "content",
+    "default_locale",
+    "image_url",
+    "link",
+    "sound",
+    "badge",
+    "send_at",
+    "local_time",
+    "fallback_timezone",
+)
+# Once scheduled, the audience (targeted is fixed then) and the category stay.
+_FIXED_ONCE_SCHEDULED = ("audience", "category", "category_key")
+PROMOTIONAL_DEFAULT_TTL = 86400
+
+
+def _category(session: Db, data: Mapping[str, Any], current: Campaign | None) -> Category:
+    """The campaign's category: `category_key`, else the built-in of v1's `category`."""
+    key = data.get("category_key")
+    kind = data.get("category")
+    if key is None:
+        if kind is None:
+            assert current is not None  # create requires one of them (schema)
+            key = current.category_key
+        else:
+            key = aud.V1_RULES[kind].key
+    category = categories.get(session, key)
+    if category.kind == CategoryKind.TRANSACTIONAL:
+        raise CategoryNotAllowed()
+    if kind is not None and kind != category.kind:
+        raise CategoryMismatch()
+    return category
+
+
+def _apply(campaign: Campaign, data: Mapping[str, Any], category: Category) -> None:
+    """Set the given fields on the campaign, with the v1.1 defaults and derivations."""
+    for field in _EDITABLE:
+        if field in data:
+            value = data[field]
+            setattr(campaign, field, dict(value) if isinstance(value, Mapping) else value)
+    campaign.category = category.kind
+    campaign.category_key = category.key
+    campaign.data = dict(campaign.data or {})
+    if campaign.link:
+        campaign.data["link"] = campaign.link  # apps that read only data find it too
+    if campaign.fallback_timezone is None:
+        campaign.fallback_timezone = "UTC"
+    # Promotions default to a one-day TTL (API.md v1.1): a week-old offer must not
+    # reach an offline device that opted out meanwhile.
+    if campaign.ttl_seconds is None and category.kind == CategoryKind.PROMOTIONAL:
+        campaign.ttl_seconds = PROMOTIONAL_DEFAULT_TTL
+
+
 def create(
     session: Db,
     data: Mapping[str, Any],
     caller: Caller,
 ) -> Campaign:
     """Create a draft campaign; service campaigns need an admin."""
-    _require_role(data["category"], caller)
+    category = _category(session, data, None)
+    _require_role(category.kind, caller)
     campaign = Campaign(
         name=data["name"],
-        category=data["category"],
         title=data["title"],
         body=data["body"],
-        data=dict(data.get("data") or {}),
-        audience=dict(data.get("audience") or {}),
-        ttl_seconds=data.get("ttl_seconds"),
-        collapse_key=data.get("collapse_key"),
-        priority=data.get("priority") or "normal",
+        data={},
+        audience={},
+        priority="normal",
         status=CampaignStatus.DRAFT,
         created_by=caller.actor,
     )
+    _apply(campaign, {**data, "priority": data.get("priority") or "normal"}, category)
     session.add(campaign)
     session.flush()
     audit.record(
@@ -82,10 +152,73 @@ def create(
         caller,
         action="campaign.create",
         target=campaign.id,
-        details={"category": campaign.category},
+        details={"category": campaign.category, "category_key": campaign.category_key},
     )
     session.commit()
     return campaign
+
+
+def update(session: Db, campaign_id: str, data: Mapping[str, Any], caller: Caller) -> Campaign:
+    """Edit a draft or scheduled campaign; 409 campaign_already_sent once sending began.
+
+    A scheduled campaign keeps its audience and category (targeted was fixed when it
+    was sent); a new schedule re-plans its deliveries still waiting.
+    """
+    campaign = session.get(Campaign, campaign_id, with_for_update=True, populate_existing=True)
+    if campaign is None:
+        session.rollback()
+        raise NotFound()
+    _require_role(campaign.category, caller)
+    if campaign.status not in (CampaignStatus.DRAFT, CampaignStatus.SCHEDULED):
+        session.rollback()
+        raise CampaignAlreadySent("This campaign has started sending; it can no longer be edited.")
+    scheduled = campaign.status == CampaignStatus.SCHEDULED
+    if scheduled and any(field in data for field in _FIXED_ONCE_SCHEDULED):
+        session.rollback()
+        raise CampaignScheduledFieldFixed()
+    category = _category(session, data, campaign)
+    _require_role(category.kind, caller)
+    _apply(campaign, data, category)
+    if scheduled and {"send_at", "local_time", "fallback_timezone"} & data.keys():
+        _replan(session, campaign, utcnow())
+    audit.record(
+        session,
+        caller,
+        action="campaign.update",
+        target=campaign.id,
+        details={"fields": sorted(data)},
+    )
+    session.commit()
+    return campaign
+
+
+def _replan(session: Db, campaign: Campaign, now: datetime) -> None:
+    """Give a scheduled campaign's waiting deliveries their due time under the new schedule."""
+    sent_at = campaign.queued_at or now
+    not_before = max(campaign.send_at or sent_at, sent_at)
+    table = cast(sa.Table, Delivery.__table__)
+    waiting = sa.and_(table.c.campaign_id == campaign.id, table.c.status == DeliveryStatus.PENDING)
+    if campaign.local_time is None:
+        due: Any = sa.literal(not_before, UTCDateTime())
+    else:
+        zone_of = (
+            sa.select(sa.func.coalesce(Device.timezone, campaign.fallback_timezone))
+            .where(Device.id == table.c.device_id)
+            .scalar_subquery()
+        )
+        names = session.scalars(
+            sa.select(sa.distinct(Device.timezone))
+            .join(table, table.c.device_id == Device.id)
+            .where(waiting)
+        ).all()
+        waves = {
+            name: sa.literal(
+                messaging.local_time_due(campaign.local_time, not_before, name), UTCDateTime()
+            )
+            for name in {*(n for n in names if n), campaign.fallback_timezone}
+        }
+        due = sa.case(waves, value=zone_of)
+    session.execute(sa.update(table).where(waiting).values(due_at=due, next_attempt_at=due))
 
 
 def get(session: Db, campaign_id: str) -> Campaign:
@@ -96,15 +229,71 @@ def get(session: Db, campaign_id: str) -> Campaign:
     return campaign
 
 
-def preview(session: Db, campaign: Campaign) -> dict[str, Any]:
-    """Eligible devices and exclusions by reason, as of now; one aggregate query."""
-    reason = aud.exclusion_reason(campaign.category).label("reason")
-    stmt = aud.with_terminations(sa.select(reason, sa.func.count().label("n")).select_from(Device))
-    stmt = stmt.where(aud.matches(campaign.audience, utcnow())).group_by(reason)
-    counts = {row.reason: row.n for row in session.execute(stmt)}
+def capped_devices(caps: Sequence[messaging.Cap], now: datetime) -> sa.Select[Any] | None:
+    """Devices that have reached a frequency cap as of `now` (None without caps)."""
+    selects = [
+        sa.select(Delivery.device_id)
+        .where(Delivery.handed_at > now - cap.window, Delivery.device_id.is_not(None))
+        .group_by(Delivery.device_id)
+        .having(sa.func.count() >= cap.limit)
+        for cap in caps
+    ]
+    if not selects:
+        return None
+    return selects[0] if len(selects) == 1 else sa.union(*selects)  # type: ignore[return-value]
+
+
+def _reason_now(
+    session: Db, campaign: Campaign, caps: Sequence[messaging.Cap], now: datetime
+) -> ColumnElement[str | None]:
+    """Why a device would not get this campaign now: consent, deliverability, then caps."""
+    category = session.get(Category, campaign.category_key)
+    rule = categories.rule(category) if category is not None else campaign.category
+    extra = []
+    capped = (
+        capped_devices(caps, now) if campaign.category == CampaignCategory.PROMOTIONAL else None
+    )
+    if capped is not None:
+        extra.append((Device.id.in_(capped), FREQUENCY_CAPPED))
+    return aud.exclusion_reason(rule, extra=extra)
+
+
+def preview(session: Db, campaign: Campaign, caps: Sequence[messaging.Cap] = ()) -> dict[str, Any]:
+    """Eligible devices, exclusions by reason and eligible devices per language, as of now."""
+    now = utcnow()
+    reason = _reason_now(session, campaign, caps, now).label("reason")
+    stmt = aud.with_terminations(
+        sa.select(reason, Device.locale, sa.func.count().label("n")).select_from(Device)
+    )
+    stmt = stmt.where(aud.matches(campaign.audience, now)).group_by(reason, Device.locale)
+    counts: dict[str | None, int] = {}
+    languages: dict[str, int] = {}
+    fallback = campaign.default_locale or messaging.FALLBACK
+    for row in session.execute(stmt):
+        counts[row.reason] = counts.get(row.reason, 0) + row.n
+        if row.reason is None:
+            language = messaging.content_key(campaign.content, row.locale) or fallback
+            languages[language] = languages.get(language, 0) + row.n
     session.rollback()  # release the read snapshot (and SQLite's read lock)
-    excluded = {name: counts.get(name, 0) for name in aud.EXCLUSION_REASONS}
-    return {"eligible": counts.get(None, 0), "excluded": excluded}
+    excluded = {name: counts.get(name, 0) for name in (*aud.EXCLUSION_REASONS, FREQUENCY_CAPPED)}
+    return {"eligible": counts.get(None, 0), "excluded": excluded, "languages": languages}
+
+
+def preview_unsaved(
+    session: Db, data: Mapping[str, Any], caps: Sequence[messaging.Cap] = ()
+) -> dict[str, Any]:
+    """The preview of a campaign not created yet, from create's fields (the console's composer)."""
+    campaign = Campaign(data={}, audience={}, priority="normal")
+    _apply(campaign, data, _category(session, data, None))
+    return preview(session, campaign, caps)
+
+
+def list_query(status: str | None) -> sa.Select[tuple[Campaign]]:
+    """Campaigns, optionally of one status (the caller paginates, newest first)."""
+    stmt = sa.select(Campaign)
+    if status is not None:
+        stmt = stmt.where(Campaign.status == status)
+    return stmt
 
 
 def send(session: Db, campaign_id: str, caller: Caller) -> Campaign:
@@ -112,11 +301,19 @@ def send(session: Db, campaign_id: str, caller: Caller) -> Campaign:
     campaign = get(session, campaign_id)
     _require_role(campaign.category, caller)
     now = utcnow()
+    # A future send_at or a local time: scheduled. The audience is enumerated at
+    # once either way (targeted is fixed now); deliveries wait for their due time.
+    later = campaign.local_time is not None or (
+        campaign.send_at is not None and campaign.send_at > now
+    )
     # Compare-and-set on the status: of two concurrent sends exactly one wins.
     result = session.execute(
         sa.update(Campaign)
         .where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.DRAFT)
-        .values(status=CampaignStatus.QUEUED, queued_at=now)
+        .values(
+            status=CampaignStatus.SCHEDULED if later else CampaignStatus.QUEUED,
+            queued_at=now,
+        )
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
@@ -146,7 +343,12 @@ def cancel(session: Db, campaign_id: str, caller: Caller) -> Campaign:
         .where(
             Campaign.id == campaign_id,
             Campaign.status.in_(
-                [CampaignStatus.DRAFT, CampaignStatus.QUEUED, CampaignStatus.SENDING]
+                [
+                    CampaignStatus.DRAFT,
+                    CampaignStatus.SCHEDULED,
+                    CampaignStatus.QUEUED,
+                    CampaignStatus.SENDING,
+                ]
             ),
         )
         .values(status=CampaignStatus.CANCELLED, finished_at=now)
@@ -297,8 +499,10 @@ _EXPLANATIONS = {
 }
 
 
-def explain(session: Db, campaign: Campaign, device_id: str) -> dict[str, Any]:
-    """Why this device did or did not get the campaign."""
+def explain(
+    session: Db, campaign: Campaign, device_id: str, caps: Sequence[messaging.Cap] = ()
+) -> dict[str, Any]:
+    """Why this device did or did not get the campaign (and what would stop it now)."""
     delivery = session.scalars(
         sa.select(Delivery).where(
             Delivery.campaign_id == campaign.id, Delivery.device_id == device_id
@@ -307,8 +511,9 @@ def explain(session: Db, campaign: Campaign, device_id: str) -> dict[str, Any]:
     as_of = campaign.started_at or utcnow()
     conditions = aud.filters(campaign.audience, as_of)
     columns = [condition.label(name) for name, condition in conditions.items()]
+    reason = _reason_now(session, campaign, caps, utcnow())
     stmt = aud.with_terminations(
-        sa.select(aud.exclusion_reason(campaign.category).label("reason"), *columns)
+        sa.select(reason.label("reason"), *columns)
         .select_from(Device)
         .where(Device.id == device_id)
     )

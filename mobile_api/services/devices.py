@@ -13,7 +13,15 @@ from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
 from mobile_api.errors import InstallationExists
-from mobile_api.services import Db, commit_keeping_state, is_postgresql, privacy, telemetry
+from mobile_api.services import (
+    Db,
+    categories,
+    commit_keeping_state,
+    consent,
+    is_postgresql,
+    privacy,
+    telemetry,
+)
 from mobile_api.services.caller import Caller
 from mobile_api.services.secrets import (
     DEVICE_TOKEN_PREFIX,
@@ -112,32 +120,6 @@ def _release_push_token(session: Db, push_token: str, keep_device_id: str | None
     session.execute(stmt)
 
 
-_CONSENT_INSERT = sa.insert(cast(sa.Table, ConsentRecord.__table__))
-
-
-def _record(
-    session: Db,
-    device_id: str,
-    purpose: str,
-    granted: bool,
-    source: str,
-    policy_version: str | None = None,
-) -> None:
-    # A plain INSERT rather than an ORM object: the ledger is only ever appended to,
-    # and the unit of work's flush cost a tenth of a registration.
-    session.execute(
-        _CONSENT_INSERT,
-        {
-            "device_id": device_id,
-            "purpose": purpose,
-            "granted": granted,
-            "source": source,
-            "policy_version": policy_version,
-            "recorded_at": utcnow(),
-        },
-    )
-
-
 def _record_os_permissions(
     session: Db, device_id: str, reported: Mapping[str, Any], current: Device | None
 ) -> None:
@@ -145,7 +127,7 @@ def _record_os_permissions(
     for field, (purpose, denied) in _OS_PERMISSIONS.items():
         value = reported.get(field)
         if value is not None and (current is None or value != getattr(current, field)):
-            _record(session, device_id, purpose, value != denied, ConsentSource.OS_SETTINGS)
+            consent.record(session, device_id, purpose, value != denied, ConsentSource.OS_SETTINGS)
 
 
 def register(session: Db, data: Mapping[str, Any], presented_token: str | None) -> Registration:
@@ -266,22 +248,44 @@ def _apply_check_in(
         set_committed_value(device, field, value)
 
 
+def preferences(session: Db, device: Device) -> dict[str, Any]:
+    """The preferences document: the three v1 choices, category choices, quiet hours."""
+    return {
+        **device.preferences(),
+        "categories": categories.choices(session, device),
+        "quiet_hours": categories.quiet_hours(device),
+    }
+
+
+_KEEP = object()  # update_preferences: quiet hours not given, leave them as they are
+
+
 def update_preferences(
     session: Db,
     device: Device,
     choices: Mapping[str, bool],
     policy_version: str | None,
     source: str = ConsentSource.APP,
-) -> dict[str, bool]:
-    """Change preferences; each actual change appends one consent record."""
+    *,
+    category_choices: Mapping[str, bool] | None = None,
+    quiet_hours: Any = _KEEP,
+) -> dict[str, Any]:
+    """Change preferences; each actual change of a consent appends one consent record.
+
+    `quiet_hours` ({"start", "end"} or None) is a setting, not a consent: no record.
+    """
+    categories.set_choices(session, device, category_choices or {}, policy_version, source)
     for purpose in PREFERENCES:
         wanted = choices.get(purpose.value)
         if wanted is None or wanted == getattr(device, purpose.value):
             continue
         setattr(device, purpose.value, wanted)
-        _record(session, device.id, purpose.value, wanted, source, policy_version)
+        consent.record(session, device.id, purpose.value, wanted, source, policy_version)
+    if quiet_hours is not _KEEP:
+        device.quiet_hours_start = quiet_hours["start"] if quiet_hours else None
+        device.quiet_hours_end = quiet_hours["end"] if quiet_hours else None
     commit_keeping_state(session)
-    return device.preferences()
+    return preferences(session, device)
 
 
 def consents_query(device_id: str) -> sa.Select[tuple[ConsentRecord]]:

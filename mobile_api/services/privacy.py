@@ -18,14 +18,13 @@ from flask import current_app
 
 from mobile_api.errors import AccountTerminated
 from mobile_api.extensions import db
-from mobile_api.services import Db, audit, campaigns, dialect_insert, export
+from mobile_api.services import Db, audit, campaigns, consent, dialect_insert, export
 from mobile_api.services.caller import SYSTEM, Caller
 from models import (
     AccountTermination,
     AccountTombstone,
     AuditEvent,
     Base,
-    ConsentRecord,
     ConsentSource,
     Device,
     Purpose,
@@ -224,17 +223,15 @@ def terminate(
     ).scalar_one_or_none()
     devices = session.scalars(sa.select(Device).where(Device.account_id == account_id)).all()
     if created is not None:
-        for device in devices:
-            if device.disabled_at is None:  # a disabled device was undeliverable already
-                session.add(
-                    ConsentRecord(
-                        device_id=device.id,
-                        purpose=Purpose.PUSH_DELIVERY,
-                        granted=False,
-                        source=ConsentSource.SYSTEM,
-                        recorded_at=now,
-                    )
-                )
+        # A disabled device was undeliverable already.
+        consent.record_many(
+            session,
+            [device.id for device in devices if device.disabled_at is None],
+            Purpose.PUSH_DELIVERY,
+            False,
+            ConsentSource.SYSTEM,
+            at=now,
+        )
         audit.record(
             session,
             caller,

@@ -10,7 +10,7 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from mobile_api.push import mask_token
-from mobile_api.services import Db, audit, privacy
+from mobile_api.services import Db, audit, consent, privacy
 from mobile_api.services.caller import Caller
 from mobile_api.services.privacy import subject
 from models import Campaign, ConsentRecord, ConsentSource, Delivery, Device, Purpose, utcnow
@@ -44,15 +44,7 @@ def _record_delivery(session: Db, device: Device, granted: bool) -> None:
     """Ledger entry for a change of deliverability (none while the account is terminated)."""
     if privacy.is_terminated(session, device.account_id):
         return
-    session.add(
-        ConsentRecord(
-            device_id=device.id,
-            purpose=Purpose.PUSH_DELIVERY,
-            granted=granted,
-            source=ConsentSource.SUPPORT,
-            recorded_at=utcnow(),
-        )
-    )
+    consent.record(session, device.id, Purpose.PUSH_DELIVERY, granted, ConsentSource.SUPPORT)
 
 
 def _audit_details(ticket: str | None, reason: str | None = None) -> dict[str, object]:

@@ -13,6 +13,7 @@ from flask import Flask
 
 from mobile_api.push import FcmTransport, PushTransport, make_transport
 from mobile_api.services import Db, is_postgresql
+from mobile_api.services.messaging import Cap, QuietHours, parse_caps
 from models import Campaign, Delivery, DeliveryStatus
 
 log = logging.getLogger("mobile_api.services.dispatch")
@@ -31,6 +32,10 @@ class Settings:
     retry_base_seconds: float = 2.0
     retry_max_seconds: float = 600.0
     claim_lease_seconds: float = 600.0
+    # v1.1, unset by default (v1 behaviour): the deployment's quiet hours for
+    # promotional messages, and the frequency caps of promotional hand-offs.
+    quiet_hours: QuietHours | None = None
+    caps: tuple[Cap, ...] = ()
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -42,6 +47,8 @@ class Settings:
             retry_base_seconds=float(config["PUSH_RETRY_BASE_SECONDS"]),
             retry_max_seconds=float(config["PUSH_RETRY_MAX_SECONDS"]),
             claim_lease_seconds=float(config["DISPATCH_CLAIM_LEASE_SECONDS"]),
+            quiet_hours=QuietHours.parse(config.get("QUIET_HOURS")),
+            caps=parse_caps(config.get("PROMO_FREQUENCY_CAP")),
         )
 
 

@@ -22,11 +22,22 @@ from typing import Any, cast
 import sqlalchemy as sa
 
 from mobile_api.push import Outcome, PushMessage, PushTransport, SendResult
-from mobile_api.services import Db, campaigns, is_postgresql
+from mobile_api.services import Db, campaigns, categories, is_postgresql
 from mobile_api.services import audience as aud
-from models import Campaign, CampaignStatus, Delivery, DeliveryStatus, Device, utcnow
+from mobile_api.services import messaging as rules
+from models import (
+    Campaign,
+    CampaignCategory,
+    CampaignStatus,
+    Category,
+    Delivery,
+    DeliveryStatus,
+    Device,
+    utcnow,
+)
 from models.base import UTCDateTime
 
+from . import gates
 from .core import UNFINISHED, Settings, lock_campaign, log, set_deliveries
 from .enumerate import enumerate_batch
 
@@ -39,16 +50,49 @@ class ChunkResult:
     last_id: int | None = None
 
 
-def _message(campaign: Campaign, token: str) -> PushMessage:
+def _message(campaign: Campaign, category: Category | None, row: Any, now: datetime) -> PushMessage:
+    """The message for one claimed row: its language, remaining TTL, category and rich content."""
+    key = rules.content_key(campaign.content, row.locale)
+    text = campaign.content[key] if campaign.content and key else None
+    ttl = rules.remaining_ttl(campaign.ttl_seconds, row.due_at, now)
     return PushMessage(
-        token=token,
-        title=campaign.title,
-        body=campaign.body,
+        token=row.push_token,
+        title=text["title"] if text else campaign.title,
+        body=text["body"] if text else campaign.body,
         data=dict(campaign.data or {}),
-        ttl_seconds=campaign.ttl_seconds,
+        ttl_seconds=None if ttl is None else max(ttl, 0),
         collapse_key=campaign.collapse_key,
         priority="high" if campaign.priority == "high" else "normal",
+        android_channel_id=category.android_channel_id if category else None,
+        ios_interruption_level=category.ios_interruption_level if category else None,
+        image_url=campaign.image_url,
+        sound=campaign.sound,
+        badge=campaign.badge,
     )
+
+
+def _start_sending(session: Db, campaign_id: str, now: datetime) -> None:
+    """A scheduled campaign becomes `sending` once its first delivery is due (own transaction).
+
+    Not inside a claim: claims hold the campaign row shared, and two of them
+    upgrading it to write it would deadlock.
+    """
+    due = (
+        sa.select(Delivery.id)
+        .where(
+            Delivery.campaign_id == campaign_id,
+            Delivery.status == DeliveryStatus.PENDING,
+            Delivery.next_attempt_at <= now,
+        )
+        .exists()
+    )
+    session.execute(
+        sa.update(Campaign)
+        .where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.SCHEDULED, due)
+        .values(status=CampaignStatus.SENDING)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
 
 
 def backoff_seconds(
@@ -74,15 +118,32 @@ def process_chunk(
     """Claim the next due pending deliveries (id > after_id), hand them to FCM, record."""
     now = utcnow()
     campaign = lock_campaign(session, campaign_id, exclusive=False)
+    if campaign is not None and campaign.status == CampaignStatus.SCHEDULED:
+        session.commit()
+        _start_sending(session, campaign_id, now)
+        campaign = lock_campaign(session, campaign_id, exclusive=False)
     if campaign is None or campaign.status != CampaignStatus.SENDING:
         session.commit()
         return ChunkResult()
+    category = session.get(Category, campaign.category_key)
     # The device's state is read here, in the query that selects the chunk.
-    reason = sa.case(
-        (Device.id.is_(None), aud.ERASED), else_=aud.exclusion_reason(campaign.category)
-    ).label("reason")
+    rule = categories.rule(category) if category is not None else campaign.category
+    reason = sa.case((Device.id.is_(None), aud.ERASED), else_=aud.exclusion_reason(rule)).label(
+        "reason"
+    )
     stmt = aud.with_terminations(
-        sa.select(Delivery.id, Delivery.device_id, Delivery.attempts, Device.push_token, reason)
+        sa.select(
+            Delivery.id,
+            Delivery.device_id,
+            Delivery.attempts,
+            Delivery.due_at,
+            Device.push_token,
+            Device.locale,
+            Device.timezone,
+            Device.quiet_hours_start,
+            Device.quiet_hours_end,
+            reason,
+        )
         .select_from(Delivery)
         .outerjoin(Device, Device.id == Delivery.device_id)
     )
@@ -105,14 +166,20 @@ def process_chunk(
         session.commit()
         return ChunkResult()
 
-    to_send = [row for row in rows if row.reason is None]
-    by_reason: dict[str, list[int]] = defaultdict(list)
+    verdicts = gates.decide(
+        session, campaign, [row for row in rows if row.reason is None], settings, now
+    )
+    to_send = verdicts.send
+    by_reason: dict[str, list[int]] = defaultdict(list, verdicts.suppressed)
     for row in rows:
         if row.reason is not None:
             by_reason[row.reason].append(row.id)
     for why, ids in by_reason.items():
         set_deliveries(session, ids, status=DeliveryStatus.SUPPRESSED, reason=why, updated_at=now)
+    if verdicts.deferred:
+        _defer(session, verdicts.deferred, now)
     if to_send:
+        promotional = campaign.category == CampaignCategory.PROMOTIONAL
         set_deliveries(
             session,
             [row.id for row in to_send],
@@ -120,8 +187,10 @@ def process_chunk(
             claimed_at=now,
             attempts=Delivery.attempts + 1,
             updated_at=now,
+            # What frequency caps count: promotional messages handed over.
+            handed_at=now if promotional else None,
         )
-    messages = [_message(campaign, row.push_token) for row in to_send]
+    messages = [_message(campaign, category, row, now) for row in to_send]
     session.commit()  # the claim: from here on no other dispatcher takes these rows
 
     results: list[SendResult] = []
@@ -129,6 +198,21 @@ def process_chunk(
         results += push.send(messages[start : start + push.max_batch])
     _record(session, campaign_id, to_send, results, settings)
     return ChunkResult(claimed=len(rows), last_id=rows[-1].id)
+
+
+def _defer(session: Db, deferred: list[tuple[int, datetime]], now: datetime) -> None:
+    """Rows held back by quiet hours stay pending, due again when those end."""
+    table = cast(sa.Table, Delivery.__table__)
+    session.execute(
+        sa.update(table)
+        .where(table.c.id == sa.bindparam("b_id"))
+        .values(
+            next_attempt_at=sa.bindparam("b_next", type_=UTCDateTime()),
+            reason=gates.QUIET_HOURS,
+            updated_at=now,
+        ),
+        [{"b_id": row_id, "b_next": until} for row_id, until in deferred],
+    )
 
 
 def _record(
@@ -257,7 +341,8 @@ def finish_if_done(session: Db, campaign_id: str) -> bool:
         sa.update(Campaign)
         .where(
             Campaign.id == campaign_id,
-            Campaign.status == CampaignStatus.SENDING,
+            # Scheduled: its audience turned out empty, or all was suppressed.
+            Campaign.status.in_([CampaignStatus.SENDING, CampaignStatus.SCHEDULED]),
             Campaign.enumeration_done.is_(True),
             ~unfinished,
         )
