@@ -296,6 +296,9 @@ def test_admin_creates_staff_and_a_key_and_checks_the_audit_chain(
     _submit(page, "/admin/keys", "Create")
     assert page.find_element(By.ID, "new-secret").text.startswith("mk_")
     _check(page, "admin-keys")
+    _open(page, f"{live_server}/console/admin/categories")
+    assert "promotions" in page.find_element(By.TAG_NAME, "table").text
+    _check(page, "admin-categories")
     _open(page, f"{live_server}/console/audit")
     _submit(page, "/audit/verify")
     assert "The chain holds" in page.find_element(By.CSS_SELECTOR, "[role=status]").text
