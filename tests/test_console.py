@@ -695,3 +695,87 @@ def test_admin_creates_and_updates_categories_whose_kind_is_fixed(
     )
     assert bad_key.status_code == 422
     assert {e.actor for e in _trail(app, target="order_updates")} == {"staff:admin0@example.com"}
+
+
+def test_console_forms_refuse_bad_input_as_html(
+    app: Flask,  # noqa: F811
+    staff_client: Clients,  # noqa: F811
+    device: Callable[..., Any],  # noqa: F811
+) -> None:
+    admin = staff_client("admin")
+    staff_page, keys_page = "/console/admin/staff", "/console/admin/keys"
+    post_form(admin, staff_page, staff_page, {"email": "x@example.com", "role": "support"})
+    for change in ({"change": "enable"}, {"change": "reset"}):
+        done = post_form(
+            admin, staff_page, f"{staff_page}/change", {"email": "x@example.com", **change}
+        )
+        assert done.status_code == 200
+    assert "/console/enrol/sl_" in _text(done)
+    assert (
+        post_form(admin, staff_page, f"{staff_page}/change", {"email": "x@example.com"}).status_code
+        == 404
+    )
+    assert (
+        post_form(
+            admin, staff_page, f"{staff_page}/change", {"email": "x@example.com", "change": "role"}
+        ).status_code
+        == 422
+    )
+    assert post_form(admin, staff_page, staff_page, {"email": "y@example.com"}).status_code == 422
+    assert (
+        post_form(admin, staff_page, staff_page, {"email": "no", "role": "admin"}).status_code
+        == 422
+    )
+    assert post_form(admin, keys_page, keys_page, {"role": "root", "name": ""}).status_code == 422
+    assert post_form(admin, keys_page, f"{keys_page}/NOKEY/revoke", {}).status_code == 404
+
+    privacy = staff_client("privacy")
+    made = device(account_id="acct-z")
+    for form in ({"kind": "planet", "id": "x"}, {"kind": "device", "id": ""}):
+        assert (
+            post_form(privacy, "/console/privacy", "/console/privacy/export", form).status_code
+            == 422
+        )
+    assert (
+        post_form(
+            privacy,
+            "/console/privacy",
+            "/console/privacy/erase",
+            {"kind": "account", "id": "acct-z", "reason": "nope", "confirm": "acct-z"},
+        ).status_code
+        == 422
+    )
+    assert (
+        post_form(
+            privacy, "/console/privacy", "/console/privacy/terminate", {"account_id": "acct-z"}
+        ).status_code
+        == 422
+    )
+    erased = post_form(
+        privacy,
+        "/console/privacy",
+        "/console/privacy/erase",
+        {"kind": "account", "id": "acct-z", "reason": "user_request", "confirm": "acct-z"},
+    )
+    assert "Erased the account (1 device)" in _text(erased)
+    with app.app_context():
+        assert db.session.get(Device, made.id) is None
+        db.session.commit()
+    gone = post_form(
+        privacy,
+        "/console/privacy",
+        "/console/privacy/erase",
+        {"kind": "device", "id": made.id, "reason": "other", "confirm": made.id},
+    )
+    assert gone.status_code == 404 and gone.mimetype == "text/html"
+
+    support = staff_client("support")
+    assert support.get("/console/audit", query_string={"actor": "x" * 100}).status_code == 422
+    bad_cursor = support.get("/console/devices", query_string={"platform": "ios", "cursor": "!!"})
+    assert bad_cursor.status_code == 422 and bad_cursor.mimetype == "text/html"
+    too_big = support.post("/console/sign-out", data={"csrf_token": "x" * (2 * 1024 * 1024)})
+    assert too_big.status_code == 413 and too_big.mimetype == "text/html"
+    assert (
+        post_form(support, "/console/devices", "/console/devices/NOPE/enable", {}).status_code
+        == 404
+    )
