@@ -21,10 +21,9 @@ import pyotp
 import pytest
 from flask import Flask
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import NoAlertPresentException, WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
 from mobile_api.extensions import db
@@ -88,7 +87,16 @@ def _submit(browser: Browser, form_action: str, button_text: str | None = None) 
     button = next(b for b in buttons if button_text is None or button_text in b.text)
     old = browser.find_element(By.TAG_NAME, "html")
     button.click()
-    WebDriverWait(browser, 10).until(expected_conditions.staleness_of(old))
+
+    def left(_browser: Browser) -> bool:
+        try:
+            old.is_enabled()
+        except WebDriverException:
+            # Stale, or (Chromium, mid-navigation) "node does not belong to the document".
+            return True
+        return False
+
+    WebDriverWait(browser, 10).until(left)
 
 
 def _axe(browser: Browser) -> None:
