@@ -88,6 +88,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     docs.init_app(app)
     push.init_app(app)
     make_celery(app)
+
+    from mobile_api import console
+
+    console.init_app(app)
     return app
 
 

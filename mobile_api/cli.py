@@ -54,3 +54,7 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(privacy_cli)
     app.cli.add_command(audit_cli)
     app.cli.add_command(dispatch_cli)
+
+    from mobile_api.cli_staff import staff_cli
+
+    app.cli.add_command(staff_cli)

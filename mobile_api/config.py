@@ -120,6 +120,14 @@ class Defaults:
     APNS_SANDBOX_ENDPOINT = "https://api.sandbox.push.apple.com"
     APNS_CA_FILE: str | None = None  # a CA bundle to trust instead of the system's (tests)
     APNS_TIMEOUT = 10.0
+    # The staff console (/console/).
+    CONSOLE_BASE_URL = "http://127.0.0.1:8000"  # where one-time sign-in links point
+    CONSOLE_LINK_TTL_HOURS = 72  # a one-time link expires unused after this
+    CONSOLE_IDLE_MINUTES = 30  # a session unused this long is over
+    CONSOLE_SESSION_HOURS = 12  # and any session this old
+    # Failed sign-ins allowed per client IP, and per email, in a moving window.
+    CONSOLE_SIGN_IN_LIMIT_IP = "20 per 15 minutes"
+    CONSOLE_SIGN_IN_LIMIT_EMAIL = "5 per 15 minutes"
 
     API_TITLE = "mobile_api"
     API_VERSION = __version__
@@ -205,6 +213,12 @@ _ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "APNS_TIMEOUT": ("APNS_TIMEOUT", float),
     "NOTIFY_POLL_SECONDS": ("NOTIFY_POLL_SECONDS", float),
     "NOTIFY_IDEMPOTENCY_WAIT_SECONDS": ("NOTIFY_IDEMPOTENCY_WAIT_SECONDS", float),
+    "CONSOLE_BASE_URL": ("CONSOLE_BASE_URL", str),
+    "CONSOLE_LINK_TTL_HOURS": ("CONSOLE_LINK_TTL_HOURS", int),
+    "CONSOLE_IDLE_MINUTES": ("CONSOLE_IDLE_MINUTES", int),
+    "CONSOLE_SESSION_HOURS": ("CONSOLE_SESSION_HOURS", int),
+    "CONSOLE_SIGN_IN_LIMIT_IP": ("CONSOLE_SIGN_IN_LIMIT_IP", str),
+    "CONSOLE_SIGN_IN_LIMIT_EMAIL": ("CONSOLE_SIGN_IN_LIMIT_EMAIL", str),
 }
 
 

@@ -131,3 +131,19 @@ class RequestInProgress(DomainError):
 
 class CampaignScheduledFieldFixed(DomainError):
     """A scheduled campaign keeps its audience and category."""
+
+
+class SignInRefused(DomainError):
+    """The email, password and TOTP code do not sign anybody in (whichever part was wrong)."""
+
+
+class StaffLinkInvalid(DomainError):
+    """The one-time sign-in link is used, expired or unknown."""
+
+
+class EnrolmentRefused(DomainError):
+    """The chosen password or the authenticator code was not accepted."""
+
+
+class StaffExists(DomainError):
+    """A staff member with this email exists already."""

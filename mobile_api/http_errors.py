@@ -155,6 +155,22 @@ DOMAIN_ERRORS: dict[type[errors.DomainError], tuple[int, str, str]] = {
         "A scheduled campaign keeps its audience and category (targeted was fixed when "
         "it was sent); cancel it and create another to change them.",
     ),
+    errors.SignInRefused: (
+        401,
+        "sign_in_refused",
+        "That email, password and code do not sign anybody in.",
+    ),
+    errors.StaffLinkInvalid: (
+        410,
+        "link_invalid",
+        "This sign-in link is used, expired or unknown; ask an administrator for a new one.",
+    ),
+    errors.EnrolmentRefused: (
+        422,
+        "enrolment_refused",
+        "The password or the authenticator code was not accepted.",
+    ),
+    errors.StaffExists: (409, "staff_exists", "A staff member with this email already exists."),
 }
 
 
@@ -164,6 +180,11 @@ def domain_error_row(error: errors.DomainError) -> tuple[int, str, str]:
         if cls in DOMAIN_ERRORS:
             return DOMAIN_ERRORS[cls]
     return DOMAIN_ERRORS[errors.DomainError]
+
+
+def domain_error_message(error: errors.DomainError) -> str:
+    """What to tell a person about a refusal: its own message, else the table's."""
+    return error.message or domain_error_row(error)[2]
 
 
 _DEFAULT_MESSAGES = {

@@ -37,6 +37,7 @@ from models.notification import (
     NotificationStatus,
 )
 from models.privacy import AccountTermination, AccountTombstone, AuditEvent
+from models.staff import StaffLink, StaffMember, StaffRole, StaffSession
 from models.telemetry import DeviceVersionChange, TelemetryEvent, VersionField
 
 __all__ = [
@@ -78,3 +79,4 @@ __all__ = [
     "new_id",
     "utcnow",
 ]
+__all__ += ["StaffLink", "StaffMember", "StaffRole", "StaffSession"]

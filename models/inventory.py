@@ -160,6 +160,74 @@ INVENTORY: dict[str, dict[str, Entry]] = {
         "created_at": device(P.NOTIFICATIONS, B.CONTRACT, "device.created_at"),
         "updated_at": device(P.NOTIFICATIONS, B.CONTRACT, "device.updated_at"),
         "last_seen_at": device(P.NOTIFICATIONS, B.CONTRACT, "device.last_seen_at"),
+        "quiet_hours_start": device(
+            P.NOTIFICATIONS, B.CONTRACT, "notification_settings.quiet_hours.start"
+        ),
+        "quiet_hours_end": device(
+            P.NOTIFICATIONS, B.CONTRACT, "notification_settings.quiet_hours.end"
+        ),
+    },
+    "device_category_preferences": {
+        "device_id": device(P.CONSENT, B.CONSENT, "device.id"),
+        "category_key": device(P.CONSENT, B.CONSENT, "notification_settings.categories{keys}"),
+        "enabled": device(P.CONSENT, B.CONSENT, "notification_settings.categories{values}"),
+        "updated_at": device(
+            P.CONSENT,
+            B.CONSENT,
+            None,
+            why_not_exported="each change is in the export's consent history, with its time",
+        ),
+    },
+    "notification_categories": {
+        column: not_personal("the operator's catalogue of notification categories")
+        for column in (
+            "key",
+            "name",
+            "kind",
+            "default_enabled",
+            "user_can_opt_out",
+            "android_channel_id",
+            "ios_interruption_level",
+            "created_at",
+            "updated_at",
+        )
+    },
+    "staff_members": {
+        "id": not_personal(ROW_KEY),
+        "email": staff(
+            P.SECURITY,
+            B.LEGITIMATE_INTERESTS,
+            "as long as the staff account exists",
+            "a staff member's sign-in name, not a user's",
+        ),
+        "role": not_personal("what the staff member may do"),
+        "password_hash": not_personal("an argon2 hash of a staff password"),
+        "totp_secret": not_personal("a staff member's authenticator secret"),
+        "totp_last_step": not_personal("the last TOTP step used, against replays"),
+        "disabled_at": not_personal("when the staff account was disabled"),
+        "created_at": not_personal("when the staff account was made"),
+        "last_sign_in_at": staff(
+            P.SECURITY,
+            B.LEGITIMATE_INTERESTS,
+            "as long as the staff account exists",
+            "when a staff member last signed in, not a user",
+        ),
+    },
+    "staff_links": {
+        column: not_personal("a one-time sign-in link of a staff member (hashed, expiring)")
+        for column in (
+            "id",
+            "staff_id",
+            "token_hash",
+            "totp_secret",
+            "created_at",
+            "expires_at",
+            "used_at",
+        )
+    },
+    "staff_sessions": {
+        column: not_personal("a staff member's console session (hashed token)")
+        for column in ("id", "staff_id", "token_hash", "csrf_token", "created_at", "last_seen_at")
     },
     "consent_records": {
         "id": not_personal(ROW_KEY),
@@ -213,6 +281,16 @@ INVENTORY: dict[str, dict[str, Entry]] = {
         ),
         "ttl_seconds": not_personal("a message setting"),
         "collapse_key": not_personal("a message setting"),
+        "category_key": not_personal("the campaign's notification category"),
+        "content": not_personal("the message per language, the same for the whole audience"),
+        "default_locale": not_personal("the language of the fallback text"),
+        "image_url": not_personal("rich content, the same for the whole audience"),
+        "link": not_personal("rich content, the same for the whole audience"),
+        "sound": not_personal("rich content, the same for the whole audience"),
+        "badge": not_personal("rich content, the same for the whole audience"),
+        "send_at": not_personal("the campaign's schedule"),
+        "local_time": not_personal("the campaign's schedule"),
+        "fallback_timezone": not_personal("the campaign's schedule"),
         "priority": not_personal("a message setting"),
         "status": not_personal("the campaign's state"),
         "created_by": staff(
@@ -271,6 +349,7 @@ INVENTORY: dict[str, dict[str, Entry]] = {
         "next_attempt_at": not_personal("the dispatcher's schedule of the row"),
         "claimed_at": not_personal("the dispatcher's lease of the row"),
         "handed_at": not_personal("when the dispatcher handed the row's message over"),
+        "due_at": not_personal("when the row's message became due (its local-time wave)"),
     },
     "notifications": {
         "id": not_personal(ROW_KEY),

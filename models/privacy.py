@@ -25,10 +25,13 @@ class AuditEvent(Base):
     """One staff action. Holds no personal data; each row hashes the previous one."""
 
     __tablename__ = "audit_events"
+    # Each filter ends in the id, so a filtered page, newest first, reads its index
+    # backwards and stops after one page, never walking the trail.
     __table_args__ = (
-        Index("ix_audit_events_actor", "actor"),
-        Index("ix_audit_events_action", "action"),
-        Index("ix_audit_events_target", "target"),
+        Index("ix_audit_events_actor_id", "actor", "id"),
+        Index("ix_audit_events_actor_action_id", "actor", "action", "id"),
+        Index("ix_audit_events_action_id", "action", "id"),
+        Index("ix_audit_events_target_id", "target", "id"),
     )
 
     id: Mapped[int] = mapped_column(

@@ -166,7 +166,22 @@ def device_with_everything(
         timezone="Asia/Jakarta",
     )
     headers = bearer(token)
-    preferences = {"analytics": True, "promotional_push": True, "policy_version": "2026-01"}
+    category = {
+        "name": "Ticket updates",
+        "kind": "transactional",
+        "default_enabled": True,
+        "android_channel_id": "tickets",
+        "ios_interruption_level": "active",
+    }
+    put = client.put("/v1/admin/categories/tickets", json=category, headers=staff("admin"))
+    assert put.status_code in (200, 201), put.get_json()
+    preferences = {
+        "analytics": True,
+        "promotional_push": True,
+        "policy_version": "2026-01",
+        "categories": {"tickets": False},
+        "quiet_hours": {"start": "22:00", "end": "07:00"},
+    }
     assert (
         client.put("/v1/devices/me/preferences", json=preferences, headers=headers).status_code
         == 200
@@ -246,14 +261,23 @@ def test_the_fixture_device_has_rows_in_every_table_it_can(
 
 
 def _resolve(document: Any, path: str) -> list[Any]:
-    """The values at a path like `device.id` or `consents[].purpose` (each item of a list)."""
+    """The values at a path like `device.id`, `consents[].purpose` (each item of a list) or
+    `settings.categories{keys}` (each key of a map; `{values}`, each value)."""
     values = [document]
     for part in path.split("."):
-        key, each = (part[:-2], True) if part.endswith("[]") else (part, False)
+        key, _, spread = part.partition("{")
+        each = key.endswith("[]")
+        key = key.removesuffix("[]")
         found = []
         for value in values:
             assert isinstance(value, dict) and key in value, f"{path}: no {key!r}"
-            found.extend(value[key] if each else [value[key]])
+            item = value[key]
+            if spread == "keys}":
+                found.extend(item.keys())
+            elif spread == "values}":
+                found.extend(item.values())
+            else:
+                found.extend(item if each else [item])
         values = found
     return values
 

@@ -16,7 +16,7 @@ from mobile_api.pagination import PageArgsSchema, page_schema, paginate
 from mobile_api.routes import Blueprint
 from mobile_api.routes.devices import AccountExportSchema, DeviceExportSchema, DeviceSchema
 from mobile_api.routes.fields import Timestamp, printable
-from mobile_api.services import audit, privacy, support
+from mobile_api.services import privacy, support
 from models import AuditEvent, Device, Platform, Role
 
 blp = Blueprint(
@@ -244,12 +244,8 @@ class AdminAudit(MethodView):
     @blp.response(200, AuditPageSchema)
     def get(self, args: dict[str, Any]) -> Any:
         """Audit events, newest first, filtered by actor, action or target."""
-        target = args.get("target")
-        stmt = audit.events_query(
-            actor=args.get("actor"),
-            action=args.get("action"),
-            # Devices and accounts are recorded by keyed hash: accept the raw id too.
-            targets=[target, privacy.subject(target)] if target else None,
+        stmt = privacy.audit_query(
+            actor=args.get("actor"), action=args.get("action"), target=args.get("target")
         )
         items, next_cursor = paginate(
             db.session, stmt, AuditEvent.id, args["limit"], args["cursor"], descending=True

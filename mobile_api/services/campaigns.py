@@ -305,6 +305,15 @@ def preview(session: Db, campaign: Campaign, caps: Sequence[messaging.Cap] = ())
     return {"eligible": counts.get(None, 0), "excluded": excluded, "languages": languages}
 
 
+def preview_unsaved(
+    session: Db, data: Mapping[str, Any], caps: Sequence[messaging.Cap] = ()
+) -> dict[str, Any]:
+    """The preview of a campaign not created yet, from create's fields (the console's composer)."""
+    campaign = Campaign(data={}, audience={}, priority="normal")
+    _apply(campaign, data, _category(session, data, None))
+    return preview(session, campaign, caps)
+
+
 def list_query(status: str | None) -> sa.Select[tuple[Campaign]]:
     """Campaigns, optionally of one status (the caller paginates, newest first)."""
     stmt = sa.select(Campaign)

@@ -23,6 +23,7 @@ from mobile_api.services.caller import SYSTEM, Caller
 from models import (
     AccountTermination,
     AccountTombstone,
+    AuditEvent,
     Base,
     ConsentSource,
     Device,
@@ -97,6 +98,18 @@ class PurgeResult:
 def subject(identifier: str) -> str:
     """The keyed hash that names a device or account in the audit trail."""
     return audit.subject(current_app.config["SECRET_KEY"], identifier)
+
+
+def audit_query(
+    *, actor: str | None, action: str | None, target: str | None
+) -> sa.Select[tuple[AuditEvent]]:
+    """Audit events by actor, action and target; `target` may be a raw device or account id."""
+    return audit.events_query(
+        actor=actor,
+        action=action,
+        # Devices and accounts are recorded by keyed hash: accept the raw id too.
+        targets=[target, subject(target)] if target else None,
+    )
 
 
 def is_terminated(session: Db, account_id: str | None) -> bool:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 
 import sqlalchemy as sa
 
@@ -10,7 +13,7 @@ from mobile_api.push import mask_token
 from mobile_api.services import Db, audit, consent, privacy
 from mobile_api.services.caller import Caller
 from mobile_api.services.privacy import subject
-from models import ConsentSource, Device, Purpose, utcnow
+from models import Campaign, ConsentRecord, ConsentSource, Delivery, Device, Purpose, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -103,3 +106,37 @@ def _set_disabled(
     )
     session.commit()
     return device
+
+
+@dataclass(frozen=True, slots=True)
+class RecentDelivery:
+    """One campaign's outcome for a device, for the support view."""
+
+    campaign_id: str
+    campaign_name: str
+    status: str
+    reason: str | None
+    updated_at: datetime
+
+
+def consent_timeline(session: Db, device_id: str) -> Sequence[ConsentRecord]:
+    """The device's consent records, oldest first."""
+    return session.scalars(
+        sa.select(ConsentRecord)
+        .where(ConsentRecord.device_id == device_id)
+        .order_by(ConsentRecord.id)
+    ).all()
+
+
+def recent_deliveries(session: Db, device_id: str, limit: int = 20) -> list[RecentDelivery]:
+    """The device's latest campaign outcomes, newest first."""
+    rows = session.execute(
+        sa.select(Delivery, Campaign.name)
+        .join(Campaign, Campaign.id == Delivery.campaign_id)
+        .where(Delivery.device_id == device_id)
+        .order_by(Delivery.id.desc())
+        .limit(limit)
+    ).all()
+    return [
+        RecentDelivery(d.campaign_id, name, d.status, d.reason, d.updated_at) for d, name in rows
+    ]
