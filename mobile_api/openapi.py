@@ -49,14 +49,11 @@ def nullable_ref_as_all_of(converter: Any, field: Any, ret: dict[str, Any], **_:
     generators make an extra, empty class.
     """
     any_of = ret.get("anyOf")
-    if (
-        isinstance(any_of, list)
-        and len(any_of) == 2
-        and any_of[0] == {"type": "object", "nullable": True}
-        and "$ref" in any_of[1]
-    ):
-        del ret["anyOf"]
-        ret.update(nullable=True, allOf=[any_of[1]])
+    if isinstance(any_of, list) and len(any_of) == 2:
+        refs = [item for item in any_of if "$ref" in item]
+        if len(refs) == 1 and {"type": "object", "nullable": True} in any_of:
+            del ret["anyOf"]
+            ret.update(nullable=True, allOf=refs)
     return {}
 
 

@@ -135,7 +135,7 @@ def test_register_preferences_check_in_export_through_the_generated_client(
     assert isinstance(registration, models.Registration), registration
     assert registration.device.push_permission is models.PushPermission.GRANTED
     assert registration.device.push_token_valid is True
-    assert isinstance(registration.device.preferences, models.Preferences)
+    assert isinstance(registration.device.preferences, models.Consents)
 
     as_device = client_module.AuthenticatedClient(
         base_url=base_url, token=registration.device_token

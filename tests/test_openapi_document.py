@@ -33,7 +33,7 @@ def test_no_property_is_left_untyped(document):
     assert untyped == []
     device = _schemas(document)["Device"]["properties"]
     assert device["push_token_valid"]["type"] == "boolean"
-    assert device["preferences"]["allOf"] == [{"$ref": "#/components/schemas/Preferences"}]
+    assert device["preferences"]["allOf"] == [{"$ref": "#/components/schemas/Consents"}]
     assert _schemas(document)["AdminDevice"]["properties"]["disabled"]["type"] == "boolean"
 
 

@@ -125,9 +125,10 @@ class CampaignFieldsSchema(ma.Schema):
     content = ma.fields.Dict(
         keys=Locale(),
         values=ma.fields.Nested(TextSchema),
-        allow_none=True,
         validate=ma.validate.Length(max=100),
-        metadata={"description": "BCP 47 tag → {title, body}; title/body are the fallback"},
+        metadata={
+            "description": "BCP 47 tag → {title, body}; title/body are the fallback ({}: none)"
+        },
     )
     default_locale = Locale(allow_none=True, metadata={"description": "The fallback's language"})
     image_url = ma.fields.String(allow_none=True, validate=[ma.validate.Length(max=2048), _https])
@@ -200,7 +201,10 @@ class CampaignSchema(ma.Schema):
     collapse_key = ma.fields.String(allow_none=True)
     priority = ma.fields.String(required=True)
     category_key = ma.fields.String(required=True)
-    content = ma.fields.Dict(allow_none=True)
+    content = ma.fields.Function(
+        lambda campaign: campaign.content or {},
+        metadata={"type": "object", "description": "BCP 47 tag → {title, body}"},
+    )
     default_locale = ma.fields.String(allow_none=True)
     image_url = ma.fields.String(allow_none=True)
     link = ma.fields.String(allow_none=True)

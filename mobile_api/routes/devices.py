@@ -115,12 +115,17 @@ class QuietHoursSchema(ma.Schema):
     end = ma.fields.String(required=True, validate=CLOCK, metadata={"example": "08:00"})
 
 
-class PreferencesSchema(ma.Schema):
-    """The user's choices on the device."""
+class ConsentsSchema(ma.Schema):
+    """The user's three consents, as a device shows them."""
 
     promotional_push = ma.fields.Boolean(required=True)
     location_services = ma.fields.Boolean(required=True)
     analytics = ma.fields.Boolean(required=True)
+
+
+class PreferencesSchema(ConsentsSchema):
+    """The user's choices on the device: consents, category choices and quiet hours."""
+
     categories = ma.fields.Dict(
         keys=ma.fields.String(),
         values=ma.fields.Boolean(),
@@ -196,7 +201,7 @@ class DeviceSchema(ma.Schema):
     preferences = ma.fields.Method(
         "_preferences",
         dump_only=True,
-        metadata={"allOf": [{"$ref": "#/components/schemas/Preferences"}]},
+        metadata={"allOf": [{"$ref": "#/components/schemas/Consents"}]},
     )
     created_at = Timestamp(required=True)
     last_seen_at = Timestamp(required=True)
@@ -281,7 +286,7 @@ class DeviceDocumentSchema(ma.Schema):
         unknown = ma.INCLUDE
 
     device = ma.fields.Nested(ExportedDeviceSchema, required=True)
-    preferences = ma.fields.Nested(PreferencesSchema, required=True)
+    preferences = ma.fields.Nested(ConsentsSchema, required=True)
     consents = ma.fields.List(ma.fields.Nested(ConsentSchema), required=True)
 
 
