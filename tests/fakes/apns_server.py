@@ -14,6 +14,7 @@ Run standalone for benchmarks: `python -m tests.fakes.apns_server --port 9443 --
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import ipaddress
 import itertools
@@ -91,7 +92,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Finish the TLS handshake here, in the connection's thread, not in accept."""
         self.request.settimeout(30)
         self.request.do_handshake()
-        self.server.fake._count_connection()
+        self.server.fake._count_connection(self.request)
 
     def finish(self) -> None:
         """Nothing to flush: the server closes the socket."""
@@ -212,6 +213,7 @@ class FakeApnsServer(ScriptedAnswers, LoopbackFake):
         # JWTs whose signature verified, with their claims: a client sends one for an hour.
         self._verified: dict[str, dict[str, Any]] = {}
         self._ids = itertools.count(1)
+        self._open: list[ssl.SSLSocket] = []
         if like is not None:  # another host of the same Apple: one key, one CA
             self.key_file, self._public_key = like.key_file, like._public_key
             self.ca_file, self.ssl_context = like.ca_file, like.ssl_context
@@ -251,9 +253,18 @@ class FakeApnsServer(ScriptedAnswers, LoopbackFake):
             self.request_count = 0
             self.connections = 0
 
-    def _count_connection(self) -> None:
+    def _count_connection(self, sock: ssl.SSLSocket) -> None:
         with self._lock:
             self.connections += 1
+            self._open.append(sock)
+
+    def drop_connections(self) -> None:
+        """Cut every open client connection at the TCP level, as a lost network would."""
+        with self._lock:
+            open_sockets, self._open = self._open, []
+        for sock in open_sockets:
+            with contextlib.suppress(OSError):  # already closed by the client
+                sock.shutdown(socket.SHUT_RDWR)
 
     def _check_auth(self, authorization: str | None) -> tuple[str | None, dict[str, Any] | None]:
         """(Apple's refusal reason or None, the verified claims)."""
