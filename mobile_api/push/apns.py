@@ -52,6 +52,7 @@ DEVICE_TOKEN = re.compile(r"^[0-9a-fA-F]{64,4096}$")
 MAX_PAYLOAD = 4096  # bytes, for alert notifications
 _APPLE_REASON = re.compile(r"^[A-Za-z]{1,64}$")
 _SNAKE = re.compile(r"(?<!^)(?=[A-Z])")
+_NOT_SENT = SendResult(Outcome.RETRY, Reason.TRANSPORT_ERROR)  # placeholder, always replaced
 # Streams in flight at once on the connection: Apple allows up to 1000, but
 # httpcore re-scans its queue of waiting requests for each one, so a deep queue
 # costs more CPU than it saves in round trips.
@@ -295,13 +296,11 @@ class ApnsTransport:
         self._device_path = base.target.rstrip(b"/") + b"/3/device/"
         self._timeouts = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
         context = _ssl_context(ca_file)
-        self._pool, self._in_flight = self._call(self._make_pool(context), timeout)
+        self._pool = self._call(self._make_pool(context), timeout)
         self._closed = False
 
-    async def _make_pool(
-        self, context: ssl.SSLContext
-    ) -> tuple[httpcore.AsyncConnectionPool, asyncio.Semaphore]:
-        # Built on the transport's loop: the connection and the semaphore belong to it.
+    async def _make_pool(self, context: ssl.SSLContext) -> httpcore.AsyncConnectionPool:
+        # Built on the transport's loop: the connection belongs to it.
         pool = httpcore.AsyncConnectionPool(
             ssl_context=context,
             http1=False,
@@ -309,7 +308,7 @@ class ApnsTransport:
             max_connections=1,
             network_backend=_CoalescingBackend(),
         )
-        return pool, asyncio.Semaphore(IN_FLIGHT)
+        return pool
 
     def _call(self, coroutine: Any, timeout: float) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
@@ -335,13 +334,22 @@ class ApnsTransport:
     async def _send_all(self, messages: Sequence[PushMessage]) -> list[SendResult]:
         token = self._token.current()
         now = time.time()
-        results = await asyncio.gather(*(self._send_one(m, token, now) for m in messages))
+        results: list[SendResult] = [_NOT_SENT] * len(messages)
+        queue = iter(enumerate(messages))
+
+        async def stream_one_by_one() -> None:
+            # IN_FLIGHT of these share the batch: far fewer tasks and no semaphore to
+            # wait on than one task per message.
+            for index, message in queue:
+                results[index] = await self._send_one(message, token, now)
+
+        await asyncio.gather(*(stream_one_by_one() for _ in range(min(IN_FLIGHT, len(messages)))))
         if any(r.error == Reason.UNAUTHENTICATED for r in results):
             self._token.renew(token)
         failed = sum(r.error == Reason.TRANSPORT_ERROR for r in results)
         if failed:
             logger.warning("%s: %s of %s messages not handed over", self, failed, len(results))
-        return list(results)
+        return results
 
     async def _send_one(self, message: PushMessage, token: str, now: float) -> SendResult:
         if not DEVICE_TOKEN.match(message.token):
@@ -354,19 +362,18 @@ class ApnsTransport:
         request_headers["authorization"] = f"bearer {token}"
         request_headers["host"] = self._authority
         try:
-            async with self._in_flight:
-                response = await self._pool.request(
-                    "POST",
-                    httpcore.URL(
-                        scheme=self._scheme,
-                        host=self._host_bytes,
-                        port=self._port,
-                        target=self._device_path + message.token.encode(),
-                    ),
-                    headers=list(request_headers.items()),
-                    content=body,
-                    extensions={"timeout": self._timeouts},
-                )
+            response = await self._pool.request(
+                "POST",
+                httpcore.URL(
+                    scheme=self._scheme,
+                    host=self._host_bytes,
+                    port=self._port,
+                    target=self._device_path + message.token.encode(),
+                ),
+                headers=list(request_headers.items()),
+                content=body,
+                extensions={"timeout": self._timeouts},
+            )
         except (httpcore.NetworkError, httpcore.TimeoutException, httpcore.ProtocolError) as error:
             # A lost connection fails every stream on it: one line per batch (_send_all).
             logger.debug("APNs push to %s: %r", mask_token(message.token), error)
