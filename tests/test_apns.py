@@ -358,6 +358,26 @@ def test_an_unreachable_or_silent_host_is_retried_later(
         assert {(r.outcome, r.error) for r in results} == {(Outcome.RETRY, Reason.TRANSPORT_ERROR)}
 
 
+def test_a_dropped_connection_is_reopened_for_the_next_batch(
+    transports: dict[str, Any], apns: FakeApnsServer
+) -> None:
+    sent = transports["apns"].send([_msg(apns_token()) for _ in range(50)])
+    assert {r.outcome for r in sent} == {Outcome.SENT}
+    apns.drop_connections()
+    started = time.monotonic()
+    during = transports["apns"].send([_msg(apns_token()) for _ in range(50)])
+    # Each stream either went out on a new connection or is retried later; none hangs
+    # until its timeout (5 s) on the dead one.
+    assert {(r.outcome, r.error) for r in during} <= {
+        (Outcome.SENT, None),
+        (Outcome.RETRY, Reason.TRANSPORT_ERROR),
+    }
+    assert time.monotonic() - started < 4
+    after = transports["apns"].send([_msg(apns_token()) for _ in range(50)])
+    assert {r.outcome for r in after} == {Outcome.SENT}
+    assert apns.connections == 2
+
+
 def test_sandbox_tokens_go_to_the_sandbox_host(
     transports: dict[str, Any], apns: FakeApnsServer, apns_sandbox: FakeApnsServer
 ) -> None:

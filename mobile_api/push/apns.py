@@ -52,6 +52,7 @@ DEVICE_TOKEN = re.compile(r"^[0-9a-fA-F]{64,4096}$")
 MAX_PAYLOAD = 4096  # bytes, for alert notifications
 _APPLE_REASON = re.compile(r"^[A-Za-z]{1,64}$")
 _SNAKE = re.compile(r"(?<!^)(?=[A-Z])")
+_NOT_SENT = SendResult(Outcome.RETRY, Reason.TRANSPORT_ERROR)  # placeholder, always replaced
 # Streams in flight at once on the connection: Apple allows up to 1000, but
 # httpcore re-scans its queue of waiting requests for each one, so a deep queue
 # costs more CPU than it saves in round trips.
@@ -176,6 +177,86 @@ def headers(message: PushMessage, topic: str, now: float) -> dict[str, str]:
     return result
 
 
+class _CoalescingStream(httpcore.AsyncNetworkStream):
+    """A network stream whose writes join into one socket write per turn of the loop.
+
+    httpcore writes each stream's HEADERS, DATA and WINDOW_UPDATE frames as soon as
+    h2 makes them: several TLS records and socket writes per message, each of which
+    also wakes the server. Here a write only queues its bytes; one task sends what
+    every stream queued meanwhile as a single write. A failed send fails the next
+    write and the connection's reads, so the streams on it end as they would.
+    """
+
+    def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
+        self._stream = stream
+        self._pending = bytearray()
+        self._flushing: asyncio.Task[None] | None = None
+        self._error: BaseException | None = None
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._stream.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if self._error is not None:
+            raise self._error
+        if not buffer:  # its frames went out with an earlier write
+            return
+        self._pending += buffer
+        if self._flushing is None:
+            self._flushing = asyncio.get_running_loop().create_task(self._flush(timeout))
+
+    async def _flush(self, timeout: float | None) -> None:
+        try:
+            while self._pending:
+                await asyncio.sleep(0)  # let the other ready streams queue their frames
+                data = bytes(self._pending)
+                self._pending.clear()
+                await self._stream.write(data, timeout)
+        except Exception as error:
+            self._error = error
+            await self._stream.aclose()
+        finally:
+            self._flushing = None
+
+    async def aclose(self) -> None:
+        if self._flushing is not None:
+            await asyncio.wait([self._flushing])
+        await self._stream.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        tls = await self._stream.start_tls(ssl_context, server_hostname, timeout)
+        return _CoalescingStream(tls)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _CoalescingBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's own network backend, its streams wrapped in _CoalescingStream."""
+
+    def __init__(self) -> None:
+        self._backend = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.AsyncNetworkStream:
+        stream = await self._backend.connect_tcp(host, port, timeout, local_address, socket_options)
+        return _CoalescingStream(stream)
+
+    async def sleep(self, seconds: float) -> None:
+        await self._backend.sleep(seconds)
+
+
 def _ssl_context(ca_file: str | None) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=ca_file)
     context.set_alpn_protocols(["h2"])
@@ -207,22 +288,27 @@ class ApnsTransport:
             target=self._loop.run_forever, name=f"push-{name}", daemon=True
         )
         self._thread.start()
-        self._host = httpcore.URL(self.endpoint).host.decode()
-        port = httpcore.URL(self.endpoint).port
-        self._authority = f"{self._host}:{port}" if port else self._host
+        base = httpcore.URL(self.endpoint)
+        self._scheme, self._host_bytes, self._port = base.scheme, base.host, base.port
+        self._host = base.host.decode()
+        self._authority = f"{self._host}:{base.port}" if base.port else self._host
+        # Each request's URL is built from these parts, not parsed again from a string.
+        self._device_path = base.target.rstrip(b"/") + b"/3/device/"
         self._timeouts = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
         context = _ssl_context(ca_file)
-        self._pool, self._in_flight = self._call(self._make_pool(context), timeout)
+        self._pool = self._call(self._make_pool(context), timeout)
         self._closed = False
 
-    async def _make_pool(
-        self, context: ssl.SSLContext
-    ) -> tuple[httpcore.AsyncConnectionPool, asyncio.Semaphore]:
-        # Built on the transport's loop: the connection and the semaphore belong to it.
+    async def _make_pool(self, context: ssl.SSLContext) -> httpcore.AsyncConnectionPool:
+        # Built on the transport's loop: the connection belongs to it.
         pool = httpcore.AsyncConnectionPool(
-            ssl_context=context, http1=False, http2=True, max_connections=1
+            ssl_context=context,
+            http1=False,
+            http2=True,
+            max_connections=1,
+            network_backend=_CoalescingBackend(),
         )
-        return pool, asyncio.Semaphore(IN_FLIGHT)
+        return pool
 
     def _call(self, coroutine: Any, timeout: float) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
@@ -248,13 +334,22 @@ class ApnsTransport:
     async def _send_all(self, messages: Sequence[PushMessage]) -> list[SendResult]:
         token = self._token.current()
         now = time.time()
-        results = await asyncio.gather(*(self._send_one(m, token, now) for m in messages))
+        results: list[SendResult] = [_NOT_SENT] * len(messages)
+        queue = iter(enumerate(messages))
+
+        async def stream_one_by_one() -> None:
+            # IN_FLIGHT of these share the batch: far fewer tasks and no semaphore to
+            # wait on than one task per message.
+            for index, message in queue:
+                results[index] = await self._send_one(message, token, now)
+
+        await asyncio.gather(*(stream_one_by_one() for _ in range(min(IN_FLIGHT, len(messages)))))
         if any(r.error == Reason.UNAUTHENTICATED for r in results):
             self._token.renew(token)
         failed = sum(r.error == Reason.TRANSPORT_ERROR for r in results)
         if failed:
             logger.warning("%s: %s of %s messages not handed over", self, failed, len(results))
-        return list(results)
+        return results
 
     async def _send_one(self, message: PushMessage, token: str, now: float) -> SendResult:
         if not DEVICE_TOKEN.match(message.token):
@@ -267,14 +362,18 @@ class ApnsTransport:
         request_headers["authorization"] = f"bearer {token}"
         request_headers["host"] = self._authority
         try:
-            async with self._in_flight:
-                response = await self._pool.request(
-                    "POST",
-                    f"{self.endpoint}/3/device/{message.token}",
-                    headers=list(request_headers.items()),
-                    content=body,
-                    extensions={"timeout": self._timeouts},
-                )
+            response = await self._pool.request(
+                "POST",
+                httpcore.URL(
+                    scheme=self._scheme,
+                    host=self._host_bytes,
+                    port=self._port,
+                    target=self._device_path + message.token.encode(),
+                ),
+                headers=list(request_headers.items()),
+                content=body,
+                extensions={"timeout": self._timeouts},
+            )
         except (httpcore.NetworkError, httpcore.TimeoutException, httpcore.ProtocolError) as error:
             # A lost connection fails every stream on it: one line per batch (_send_all).
             logger.debug("APNs push to %s: %r", mask_token(message.token), error)

@@ -14,7 +14,9 @@ Run standalone for benchmarks: `python -m tests.fakes.apns_server --port 9443 --
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import functools
 import ipaddress
 import itertools
 import json
@@ -34,6 +36,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack.hpack as hpack_module
 import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -91,7 +94,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Finish the TLS handshake here, in the connection's thread, not in accept."""
         self.request.settimeout(30)
         self.request.do_handshake()
-        self.server.fake._count_connection()
+        self.server.fake._count_connection(self.request)
 
     def finish(self) -> None:
         """Nothing to flush: the server closes the socket."""
@@ -212,6 +215,7 @@ class FakeApnsServer(ScriptedAnswers, LoopbackFake):
         # JWTs whose signature verified, with their claims: a client sends one for an hour.
         self._verified: dict[str, dict[str, Any]] = {}
         self._ids = itertools.count(1)
+        self._open: list[ssl.SSLSocket] = []
         if like is not None:  # another host of the same Apple: one key, one CA
             self.key_file, self._public_key = like.key_file, like._public_key
             self.ca_file, self.ssl_context = like.ca_file, like.ssl_context
@@ -251,9 +255,18 @@ class FakeApnsServer(ScriptedAnswers, LoopbackFake):
             self.request_count = 0
             self.connections = 0
 
-    def _count_connection(self) -> None:
+    def _count_connection(self, sock: ssl.SSLSocket) -> None:
         with self._lock:
             self.connections += 1
+            self._open.append(sock)
+
+    def drop_connections(self) -> None:
+        """Cut every open client connection at the TCP level, as a lost network would."""
+        with self._lock:
+            open_sockets, self._open = self._open, []
+        for sock in open_sockets:
+            with contextlib.suppress(OSError):  # already closed by the client
+                sock.shutdown(socket.SHUT_RDWR)
 
     def _check_auth(self, authorization: str | None) -> tuple[str | None, dict[str, Any] | None]:
         """(Apple's refusal reason or None, the verified claims)."""
@@ -434,6 +447,18 @@ def write_tls(directory: Path) -> tuple[Path, ssl.SSLContext]:
     return ca_file, context
 
 
+def _decode_repeated_headers_once() -> None:
+    """Memoize HPACK's Huffman decoding in this process (the standalone bench server only).
+
+    h2 marks `authorization` never-indexed, so the same provider token arrives
+    Huffman-coded on every request and pure-Python decoding of it was the fake's
+    largest cost: on a shared 2-core box the fake's CPU is taken from the dispatcher
+    it measures. Apple's servers are not on the dispatcher's machine. The decoding is a
+    pure function, so answers are unchanged.
+    """
+    hpack_module.decode_huffman = functools.lru_cache(maxsize=1024)(hpack_module.decode_huffman)
+
+
 def main() -> None:
     """Serve in the foreground (for benchmarks against a separate process)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -441,6 +466,7 @@ def main() -> None:
     parser.add_argument("--dir", required=True, help="where the key and CA are written")
     parser.add_argument("--delay", type=float, default=0.0)
     args = parser.parse_args()
+    _decode_repeated_headers_once()
     server = FakeApnsServer(
         args.dir, port=args.port, delay=args.delay, record=False, strict=False
     ).start()
