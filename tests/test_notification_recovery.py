@@ -19,7 +19,7 @@ from werkzeug.test import TestResponse
 
 from mobile_api.extensions import db
 from mobile_api.push import PushMessage
-from mobile_api.services import dispatch
+from mobile_api.services import dispatch, notify_dispatch
 from models import DeliveryStatus, NotificationDelivery
 from tests.campaign_fixtures import (
     Made,
@@ -114,6 +114,20 @@ def test_a_killed_dispatchers_notification_is_handed_over_again_with_the_same_ta
     assert (counts["sent"], counts["failed"], counts["pending"]) == (3, 0, 0)
 
 
+def _warmed_up(app: Flask, fcm: FakeFcmServer) -> Flask:
+    """The app with its notification transport built and its access token fetched.
+
+    So what a test times (an outage, the send rate) starts with the notification's
+    first request, not while firebase-admin is still starting.
+    """
+    with app.app_context():
+        dispatch.transport(app, notify_dispatch.LANE).send(
+            [PushMessage(token="warm-up", title="t", body="b")]
+        )
+    fcm.reset()
+    return app
+
+
 def _outage_settings(fcm_settings: dict[str, Any]) -> dict[str, Any]:
     # The defaults scaled by a fiftieth; PUSH_MAX_ATTEMPTS left unset (no count limit).
     return {
@@ -141,13 +155,8 @@ def test_an_fcm_outage_delays_a_notification_but_loses_nothing(
     kind: str,
 ) -> None:
     tokens = {device(promotional=False, account_id="acct-1").push_token for _ in range(4)}
-    sender = app_factory(**_outage_settings(fcm_settings))
+    sender = _warmed_up(app_factory(**_outage_settings(fcm_settings)), fcm)
     assert sender.config["PUSH_MAX_ATTEMPTS"] == 0  # retries bounded by time alone
-    with sender.app_context():
-        dispatch.transport(sender, "notifications").send(
-            [PushMessage(token="warm-up", title="t", body="b")]
-        )
-    fcm.reset()
     response = post_notification(notify, notification_body())
     notification_id = response.get_json()["id"]
     started = fcm.clock()
@@ -201,10 +210,13 @@ def test_the_send_rate_holds_for_notifications(
 ) -> None:
     """FCM_MAX_MESSAGES_PER_SECOND is the deployment's: notifications wait for slots too."""
     tokens = {device(promotional=False, account_id="acct-1").push_token for _ in range(20)}
-    sender = app_factory(
-        **fcm_settings,
-        FCM_MAX_MESSAGES_PER_SECOND=25,
-        FCM_LIMITER_FILE=str(tmp_path / "fcm-slot"),
+    sender = _warmed_up(
+        app_factory(
+            **fcm_settings,
+            FCM_MAX_MESSAGES_PER_SECOND=25,
+            FCM_LIMITER_FILE=str(tmp_path / "fcm-slot"),
+        ),
+        fcm,
     )
     post_notification(notify, notification_body())
     begun = time.monotonic()
