@@ -240,9 +240,9 @@ def dispatch_chunk(self: Task, campaign_id: str, first_id: int, last_id: int | N
 def send_notifications(self: Task) -> None:
     """Send every notification delivery due now; come back when a retry is due."""
     settings = _settings()
-    notify_dispatch.resolve_interrupted(db.session, settings)
+    notify_dispatch.release_lapsed_claims(db.session, settings)
     push = dispatch.transport(current_app, notify_dispatch.LANE)
-    notify_dispatch.drain(db.session, push, settings)
+    notify_dispatch.drain(db.session, push, settings, dispatch.send_limiter(current_app))
     # Back-offs are capped by PUSH_RETRY_MAX_SECONDS: minutes, never hours.
     _come_back(self, (), notify_dispatch.next_due(db.session))
 
@@ -255,6 +255,7 @@ def sweep() -> None:
     any of its chunks progresses; one that is gets at most one recovery at a time.
     """
     dispatch.release_lapsed_claims(db.session, _settings())
+    notify_dispatch.release_lapsed_claims(db.session, _settings())
     if notify_dispatch.has_due(db.session):
         send_notifications.delay()  # its wake-up may have been lost with the broker
     stall = _stall()

@@ -45,8 +45,9 @@ class Worker:
         with self.app.app_context():
             try:
                 push = dispatch.transport(self.app, notify_dispatch.LANE)
-                notify_dispatch.resolve_interrupted(db.session, self.settings)
-                return notify_dispatch.drain(db.session, push, self.settings)
+                notify_dispatch.release_lapsed_claims(db.session, self.settings)
+                limiter = dispatch.send_limiter(self.app)
+                return notify_dispatch.drain(db.session, push, self.settings, limiter)
             except Exception:
                 # As for campaigns: a database hiccup is retried on the next poll.
                 log.exception("notification pass failed")
@@ -93,7 +94,8 @@ class Worker:
                     db.session.rollback()
             self.schedule.run_due()
             remaining = len(dispatch.active_campaign_ids(db.session))
-            remaining += notify_dispatch.next_due(db.session) is not None
+            # Being handed over counts too: a hand-off that fails comes back pending.
+            remaining += notify_dispatch.unfinished(db.session)
             self._next_at = plan.next_at
             db.session.remove()
         return chunks, remaining

@@ -2,15 +2,19 @@
 
 Notifications never wait behind a campaign: their deliveries live in their own table,
 the embedded dispatcher works them in a thread of their own and Celery in a queue of
-its own. The bookkeeping is the campaigns' (see services/dispatch.py): a claim commits
-before the hand-off, so no row is handed over twice, and each device's deliverability
-and consent to the category are read in the query that claims it.
+its own. The bookkeeping is the campaigns' own code (services/dispatch/ledger.py): a
+claim commits before the hand-off under a lease renewed while it works, answers are
+recorded fenced by the claim, retryable ones are retried until the retry window (or
+the notification's TTL, if shorter) from its creation has passed, the deployment's
+send rate is shared with campaigns, and a dead dispatcher's claims are released and
+handed over again with the same collapse identity. Each device's deliverability and
+consent to the category are read in the query that claims it, at every hand-off.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -32,6 +36,7 @@ from models.base import UTCDateTime
 log = logging.getLogger(__name__)
 
 LANE = "notifications"  # its push transport is its own (see dispatch.transport)
+TABLE = cast(sa.Table, NotificationDelivery.__table__)
 
 _due = sa.and_(
     NotificationDelivery.status == DeliveryStatus.PENDING,
@@ -50,6 +55,19 @@ def next_due(session: Db) -> datetime | None:
     return value
 
 
+def unfinished(session: Db) -> bool:
+    """Whether a delivery is still pending or being handed over; reads only."""
+    found = session.scalar(
+        sa.select(
+            sa.select(NotificationDelivery.id)
+            .where(NotificationDelivery.status.in_(dispatch.UNFINISHED))
+            .exists()
+        )
+    )
+    session.commit()
+    return bool(found)
+
+
 def has_due(session: Db) -> bool:
     """Whether a delivery is due now; reads only, so an idle poll takes no write lock."""
     found = session.scalar(
@@ -57,6 +75,15 @@ def has_due(session: Db) -> bool:
     )
     session.commit()
     return bool(found)
+
+
+def collapse_id(row: Any) -> str:
+    """The notification's identity on a device, the same at every hand-off of it.
+
+    Its collapse key when it has one (a newer notification with the same key
+    replaces an older one), else its id.
+    """
+    return str(row.collapse_key or row.notification_id)
 
 
 def _message(row: Any, category: Category) -> PushMessage:
@@ -68,6 +95,7 @@ def _message(row: Any, category: Category) -> PushMessage:
         data["link"] = row.link  # apps that read only data find it too
     return PushMessage(
         token=row.push_token,
+        provider=row.push_provider,
         title=text["title"] if text else row.title,
         body=text["body"] if text else row.body,
         data=data,
@@ -77,6 +105,7 @@ def _message(row: Any, category: Category) -> PushMessage:
         android_channel_id=category.android_channel_id,
         ios_interruption_level=category.ios_interruption_level,
         image_url=row.image_url,
+        collapse_id=collapse_id(row),
     )
 
 
@@ -93,7 +122,10 @@ def _claimable(session: Db, category: Category, now: datetime, limit: int) -> li
             NotificationDelivery.id,
             NotificationDelivery.device_id,
             NotificationDelivery.attempts,
+            NotificationDelivery.notification_id,
+            Notification.created_at,
             Device.push_token,
+            Device.push_provider,
             Device.locale,
             Notification.title,
             Notification.body,
@@ -119,7 +151,12 @@ def _claimable(session: Db, category: Category, now: datetime, limit: int) -> li
     return list(session.execute(stmt, {"now": now}).all())
 
 
-def send_due(session: Db, push: PushTransport, settings: dispatch.Settings) -> int:
+def send_due(
+    session: Db,
+    push: PushTransport,
+    settings: dispatch.Settings,
+    limiter: dispatch.SendLimiter | None = None,
+) -> int:
     """Claim up to a chunk of due deliveries, hand them over, record; rows claimed."""
     if not has_due(session):
         return 0
@@ -157,43 +194,51 @@ def send_due(session: Db, push: PushTransport, settings: dispatch.Settings) -> i
     if not rows:
         session.commit()
         return 0
-    table = cast(sa.Table, NotificationDelivery.__table__)
     to_send = [row for row in rows if row.reason is None]
-    ledger.claim(session, table, to_send, ledger.refused(rows), now)
+    ledger.claim(session, TABLE, to_send, ledger.refused(rows), now)
     session.commit()  # the claim: from here on no other dispatcher takes these rows
 
-    results = ledger.hand_over(push, messages)
-    ledger.write(session, table, ledger.outcomes(to_send, results, settings, utcnow()))
+    with ledger.leased(session, TABLE, to_send, settings.claim_lease_seconds):
+        results = ledger.hand_off(session, TABLE, push, to_send, messages, limiter)
+    decided = ledger.decide(to_send, results, settings, lambda row: _deadline(row, settings))
+    ledger.write(session, TABLE, decided)
     session.commit()
     return len(rows)
 
 
-def resolve_interrupted(session: Db, settings: dispatch.Settings) -> int:
-    """Rows claimed longer than the lease ago belong to a dead dispatcher: failed, never re-sent."""
-    cutoff = utcnow() - timedelta(seconds=settings.claim_lease_seconds)
-    lapsed = (
-        NotificationDelivery.claimed_at < cutoff,
-        NotificationDelivery.status == DeliveryStatus.SENDING,
-    )
-    if not session.scalar(sa.select(sa.select(NotificationDelivery.id).where(*lapsed).exists())):
-        session.commit()
+def _deadline(row: Any, settings: dispatch.Settings) -> datetime:
+    """Until when a notification is retried: from its creation, the window or its TTL."""
+    return ledger.retry_deadline(row.created_at, row.ttl_seconds, settings)
+
+
+def release_lapsed_claims(session: Db, settings: dispatch.Settings) -> int:
+    """Give the rows of dead dispatchers (lease lapsed) back to be sent; how many.
+
+    As for campaigns (dispatch.release_lapsed_claims): pending again, due now, so
+    consent is read again at the next hand-off, which carries the same collapse
+    identity as the first; the row is counted by the outcome of its last hand-off.
+    """
+    now = utcnow()
+    lapsed = ledger.lapsed(TABLE, settings, now)
+    if not ledger.any_lapsed(session, TABLE, lapsed):
         return 0
-    result = session.execute(
-        sa.update(NotificationDelivery)
-        .where(*lapsed)
-        .values(status=DeliveryStatus.FAILED, reason=dispatch.INTERRUPTED, claimed_at=None)
-        .execution_options(synchronize_session=False)
-    )
+    count = len(ledger.release(session, TABLE, lapsed, now))
     session.commit()
-    count = int(result.rowcount)  # type: ignore[attr-defined]
     if count:
-        log.warning("%s notification deliveries were interrupted mid-hand-off; not re-sent", count)
+        log.warning(
+            "claims of a dead dispatcher lapsed: %s notification deliveries to send again", count
+        )
     return count
 
 
-def drain(session: Db, push: PushTransport, settings: dispatch.Settings) -> int:
+def drain(
+    session: Db,
+    push: PushTransport,
+    settings: dispatch.Settings,
+    limiter: dispatch.SendLimiter | None = None,
+) -> int:
     """Send everything due now, chunk after chunk; rows claimed."""
     total = 0
-    while claimed := send_due(session, push, settings):
+    while claimed := send_due(session, push, settings, limiter):
         total += claimed
     return total

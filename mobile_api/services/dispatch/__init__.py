@@ -16,9 +16,10 @@ By job:
 Callers import from here; the modules are how the code is organised, not an API.
 """
 
-from .core import INTERRUPTED, Settings, lock_campaign, transport
+from .core import INTERRUPTED, UNFINISHED, Settings, lock_campaign, transport
 from .enumerate import Batch, enumerate_batch
 from .handoff import SendLimiter, send_limiter
+from .ledger import backoff_seconds
 from .recovery import (
     hold_recovery,
     note_progress,
@@ -30,7 +31,6 @@ from .recovery import (
 from .schedule import Agenda, active_campaign_ids, agenda, due_at, has_work, next_due
 from .send import (
     ChunkResult,
-    backoff_seconds,
     collapse_id,
     finish_if_done,
     process_chunk,
@@ -40,6 +40,7 @@ from .send import (
 
 __all__ = [
     "INTERRUPTED",
+    "UNFINISHED",
     "Agenda",
     "Batch",
     "ChunkResult",

@@ -14,7 +14,7 @@ from mobile_api import push as push_seam
 from mobile_api.push import PushTransport
 from mobile_api.services import Db, is_postgresql
 from mobile_api.services.messaging import Cap, QuietHours, parse_caps
-from models import Campaign, Delivery, DeliveryStatus
+from models import Campaign, DeliveryStatus
 
 log = logging.getLogger("mobile_api.services.dispatch")
 
@@ -80,13 +80,3 @@ def lock_campaign(session: Db, campaign_id: str, *, exclusive: bool) -> Campaign
             .execution_options(synchronize_session=False)
         )
     return session.scalars(stmt.execution_options(populate_existing=True)).first()
-
-
-def set_deliveries(session: Db, ids: list[int], **values: Any) -> None:
-    """Set the same values on the delivery rows of `ids`."""
-    session.execute(
-        sa.update(Delivery)
-        .where(Delivery.id.in_(ids))
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )

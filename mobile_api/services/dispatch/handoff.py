@@ -23,7 +23,7 @@ from flask import Flask
 from mobile_api.geo.errors import ProviderUnavailable
 from mobile_api.geo.limiter import make_limiter
 from mobile_api.push import MAX_BATCH
-from models import Delivery, DeliveryStatus, utcnow
+from models import DeliveryStatus, utcnow
 
 log = logging.getLogger("mobile_api.services.dispatch")
 
@@ -82,12 +82,16 @@ def send_limiter(app: Flask) -> SendLimiter | None:
 class LeaseKeeper:
     """Renews the claim of rows being handed over, every third of the lease, from a thread.
 
+    `table`: the delivery rows' table (campaign or notification deliveries).
     `fence` maps each row id to the attempts value its claim set: a row another
     dispatcher has taken over since (its lease lapsed) is left alone.
     """
 
-    def __init__(self, engine: sa.Engine, fence: dict[int, int], lease_seconds: float) -> None:
+    def __init__(
+        self, engine: sa.Engine, table: sa.Table, fence: dict[int, int], lease_seconds: float
+    ) -> None:
         self._engine = engine
+        self._table = table
         self._groups: dict[int, list[int]] = defaultdict(list)
         for row_id, attempts in fence.items():
             self._groups[attempts].append(row_id)
@@ -123,14 +127,15 @@ class LeaseKeeper:
     def renew(self) -> None:
         """Push the lease of the rows still ours forward to now."""
         now = utcnow()
+        table = self._table
         with self._engine.begin() as conn:
             for attempts, ids in self._groups.items():
                 conn.execute(
-                    sa.update(Delivery)
+                    sa.update(table)
                     .where(
-                        Delivery.id.in_(ids),
-                        Delivery.status == DeliveryStatus.SENDING,
-                        Delivery.attempts == attempts,
+                        table.c.id.in_(ids),
+                        table.c.status == DeliveryStatus.SENDING,
+                        table.c.attempts == attempts,
                     )
                     .values(claimed_at=now)
                 )

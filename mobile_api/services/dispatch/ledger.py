@@ -1,16 +1,24 @@
-"""Claim, hand over, record: the bookkeeping every kind of delivery row shares.
+"""Claim, hand over, record, release: the bookkeeping every kind of delivery row shares.
 
 Campaign deliveries (send.py) and notification deliveries (services/notify_dispatch.py)
 live in tables of the same shape (id, device_id, status, reason, attempts,
-next_attempt_at, claimed_at, updated_at); these functions take the table and do the
-same to either, so there is one claim and one record of FCM's answers.
+next_attempt_at, claimed_at, updated_at; campaigns also keep `handed_at`); these
+functions take the table and do the same to either, so both lanes have one claim,
+one fenced record of FCM's answers, one time-bounded retry rule and one release of
+a dead dispatcher's claims.
+
+Fencing: a claim increments `attempts`, and every later write of the claimer (its
+answers, its lease renewals) names that value. A row whose lease lapsed and that
+another dispatcher claimed again carries a higher one, so a late answer from the
+first is ignored and the row is counted once, by the outcome of its last hand-off.
 """
 
 from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -19,10 +27,11 @@ import sqlalchemy as sa
 
 from mobile_api.push import Outcome, PushMessage, PushTransport, SendResult
 from mobile_api.services import Db
-from models import DeliveryStatus, Device
+from models import DeliveryStatus, Device, utcnow
 from models.base import UTCDateTime
 
 from .core import Settings
+from .handoff import LeaseKeeper, SendLimiter
 
 
 def backoff_seconds(
@@ -36,8 +45,22 @@ def backoff_seconds(
 _rng = random.Random()  # noqa: S311 - jitter, not a secret
 
 
-def _set(session: Db, table: sa.Table, ids: list[int], **values: Any) -> None:
-    session.execute(sa.update(table).where(table.c.id.in_(ids)).values(**values))
+def retry_deadline(origin: datetime, ttl_seconds: int | None, settings: Settings) -> datetime:
+    """Until when a message is retried: `origin` plus the retry window, or its TTL if shorter."""
+    window = settings.retry_window_seconds
+    if ttl_seconds is not None:
+        window = min(window, float(ttl_seconds))
+    return origin + timedelta(seconds=window)
+
+
+def set_rows(session: Db, table: sa.Table, ids: list[int], **values: Any) -> None:
+    """Set the same values on the rows of `ids`."""
+    session.execute(
+        sa.update(table)
+        .where(table.c.id.in_(ids))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def refused(
@@ -68,12 +91,12 @@ def claim(
 
     `sending`: more columns to set on the rows handed over. The caller selected the
     rows in this transaction and commits it: the claim. From that commit on no other
-    dispatcher takes these rows.
+    dispatcher takes these rows until the claim's lease lapses.
     """
     for why, ids in suppressed.items():
-        _set(session, table, ids, status=DeliveryStatus.SUPPRESSED, reason=why, updated_at=now)
+        set_rows(session, table, ids, status=DeliveryStatus.SUPPRESSED, reason=why, updated_at=now)
     if to_send:
-        _set(
+        set_rows(
             session,
             table,
             [row.id for row in to_send],
@@ -85,11 +108,45 @@ def claim(
         )
 
 
-def hand_over(push: PushTransport, messages: Sequence[PushMessage]) -> list[SendResult]:
-    """Send in batches the transport accepts; one result per message, in order."""
-    results: list[SendResult] = []
-    for start in range(0, len(messages), push.max_batch):
-        results += push.send(messages[start : start + push.max_batch])
+@contextmanager
+def leased(
+    session: Db, table: sa.Table, to_send: Sequence[Any], lease_seconds: float
+) -> Iterator[None]:
+    """Keep the claim of `to_send` (as claimed: attempts + 1) alive while the block runs."""
+    bind = session.get_bind()
+    engine = bind if isinstance(bind, sa.Engine) else bind.engine
+    fence = {row.id: row.attempts + 1 for row in to_send}
+    with LeaseKeeper(engine, table, fence, lease_seconds):
+        yield
+
+
+def hand_off(
+    session: Db,
+    table: sa.Table,
+    push: PushTransport,
+    rows: Sequence[Any],
+    messages: Sequence[PushMessage],
+    limiter: SendLimiter | None,
+) -> list[SendResult | None]:
+    """Hand the messages over, slice by slice; None for those never handed over.
+
+    With a send rate, each slice waits for its slot; where the table keeps
+    `handed_at`, the slice is marked just before it goes, so rows still waiting
+    when the dispatcher dies are known never to have left.
+    """
+    results: list[SendResult | None] = []
+    step = push.max_batch if limiter is None else min(push.max_batch, limiter.slice_size)
+    for start in range(0, len(messages), step):
+        batch = messages[start : start + step]
+        if limiter is not None:
+            if not limiter.acquire():
+                results += [None] * (len(messages) - start)
+                break
+            if "handed_at" in table.c:
+                ids = [row.id for row in rows[start : start + step]]
+                set_rows(session, table, ids, handed_at=utcnow())
+                session.commit()
+        results += push.send(batch)
     return results
 
 
@@ -98,32 +155,60 @@ class Outcomes:
     """What FCM's answers make of the claimed rows."""
 
     now: datetime
-    sent: list[int] = field(default_factory=list)
-    updates: list[dict[str, Any]] = field(default_factory=list)  # failed or retrying
+    sent: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))  # by claim
+    updates: list[dict[str, Any]] = field(default_factory=list)  # failed, retrying, not handed
     pruned: list[dict[str, Any]] = field(default_factory=list)  # dead tokens
-    failed: int = 0
-    retrying: int = 0
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"sent": 0, "failed": 0, "retrying": 0, "not_handed": 0}
+    )
 
 
-def outcomes(
-    rows: Sequence[Any], results: Sequence[SendResult], settings: Settings, now: datetime
+def decide(
+    rows: Sequence[Any],
+    results: Sequence[SendResult | None],
+    settings: Settings,
+    deadline: Callable[[Any], datetime],
 ) -> Outcomes:
-    """Sort the answers: sent, failed (dead tokens to prune), or pending again after a back-off."""
+    """Sort the answers: sent, failed (dead tokens to prune), or pending again.
+
+    A retryable answer makes the row pending again after a back-off (at least the
+    server's Retry-After) until its `deadline` (per row): retries are bounded by
+    time, and by PUSH_MAX_ATTEMPTS only when that is set (> 0). A row never handed
+    over (no send slot) is pending again at once, not counted an attempt.
+    """
+    now = utcnow()
     decided = Outcomes(now)
+    counts = decided.counts
     # send() keeps the order of messages, so result i belongs to row i.
     for row, result in zip(rows, results, strict=True):
         attempts = row.attempts + 1
-        if result.outcome == Outcome.SENT:
-            decided.sent.append(row.id)  # all alike: one UPDATE … WHERE id IN (…)
+        if result is not None and result.outcome == Outcome.SENT:
+            decided.sent[attempts].append(row.id)  # alike: one UPDATE … WHERE id IN (…) each
+            counts["sent"] += 1
             continue
-        update = {"b_id": row.id, "b_reason": result.error, "b_next": now, "b_now": now}
-        if result.outcome == Outcome.RETRY and attempts < settings.max_attempts:
+        update = {
+            "b_id": row.id,
+            "b_claim": attempts,
+            "b_attempts": attempts,
+            "b_next": now,
+            "b_now": now,
+        }
+        until = deadline(row)
+        if result is None:
+            update.update(b_status=DeliveryStatus.PENDING, b_reason=None, b_attempts=row.attempts)
+            counts["not_handed"] += 1
+        elif (
+            result.outcome == Outcome.RETRY
+            and now < until
+            and (settings.max_attempts <= 0 or attempts < settings.max_attempts)
+        ):
             delay = backoff_seconds(attempts, result.retry_after, settings, _rng)
-            update.update(b_status=DeliveryStatus.PENDING, b_next=now + timedelta(seconds=delay))
-            decided.retrying += 1
+            retry_at = min(now + timedelta(seconds=delay), until)
+            update.update(b_status=DeliveryStatus.PENDING, b_reason=result.error, b_next=retry_at)
+            counts["retrying"] += 1
         else:
             update.update(b_status=DeliveryStatus.FAILED, b_reason=result.error or "unknown")
-            decided.failed += 1
+            counts["failed"] += 1
             if result.outcome == Outcome.INVALID_TOKEN:
                 decided.pruned.append(
                     {"b_device": row.device_id, "b_token": row.push_token, "b_now": now}
@@ -133,12 +218,20 @@ def outcomes(
 
 
 def write(session: Db, table: sa.Table, decided: Outcomes) -> None:
-    """Write the outcomes into `table` (rows still `sending` only); the caller commits."""
+    """Write the outcomes into `table`, rows still held by this claim only; the caller commits.
+
+    Held: status `sending` and the attempts value the claim set. A row whose lease
+    lapsed meanwhile belongs to whoever took it over.
+    """
     now = decided.now
-    if decided.sent:
+    for attempts, ids in decided.sent.items():
         session.execute(
             sa.update(table)
-            .where(table.c.id.in_(decided.sent), table.c.status == DeliveryStatus.SENDING)
+            .where(
+                table.c.id.in_(ids),
+                table.c.status == DeliveryStatus.SENDING,
+                table.c.attempts == attempts,
+            )
             .values(
                 status=DeliveryStatus.SENT,
                 reason=None,
@@ -153,10 +246,12 @@ def write(session: Db, table: sa.Table, decided: Outcomes) -> None:
             .where(
                 table.c.id == sa.bindparam("b_id"),
                 table.c.status == DeliveryStatus.SENDING,
+                table.c.attempts == sa.bindparam("b_claim"),
             )
             .values(
                 status=sa.bindparam("b_status"),
                 reason=sa.bindparam("b_reason"),
+                attempts=sa.bindparam("b_attempts"),
                 next_attempt_at=sa.bindparam("b_next", type_=UTCDateTime()),
                 updated_at=sa.bindparam("b_now", type_=UTCDateTime()),
                 claimed_at=None,
@@ -176,3 +271,40 @@ def write(session: Db, table: sa.Table, decided: Outcomes) -> None:
             .values(push_token_invalid_at=sa.bindparam("b_now", type_=UTCDateTime())),
             decided.pruned,
         )
+
+
+def lapsed(table: sa.Table, settings: Settings, now: datetime) -> list[sa.ColumnElement[bool]]:
+    """Where a dead dispatcher's claim is: rows `sending` whose lease has lapsed."""
+    return [
+        table.c.status == DeliveryStatus.SENDING,
+        table.c.claimed_at < now - timedelta(seconds=settings.claim_lease_seconds),
+    ]
+
+
+def any_lapsed(session: Db, table: sa.Table, where: Sequence[sa.ColumnElement[bool]]) -> bool:
+    """Whether a row matches; reads only, so an idle poll takes no SQLite write lock."""
+    found = session.scalar(sa.select(sa.select(table.c.id).where(*where).exists()))
+    if not found:
+        session.commit()
+    return bool(found)
+
+
+def release(
+    session: Db,
+    table: sa.Table,
+    where: Sequence[sa.ColumnElement[bool]],
+    now: datetime,
+    *returning: sa.ColumnElement[Any],
+) -> Sequence[sa.Row[Any]]:
+    """Give the rows matching `where` back to be sent, due now; the caller commits.
+
+    Pending again, the next claim reads consent and deliverability again, and the
+    message it makes carries the same collapse identity as the first hand-off.
+    """
+    return session.execute(
+        sa.update(table)
+        .where(*where)
+        .values(status=DeliveryStatus.PENDING, next_attempt_at=now, claimed_at=None, updated_at=now)
+        .returning(table.c.id, *returning)
+        .execution_options(synchronize_session=False)
+    ).all()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import cast
 
 import sqlalchemy as sa
 
 from mobile_api.services import Db, campaigns
 from models import Campaign, CampaignStatus, Delivery, DeliveryStatus, utcnow
 
+from . import ledger
 from .core import INTERRUPTED, Settings, log
 
 
@@ -36,19 +38,15 @@ def release_lapsed_claims(
     them is unknown).
     """
     now = utcnow()
-    lapsed = [
-        Delivery.status == DeliveryStatus.SENDING,
-        Delivery.claimed_at < now - timedelta(seconds=settings.claim_lease_seconds),
-    ]
+    table = cast(sa.Table, Delivery.__table__)
+    lapsed = ledger.lapsed(table, settings, now)
     if campaign_id is not None:
         lapsed.append(Delivery.campaign_id == campaign_id)
     if first_id is not None:
         lapsed.append(Delivery.id >= first_id)
     if last_id is not None:
         lapsed.append(Delivery.id <= last_id)
-    # Look before writing: an idle poll must not take SQLite's single write lock.
-    if not session.scalar(sa.select(sa.select(Delivery.id).where(*lapsed).exists())):
-        session.commit()
+    if not ledger.any_lapsed(session, table, lapsed):
         return 0
     cancelled = Delivery.campaign_id.in_(
         sa.select(Campaign.id).where(Campaign.status == CampaignStatus.CANCELLED)
@@ -68,13 +66,7 @@ def release_lapsed_claims(
         .returning(Delivery.campaign_id)
         .execution_options(synchronize_session=False)
     ).all()
-    released = session.execute(
-        sa.update(Delivery)
-        .where(*lapsed)
-        .values(status=DeliveryStatus.PENDING, next_attempt_at=now, claimed_at=None, updated_at=now)
-        .returning(Delivery.handed_at)
-        .execution_options(synchronize_session=False)
-    ).all()
+    released = ledger.release(session, table, lapsed, now, table.c.handed_at)
     session.commit()
     # A cancelled campaign may have been waiting on these. After the commit, not
     # in it: holding these rows while waiting for a campaign row that a recording

@@ -13,15 +13,13 @@
 
 from __future__ import annotations
 
-import random
-from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, cast
 
 import sqlalchemy as sa
 
-from mobile_api.push import Outcome, PushMessage, PushTransport, SendResult
+from mobile_api.push import PushMessage, PushTransport, SendResult
 from mobile_api.services import Db, campaigns, categories, is_postgresql
 from mobile_api.services import audience as aud
 from mobile_api.services import messaging as rules
@@ -36,10 +34,10 @@ from models import (
 )
 from models.base import UTCDateTime
 
-from . import breaker, gates
-from .core import UNFINISHED, Settings, lock_campaign, log, set_deliveries
+from . import breaker, gates, ledger
+from .core import UNFINISHED, Settings, lock_campaign, log
 from .enumerate import enumerate_batch
-from .handoff import LeaseKeeper, SendLimiter
+from .handoff import SendLimiter
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,14 +104,6 @@ def _start_sending(session: Db, campaign_id: str, now: datetime) -> None:
     session.commit()
 
 
-def backoff_seconds(
-    attempts: int, retry_after: float | None, settings: Settings, rng: random.Random
-) -> float:
-    """Exponential back-off with full jitter, never sooner than the server's Retry-After."""
-    ceiling = min(settings.retry_max_seconds, settings.retry_base_seconds * 2 ** (attempts - 1))
-    return max(rng.uniform(ceiling / 2, ceiling), retry_after or 0.0)
-
-
 def retry_deadline(
     campaign: Campaign, settings: Settings, now: datetime, due: datetime | None = None
 ) -> datetime:
@@ -124,16 +114,10 @@ def retry_deadline(
     retryable is failed with the last reason. (Promotions have a TTL by default in
     v1.1, so the window must bound them too.)
     """
-    window = settings.retry_window_seconds
-    if campaign.ttl_seconds is not None:
-        window = min(window, float(campaign.ttl_seconds))
     origin = campaign.started_at or now
     if due is not None:
         origin = max(origin, due)
-    return origin + timedelta(seconds=window)
-
-
-_rng = random.Random()  # noqa: S311 - jitter, not a secret
+    return ledger.retry_deadline(origin, campaign.ttl_seconds, settings)
 
 
 def process_chunk(
@@ -209,28 +193,20 @@ def process_chunk(
         session, campaign, [row for row in rows if row.reason is None], settings, now
     )
     to_send = verdicts.send
-    by_reason: dict[str, list[int]] = defaultdict(list, verdicts.suppressed)
-    for row in rows:
-        if row.reason is not None:
-            by_reason[row.reason].append(row.id)
-    for why, ids in by_reason.items():
-        set_deliveries(session, ids, status=DeliveryStatus.SUPPRESSED, reason=why, updated_at=now)
     if verdicts.deferred:
         _defer(session, verdicts.deferred, now)
-    if to_send:
-        # Without a send rate to wait for, the hand-off follows at once: the claim
-        # marks the rows handed (in flight) in the same transaction. With one, each
-        # slice is marked just before it goes, so rows still waiting when the
-        # dispatcher dies are known never to have left.
-        set_deliveries(
-            session,
-            [row.id for row in to_send],
-            status=DeliveryStatus.SENDING,
-            claimed_at=now,
-            handed_at=now if limiter is None else None,
-            attempts=Delivery.attempts + 1,
-            updated_at=now,
-        )
+    # Without a send rate to wait for, the hand-off follows at once: the claim
+    # marks the rows handed (in flight) in the same transaction. With one, each
+    # slice is marked just before it goes (ledger.hand_off).
+    table = cast(sa.Table, Delivery.__table__)
+    ledger.claim(
+        session,
+        table,
+        to_send,
+        ledger.refused(rows, verdicts.suppressed),
+        now,
+        handed_at=now if limiter is None else None,
+    )
     # Each message names its device's provider: the router hands it to that transport.
     messages = [_message(campaign, category, row, now) for row in to_send]
     waves = [row.due_at for row in to_send if row.due_at is not None]
@@ -238,11 +214,8 @@ def process_chunk(
     trips = campaign.breaker_trips
     session.commit()  # the claim: from here on no other dispatcher takes these rows
 
-    fence = {row.id: row.attempts + 1 for row in to_send}
-    bind = session.get_bind()
-    engine = bind if isinstance(bind, sa.Engine) else bind.engine
-    with LeaseKeeper(engine, fence, settings.claim_lease_seconds):
-        results = _hand_off(session, push, to_send, messages, limiter)
+    with ledger.leased(session, table, to_send, settings.claim_lease_seconds):
+        results = ledger.hand_off(session, table, push, to_send, messages, limiter)
     _record(session, campaign_id, to_send, results, settings, deadline)
     breaker.update(session, campaign_id, trips, results, settings)
     return ChunkResult(claimed=len(rows), last_id=rows[-1].id)
@@ -263,29 +236,6 @@ def _defer(session: Db, deferred: list[tuple[int, datetime]], now: datetime) -> 
     )
 
 
-def _hand_off(
-    session: Db,
-    push: PushTransport,
-    rows: list[Any],
-    messages: list[PushMessage],
-    limiter: SendLimiter | None,
-) -> list[SendResult | None]:
-    """Hand the messages over, slice by slice; None for those never handed over."""
-    results: list[SendResult | None] = []
-    step = push.max_batch if limiter is None else min(push.max_batch, limiter.slice_size)
-    for start in range(0, len(messages), step):
-        batch = messages[start : start + step]
-        if limiter is not None:
-            if not limiter.acquire():
-                results += [None] * (len(messages) - start)
-                break
-            ids = [row.id for row in rows[start : start + step]]
-            set_deliveries(session, ids, handed_at=utcnow())
-            session.commit()
-        results += push.send(batch)
-    return results
-
-
 def _record(
     session: Db,
     campaign_id: str,
@@ -300,96 +250,13 @@ def _record(
     attempts value the claim set): a row whose lease lapsed meanwhile belongs to
     whoever took it over, and is counted by the outcome of its last hand-off.
     """
-    now = utcnow()
-    sent: dict[int, list[int]] = defaultdict(list)
-    updates: list[dict[str, Any]] = []
-    pruned: list[dict[str, Any]] = []
-    counts = {"sent": 0, "failed": 0, "retrying": 0, "not_handed": 0}
-    # send() keeps the order of messages, so result i belongs to row i.
-    for row, result in zip(rows, results, strict=True):
-        attempts = row.attempts + 1
-        if result is not None and result.outcome == Outcome.SENT:
-            sent[attempts].append(row.id)  # alike: one UPDATE … WHERE id IN (…) each
-            counts["sent"] += 1
-            continue
-        update = {
-            "b_id": row.id,
-            "b_claim": attempts,
-            "b_attempts": attempts,
-            "b_next": now,
-            "b_now": now,
-        }
-        if result is None:
-            # Never handed over (no send slot): simply sent again, not an attempt.
-            update.update(b_status=DeliveryStatus.PENDING, b_reason=None, b_attempts=row.attempts)
-            counts["not_handed"] += 1
-        elif (
-            result.outcome == Outcome.RETRY
-            and now < deadline
-            and (settings.max_attempts <= 0 or attempts < settings.max_attempts)
-        ):
-            delay = backoff_seconds(attempts, result.retry_after, settings, _rng)
-            retry_at = min(now + timedelta(seconds=delay), deadline)
-            update.update(b_status=DeliveryStatus.PENDING, b_reason=result.error, b_next=retry_at)
-            counts["retrying"] += 1
-        else:
-            update.update(b_status=DeliveryStatus.FAILED, b_reason=result.error or "unknown")
-            counts["failed"] += 1
-            if result.outcome == Outcome.INVALID_TOKEN:
-                pruned.append({"b_device": row.device_id, "b_token": row.push_token, "b_now": now})
-        updates.append(update)
-    table = cast(sa.Table, Delivery.__table__)
+    decided = ledger.decide(rows, results, settings, lambda _row: deadline)
+    now, counts, pruned = decided.now, decided.counts, decided.pruned
     # Hold the campaign first, as claims do: a cancel in progress finishes before
     # rows go back to pending (and is seen by _suppress_if_cancelled), and a later
     # cancel waits for this commit, so no retry is left pending on a cancelled campaign.
     lock_campaign(session, campaign_id, exclusive=False)
-    for attempts, ids in sent.items():
-        session.execute(
-            sa.update(table)
-            .where(
-                table.c.id.in_(ids),
-                table.c.status == DeliveryStatus.SENDING,
-                table.c.attempts == attempts,
-            )
-            .values(
-                status=DeliveryStatus.SENT,
-                reason=None,
-                next_attempt_at=now,
-                updated_at=now,
-                claimed_at=None,
-            )
-        )
-    if updates:
-        session.execute(
-            sa.update(table)
-            .where(
-                table.c.id == sa.bindparam("b_id"),
-                table.c.status == DeliveryStatus.SENDING,
-                table.c.attempts == sa.bindparam("b_claim"),
-            )
-            .values(
-                status=sa.bindparam("b_status"),
-                reason=sa.bindparam("b_reason"),
-                attempts=sa.bindparam("b_attempts"),
-                next_attempt_at=sa.bindparam("b_next", type_=UTCDateTime()),
-                updated_at=sa.bindparam("b_now", type_=UTCDateTime()),
-                claimed_at=None,
-            ),
-            updates,
-        )
-    if pruned:
-        # Only the token FCM refused: a device that has since checked in with a
-        # new one keeps it.
-        devices = cast(sa.Table, Device.__table__)
-        session.execute(
-            sa.update(devices)
-            .where(
-                devices.c.id == sa.bindparam("b_device"),
-                devices.c.push_token == sa.bindparam("b_token"),
-            )
-            .values(push_token_invalid_at=sa.bindparam("b_now", type_=UTCDateTime())),
-            pruned,
-        )
+    ledger.write(session, cast(sa.Table, Delivery.__table__), decided)
     if counts["retrying"] or counts["not_handed"]:
         _suppress_if_cancelled(session, campaign_id, now)
     session.commit()
