@@ -43,9 +43,10 @@ from flask_migrate import upgrade
 
 from mobile_api import create_app
 from mobile_api.extensions import db
-from mobile_api.geo import Area, InProcessLimiter, MemoryCache, Place, PlacesGateway
+from mobile_api.geo import Area, MemoryCache, Place, PlacesGateway
 from mobile_api.geo.nominatim import NominatimProvider
 from mobile_api.geo.wiring import EXTENSION as GATEWAY_EXTENSION
+from mobile_api.pacing import InProcessLimiter
 from mobile_api.services import keys
 from mobile_api.services import places as places_service
 from models import Device

@@ -28,22 +28,25 @@ from requests.adapters import HTTPAdapter
 
 from mobile_api.geo import (
     Area,
-    FileLimiter,
-    InProcessLimiter,
-    Limiter,
     MemoryCache,
     PlacesGateway,
     ProviderError,
     ProviderTimeout,
     ProviderUnavailable,
     RedisCache,
-    RedisLimiter,
     make_cache,
-    make_limiter,
 )
 from mobile_api.geo.gateway import _distance_m
 from mobile_api.geo.records import Place
 from mobile_api.geo.transport import MinimalRequestsAdapter
+from mobile_api.pacing import (
+    FileLimiter,
+    InProcessLimiter,
+    Limiter,
+    NoSlot,
+    RedisLimiter,
+    make_limiter,
+)
 from tests.fakes.nominatim_server import FakeNominatim, RecordedRequest
 
 USER_AGENT = "mobile_api/1.0.0 (helpdesk app; ops@example.invalid)"
@@ -599,7 +602,7 @@ def test_file_limiter_disregards_a_slot_the_clock_has_stepped_back_from(tmp_path
 def test_file_limiter_refuses_rather_than_running_unthrottled(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("")
     limiter = make_limiter(None, 1.0, slot_file=str(tmp_path / "a-file" / "slot"))
-    with pytest.raises(ProviderUnavailable) as info:
+    with pytest.raises(NoSlot) as info:
         limiter.acquire(max_wait=1.0)
     assert info.value.retry_after is None
 
@@ -698,7 +701,7 @@ def test_limiter_refuses_when_the_next_slot_is_beyond_the_deadline(
 
 def test_redis_limiter_refuses_rather_than_running_unthrottled() -> None:
     limiter = make_limiter(UNREACHABLE_REDIS_URL)
-    with pytest.raises(ProviderUnavailable) as info:
+    with pytest.raises(NoSlot) as info:
         limiter.acquire(max_wait=1.0)
     assert info.value.retry_after is None
 

@@ -1,7 +1,7 @@
 """The mapping-provider gateway: places near a point and the area around it, minimised.
 
-- ``gateway``: what callers use (``PlacesGateway``); coarsening by ``grid``, then ``cache`` and
-  ``limiter`` before the ``provider``.
+- ``gateway``: what callers use (``PlacesGateway``); coarsening by ``grid``, then ``cache`` and the
+  ``mobile_api.pacing`` limiter before the ``provider``.
 - ``records``: ``Place`` and ``Area``, the one record type from provider to caller.
 - ``provider``: the provider interface; ``nominatim`` implements it on ``transport`` (HTTP
   hygiene), ``redaction`` (logs) and ``geopy_errors`` (error translation).
@@ -24,13 +24,6 @@ from mobile_api.geo.gateway import (
     PlacesGateway,
 )
 from mobile_api.geo.grid import Cell, Precision
-from mobile_api.geo.limiter import (
-    FileLimiter,
-    InProcessLimiter,
-    Limiter,
-    RedisLimiter,
-    make_limiter,
-)
 from mobile_api.geo.nominatim import NominatimProvider
 from mobile_api.geo.provider import PlacesProvider
 from mobile_api.geo.records import Area, Place
@@ -42,9 +35,6 @@ __all__ = [
     "Area",
     "Cache",
     "Cell",
-    "FileLimiter",
-    "InProcessLimiter",
-    "Limiter",
     "LookupHook",
     "MemoryCache",
     "NominatimProvider",
@@ -57,10 +47,8 @@ __all__ = [
     "ProviderTimeout",
     "ProviderUnavailable",
     "RedisCache",
-    "RedisLimiter",
     "build_gateway",
     "current_gateway",
     "init_app",
     "make_cache",
-    "make_limiter",
 ]

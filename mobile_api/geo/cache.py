@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import redis
 
-from mobile_api.geo.shared_redis import connect
+from mobile_api.shared_redis import connect
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ from mobile_api.geo.errors import (
     ProviderUnavailable,
 )
 from mobile_api.geo.grid import Cell, Precision, grid_cell, rounded_cell
-from mobile_api.geo.limiter import InProcessLimiter, Limiter
 from mobile_api.geo.nominatim import NominatimProvider
 from mobile_api.geo.provider import PlacesProvider
 from mobile_api.geo.records import Area, Place
+from mobile_api.pacing import InProcessLimiter, Limiter, NoSlot
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,11 @@ class PlacesGateway:
             # waiting for it would only end in a timeout, and would spend a provider slot.
             budget = min(_MIN_REQUEST_BUDGET, self._timeout / 2)
             elapsed = time.monotonic() - started
-            if self._limiter.acquire(max_wait=self._timeout - elapsed - budget) > 0:
+            try:
+                waited = self._limiter.acquire(max_wait=self._timeout - elapsed - budget)
+            except NoSlot as exc:
+                raise ProviderUnavailable(exc.retry_after, f"mapping provider {exc}") from None
+            if waited > 0:
                 # Queued behind other lookups: one of them may have fetched this very answer.
                 value = self._cache.get(key)
                 if value is not None:

@@ -9,7 +9,7 @@ from flask import Flask, current_app
 
 from mobile_api.geo.cache import make_cache
 from mobile_api.geo.gateway import LookupHook, PlacesGateway
-from mobile_api.geo.limiter import make_limiter
+from mobile_api.pacing import make_limiter
 
 EXTENSION = "places_gateway"
 

@@ -20,8 +20,7 @@ from types import TracebackType
 import sqlalchemy as sa
 from flask import Flask
 
-from mobile_api.geo.errors import ProviderUnavailable
-from mobile_api.geo.limiter import make_limiter
+from mobile_api.pacing import NoSlot, make_limiter
 from mobile_api.push import MAX_BATCH
 from models import DeliveryStatus, utcnow
 
@@ -54,7 +53,7 @@ class SendLimiter:
         """Wait for the next slot of `slice_size` messages; False if it cannot be had."""
         try:
             self._limiter.acquire(_MAX_SLOT_WAIT_SECONDS)
-        except ProviderUnavailable:
+        except NoSlot:
             return False
         return True
 

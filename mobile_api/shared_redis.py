@@ -1,4 +1,4 @@
-"""The Redis connection the places cache and the provider limiter share."""
+"""A Redis client for shared state read inside a request's deadline (places cache, pacing)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from redis.retry import Retry
 
 
 def connect(redis_url: str) -> redis.Redis:
-    """A client for the gateway's shared state, with timeouts that fit inside a lookup."""
-    # Both the cache and the limiter sit inside a lookup's deadline: short socket timeouts and a
+    """A client with timeouts that fit inside a lookup or a hand-off."""
+    # The places cache and the limiters sit inside a deadline: short socket timeouts and a
     # single immediate retry (for a pooled connection Redis dropped), not redis-py's default
     # retries with exponential backoff.
     return redis.Redis.from_url(

@@ -1,8 +1,10 @@
-"""The provider rate limiters: one request a second, per process, per host or per deployment.
+"""Pacing: requests spaced a minimum interval apart, in one process, one host or a deployment.
 
-Without ``REDIS_URL`` the limiter is a locked file that every process of the host shares, so the
-several workers of one server (``bin/serve``) keep to one request a second between them. With
-Redis the limit holds across the whole deployment.
+The mapping provider's one request a second and the push services' messages per second
+(FCM_MAX_MESSAGES_PER_SECOND) are both kept this way. Without ``REDIS_URL`` the limiter is a
+locked file that every process of the host shares, so the several workers of one server
+(``bin/serve``) keep to the limit between them. With Redis the limit holds across the whole
+deployment.
 """
 
 from __future__ import annotations
@@ -17,12 +19,20 @@ from typing import Protocol
 
 import redis
 
-from mobile_api.geo.errors import ProviderUnavailable
-from mobile_api.geo.shared_redis import connect
+from mobile_api.shared_redis import connect
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LIMITER_KEY = "mobile_api:geo:provider-slot"
+
+
+class NoSlot(Exception):
+    """No slot can be had: the next one is too far away, or the shared store is unreachable."""
+
+    def __init__(self, retry_after: float | None, message: str) -> None:
+        super().__init__(message)
+        # Seconds until the next free slot, when known.
+        self.retry_after = retry_after
 
 
 class Limiter(Protocol):
@@ -31,7 +41,7 @@ class Limiter(Protocol):
     def acquire(self, max_wait: float) -> float:
         """Wait for the next request slot and return the seconds waited.
 
-        Raises ProviderUnavailable (with retry_after) when that slot is more than max_wait away.
+        Raises NoSlot (with retry_after) when that slot is more than max_wait away.
         """
         ...
 
@@ -41,7 +51,7 @@ def _reserve(now: float, next_free: float, interval: float, max_wait: float) -> 
     start = max(now, next_free)
     wait = start - now
     if wait > max_wait:
-        raise ProviderUnavailable(wait, "mapping provider request budget exhausted")
+        raise NoSlot(wait, "request budget exhausted")
     return wait, start + interval
 
 
@@ -68,7 +78,7 @@ class InProcessLimiter:
         self._next_free = float("-inf")
 
     def acquire(self, max_wait: float) -> float:
-        """Reserve the next slot and sleep until it; raise ProviderUnavailable if it is too far."""
+        """Reserve the next slot and sleep until it; raise NoSlot if it is too far."""
         with self._lock:
             wait, self._next_free = _reserve(
                 self._clock(), self._next_free, self._interval, max_wait
@@ -87,8 +97,8 @@ class FileLimiter:
     leaves a slot written before a restart in the past. Should the clock step back, a stored
     slot more than ``max_ahead`` seconds away cannot have been reserved and is disregarded.
 
-    If the file cannot be used the limit cannot be guaranteed, so the lookup is refused
-    (ProviderUnavailable) rather than sent unthrottled.
+    If the file cannot be used the limit cannot be guaranteed, so the request is refused
+    (NoSlot) rather than sent unthrottled.
     """
 
     def __init__(
@@ -115,8 +125,8 @@ class FileLimiter:
         try:
             wait = self._reserve(max_wait)
         except OSError as exc:
-            log.warning("provider rate limiter unavailable: %s", type(exc).__name__)
-            raise ProviderUnavailable(None, "mapping provider rate limiter unavailable") from None
+            log.warning("rate limiter unavailable: %s", type(exc).__name__)
+            raise NoSlot(None, "rate limiter unavailable") from None
         if wait > 0:
             self._sleep(wait)
         return wait
@@ -161,8 +171,8 @@ return {1, wait}
 class RedisLimiter:
     """A limiter shared by every process using the same Redis key (one Lua script per acquire).
 
-    If Redis cannot be reached the limit cannot be guaranteed, so the lookup is refused
-    (ProviderUnavailable) rather than sent unthrottled.
+    If Redis cannot be reached the limit cannot be guaranteed, so the request is refused
+    (NoSlot) rather than sent unthrottled.
     """
 
     def __init__(
@@ -190,11 +200,11 @@ class RedisLimiter:
                 keys=[self._key], args=[self._interval_ms, max_wait_ms]
             )
         except redis.RedisError as exc:
-            log.warning("provider rate limiter unavailable: %s", type(exc).__name__)
-            raise ProviderUnavailable(None, "mapping provider rate limiter unavailable") from None
+            log.warning("rate limiter unavailable: %s", type(exc).__name__)
+            raise NoSlot(None, "rate limiter unavailable") from None
         wait = int(wait_ms) / 1000
         if not reserved:
-            raise ProviderUnavailable(wait, "mapping provider request budget exhausted")
+            raise NoSlot(wait, "request budget exhausted")
         if wait > 0:
             self._sleep(wait)
         return wait
