@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
-from urllib.parse import urlsplit
 
 import marshmallow as ma
 from flask import current_app
@@ -24,6 +22,13 @@ from mobile_api.routes.fields import (
     printable,
     validate_time_zone,
 )
+from mobile_api.routes.message_fields import (
+    CATEGORY_KEY,
+    DEVICE_ID,
+    TextSchema,
+    https_url,
+    validate_data,
+)
 from mobile_api.services import campaigns as campaign_service
 from mobile_api.services.dispatch import Settings
 from models import (
@@ -39,10 +44,6 @@ from models import (
 blp = Blueprint("campaigns", __name__, url_prefix="/v1/campaigns", description="Push campaigns")
 
 _MIN_VERSION = ma.validate.Regexp(r"^[0-9]{1,9}(\.[0-9]{1,9}){0,4}$", error="e.g. 10.0 or 17.4.1")
-_ID = ma.validate.Regexp(r"^[0-9A-Z]{26}$", error="A device id.")
-# FCM refuses these data keys.
-_RESERVED_DATA_KEY = re.compile(r"^(from|message_type|notification|google.*|gcm.*)$")
-_MAX_DATA_BYTES = 4096
 _MAX_LIST = 1000
 
 
@@ -50,15 +51,6 @@ def _list(
     field: ma.fields.Field[Any], max_items: int = _MAX_LIST, **kwargs: Any
 ) -> ma.fields.List[Any]:
     return ma.fields.List(field, validate=ma.validate.Length(min=1, max=max_items), **kwargs)
-
-
-def _validate_data(data: dict[str, str]) -> None:
-    for key in data:
-        if _RESERVED_DATA_KEY.match(key):
-            raise ma.ValidationError(f"{key!r} is a key reserved by FCM.")
-    size = sum(len(k.encode()) + len(v.encode()) for k, v in data.items())
-    if size > _MAX_DATA_BYTES:
-        raise ma.ValidationError(f"At most {_MAX_DATA_BYTES} bytes of keys and values.")
 
 
 class AudienceSchema(ma.Schema):
@@ -74,26 +66,10 @@ class AudienceSchema(ma.Schema):
         Locale(), metadata={"description": "BCP 47 tags; a bare language also matches regions"}
     )
     account_ids = _list(ma.fields.String(validate=printable(128)))
-    device_ids = _list(ma.fields.String(validate=_ID), max_items=500)
+    device_ids = _list(ma.fields.String(validate=DEVICE_ID), max_items=500)
     last_seen_within_days = ma.fields.Integer(
         strict=True, validate=ma.validate.Range(min=1, max=3650)
     )
-
-
-_KEY = ma.validate.Regexp(r"^[a-z][a-z0-9_]{1,39}$", error="A category key.")
-
-
-def _https(value: str) -> None:
-    parsed = urlsplit(value)
-    if parsed.scheme != "https" or not parsed.netloc:
-        raise ma.ValidationError("An https:// URL.")
-
-
-class TextSchema(ma.Schema):
-    """A campaign's text in one language."""
-
-    title = ma.fields.String(required=True, validate=printable(200))
-    body = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=2000))
 
 
 class CampaignFieldsSchema(ma.Schema):
@@ -102,7 +78,7 @@ class CampaignFieldsSchema(ma.Schema):
     name = ma.fields.String(validate=printable(200))
     category = ma.fields.String(validate=ma.validate.OneOf([c.value for c in CampaignCategory]))
     category_key = ma.fields.String(
-        validate=_KEY,
+        validate=CATEGORY_KEY,
         metadata={"description": "A promotional or service category; its kind is `category`"},
     )
     title = ma.fields.String(validate=printable(200))
@@ -110,7 +86,7 @@ class CampaignFieldsSchema(ma.Schema):
     data = ma.fields.Dict(
         keys=ma.fields.String(validate=printable(64)),
         values=ma.fields.String(validate=ma.validate.Length(max=1024)),
-        validate=_validate_data,
+        validate=validate_data,
     )
     audience = ma.fields.Nested(AudienceSchema)
     # strict: a JSON number with a fraction (2.5e-42) is refused, not truncated to 0.
@@ -131,7 +107,9 @@ class CampaignFieldsSchema(ma.Schema):
         },
     )
     default_locale = Locale(allow_none=True, metadata={"description": "The fallback's language"})
-    image_url = ma.fields.String(allow_none=True, validate=[ma.validate.Length(max=2048), _https])
+    image_url = ma.fields.String(
+        allow_none=True, validate=[ma.validate.Length(max=2048), https_url]
+    )
     link = ma.fields.String(
         allow_none=True,
         validate=printable(2048),

@@ -13,8 +13,14 @@ from mobile_api.auth import auth_required, current_caller, current_principal
 from mobile_api.extensions import db
 from mobile_api.http_errors import ErrorSchema
 from mobile_api.routes import Blueprint
-from mobile_api.routes.campaigns import _ID, _KEY, TextSchema, _https, _validate_data
 from mobile_api.routes.fields import Locale, Timestamp, printable
+from mobile_api.routes.message_fields import (
+    CATEGORY_KEY,
+    DEVICE_ID,
+    TextSchema,
+    https_url,
+    validate_data,
+)
 from mobile_api.services import notifications as notification_service
 from models import Role
 
@@ -48,10 +54,10 @@ class IdempotencyHeaderSchema(ma.Schema):
 class NotificationCreateSchema(ma.Schema):
     """Body of POST /v1/notifications: exactly one of account_id and device_ids."""
 
-    category_key = ma.fields.String(required=True, validate=_KEY)
+    category_key = ma.fields.String(required=True, validate=CATEGORY_KEY)
     account_id = ma.fields.String(validate=printable(128))
     device_ids = ma.fields.List(
-        ma.fields.String(validate=_ID), validate=ma.validate.Length(min=1, max=500)
+        ma.fields.String(validate=DEVICE_ID), validate=ma.validate.Length(min=1, max=500)
     )
     title = ma.fields.String(required=True, validate=printable(200))
     body = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=2000))
@@ -65,12 +71,12 @@ class NotificationCreateSchema(ma.Schema):
     data = ma.fields.Dict(
         keys=ma.fields.String(validate=printable(64)),
         values=ma.fields.String(validate=ma.validate.Length(max=1024)),
-        validate=_validate_data,
+        validate=validate_data,
     )
     link = ma.fields.String(
         validate=printable(2048), metadata={"description": "A deep link; also sent as data.link"}
     )
-    image_url = ma.fields.String(validate=[ma.validate.Length(max=2048), _https])
+    image_url = ma.fields.String(validate=[ma.validate.Length(max=2048), https_url])
     ttl_seconds = ma.fields.Integer(validate=ma.validate.Range(min=0, max=28 * 24 * 3600))
     collapse_key = ma.fields.String(validate=printable(64))
 
