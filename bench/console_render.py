@@ -277,9 +277,7 @@ def main() -> None:
         ),
         "audit: target": lambda _i: "/console/audit?target=" + _target(rng.randint(0, 199_999)),
         "campaign page: completed": lambda _i: "/console/campaigns/CCOMPLETED0000000000000000",
-        "campaign page: sending (tallied)": lambda _i: (
-            "/console/campaigns/CSENDING000000000000000000"
-        ),
+        "campaign page: sending": lambda _i: "/console/campaigns/CSENDING000000000000000000",
         "campaign page: deliveries filter": lambda _i: (
             "/console/campaigns/CCOMPLETED0000000000000000?status=suppressed"
         ),
