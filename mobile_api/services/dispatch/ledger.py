@@ -245,7 +245,6 @@ def write(session: Db, table: sa.Table, decided: Outcomes) -> Decided:
     """
     now = decided.now
     written: Decided = Counter()
-
     for (status, reason, attempts), ids in decided.settled.items():
         written[(status, reason)] += set_rows(
             session,
