@@ -12,7 +12,8 @@ devices, and one campaign per status of interest with a delivery for each of
 signed-in admin session, the whole request (session check, queries, template):
 device search (by installation id, account id, platform), the device page, the audit
 trail filtered by actor, action and target, and the campaign page (a completed
-campaign, whose counts are stored, and one still sending, whose counts are tallied).
+campaign, whose counts are stored, and one still sending, whose counts are kept as its
+deliveries are decided: seeded here from its rows, as the dispatcher would have kept them).
 Prints p50/p95/max per page in milliseconds.
 """
 
@@ -97,6 +98,17 @@ SELECT :campaign, 'D' || lpad(i::text, 25, '0'),
             ELSE 'sent' END,
        CASE WHEN i % 2 = 1 THEN 'promotional_opt_out' END, 1, now(), now()
 FROM generate_series(1, :n) AS i
+"""
+# The counts the dispatcher keeps beside the rows it decides (pending: pending or sending).
+SEED_COUNTS = """
+INSERT INTO campaign_delivery_counts (campaign_id, status, reason, n)
+SELECT campaign_id, status, reason, count(*)
+FROM (SELECT campaign_id,
+             CASE WHEN status IN ('pending', 'sending') THEN 'pending' ELSE status END AS status,
+             CASE WHEN status IN ('pending', 'sending') THEN '' ELSE coalesce(reason, '') END
+                 AS reason
+      FROM campaign_deliveries WHERE campaign_id = :campaign) AS rows
+GROUP BY campaign_id, status, reason
 """
 
 
@@ -183,6 +195,12 @@ def _seed(app: Flask, devices: int, events: int, campaign_devices: int) -> None:
                 f"campaign_deliveries WHERE campaign_id = '{campaign_id}'",
             )
             session.commit()
+            _timed(
+                f"the {status} campaign's counts",
+                lambda c=campaign_id: session.execute(sa.text(SEED_COUNTS), {"campaign": c}),
+                f"campaign_delivery_counts WHERE campaign_id = '{campaign_id}'",
+            )
+            session.commit()
         session.execute(sa.text("ANALYZE"))
         session.commit()
 
@@ -259,9 +277,7 @@ def main() -> None:
         ),
         "audit: target": lambda _i: "/console/audit?target=" + _target(rng.randint(0, 199_999)),
         "campaign page: completed": lambda _i: "/console/campaigns/CCOMPLETED0000000000000000",
-        "campaign page: sending (tallied)": lambda _i: (
-            "/console/campaigns/CSENDING000000000000000000"
-        ),
+        "campaign page: sending": lambda _i: "/console/campaigns/CSENDING000000000000000000",
         "campaign page: deliveries filter": lambda _i: (
             "/console/campaigns/CCOMPLETED0000000000000000?status=suppressed"
         ),

@@ -9,6 +9,7 @@ from models.campaign import (
     CampaignCategory,
     CampaignStatus,
     Delivery,
+    DeliveryCount,
     DeliveryStatus,
 )
 from models.category import (
@@ -61,6 +62,7 @@ __all__ = [
     "ConsentRecord",
     "ConsentSource",
     "Delivery",
+    "DeliveryCount",
     "DeliveryStatus",
     "Device",
     "DeviceVersionChange",

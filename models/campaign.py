@@ -161,3 +161,22 @@ class Delivery(Base):
     # When the message became due for this device (send_at or its local-time wave):
     # its TTL counts from here, whatever deferral or retries follow.
     due_at: Mapped[datetime | None]
+
+
+class DeliveryCount(Base):
+    """How many of a campaign's deliveries are in one state: its counts, kept as they change.
+
+    Every write that inserts, decides or deletes delivery rows adds its changes here in
+    the same transaction (mobile_api/services/delivery_counts.py), so these rows always
+    equal a GROUP BY over the campaign's deliveries: `pending` stands for both undecided
+    states (pending, sending) with no reason; the others keep their reason, '' for none.
+    """
+
+    __tablename__ = "campaign_delivery_counts"
+
+    campaign_id: Mapped[str] = mapped_column(
+        String(26), ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True
+    )
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(32), primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))

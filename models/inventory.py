@@ -351,6 +351,10 @@ INVENTORY: dict[str, dict[str, Entry]] = {
         "handed_at": not_personal("when the dispatcher handed the row's message over"),
         "due_at": not_personal("when the row's message became due (its local-time wave)"),
     },
+    "campaign_delivery_counts": {
+        column: not_personal("how many of a campaign's deliveries are in one state")
+        for column in ("campaign_id", "status", "reason", "n")
+    },
     "notifications": {
         "id": not_personal(ROW_KEY),
         "category_key": not_personal("the notification's category"),

@@ -21,8 +21,18 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from mobile_api.extensions import db
+from mobile_api.push import INVALID_TOKEN_ERRORS
+from mobile_api.services import campaigns, is_postgresql
 from mobile_api.worker import Worker
-from models import AccountTermination, Campaign, Delivery, Device, utcnow
+from models import (
+    AccountTermination,
+    Campaign,
+    Delivery,
+    DeliveryCount,
+    DeliveryStatus,
+    Device,
+    utcnow,
+)
 from tests.conftest import bearer
 from tests.fakes.fcm_server import FakeFcmServer, ReceivedMessage, write_service_account
 
@@ -189,7 +199,54 @@ def send_and_drain(
     assert response.status_code == 202, response.get_json()
     drain(app)
     body: dict[str, Any] = client.get(f"/v1/campaigns/{campaign_id}", headers=headers).get_json()
+    assert_counts_match_rows(app, campaign_id)
     return body
+
+
+def assert_counts_match_rows(app: Flask, campaign_id: str) -> dict[str, Any]:
+    """The campaign's kept counts, and the counts it reports, equal a GROUP BY over its rows.
+
+    Read in one snapshot (one transaction; PostgreSQL: REPEATABLE READ), so it holds
+    while dispatchers are at work. Returns the counts the campaign reports.
+    """
+    with app.app_context():
+        if is_postgresql(db.session):
+            db.session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        else:  # pysqlite begins no transaction before a SELECT: each would see its own
+            db.session.connection().exec_driver_sql("BEGIN")
+        rows = db.session.execute(
+            sa.select(Delivery.status, Delivery.reason, sa.func.count())
+            .where(Delivery.campaign_id == campaign_id)
+            .group_by(Delivery.status, Delivery.reason)
+        ).all()
+        kept = db.session.execute(
+            sa.select(DeliveryCount.status, DeliveryCount.reason, DeliveryCount.n).where(
+                DeliveryCount.campaign_id == campaign_id, DeliveryCount.n != 0
+            )
+        ).all()
+        campaign = db.session.get(Campaign, campaign_id)
+        assert campaign is not None
+        reported = campaigns.counts(db.session, campaign)
+        db.session.remove()
+    by_state: collections.Counter[tuple[str, str]] = collections.Counter()
+    expected: dict[str, Any] = {"sent": 0, "failed": 0, "pending": 0, "invalid_tokens_pruned": 0}
+    suppressed: collections.Counter[str] = collections.Counter()
+    for status, reason, n in rows:
+        if status in (DeliveryStatus.PENDING, DeliveryStatus.SENDING):
+            by_state["pending", ""] += n  # one count for both, with no reason
+            expected["pending"] += n
+            continue
+        by_state[status, reason or ""] += n
+        if status == DeliveryStatus.SUPPRESSED:
+            suppressed[reason] += n
+        else:
+            expected[status] += n
+            if reason in INVALID_TOKEN_ERRORS:
+                expected["invalid_tokens_pruned"] += n
+    expected["suppressed"] = dict(suppressed)
+    assert {(status, reason): n for status, reason, n in kept} == dict(by_state), (kept, rows)
+    assert {name: reported[name] for name in expected} == expected
+    return reported
 
 
 def assert_balanced(counts: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ from tests.campaign_fixtures import (
     admin,
     app,
     assert_balanced,
+    assert_counts_match_rows,
     campaign_body,
     create_campaign,
     device,
@@ -409,6 +410,49 @@ def test_counts_outlive_erasure_and_delivery_retention(
     after = client.get(f"/v1/campaigns/{campaign_id}", headers=marketing).get_json()
     assert (after["status"], after["counts"]) == ("completed", expected)
     assert_balanced(after["counts"])
+
+
+def test_rows_of_a_campaign_still_sending_deleted_by_retention_leave_its_counts_true(
+    app: Flask,
+    client: FlaskClient,
+    marketing: Headers,
+    create_campaign: Callable[..., str],
+    device: Callable[..., Made],
+) -> None:
+    """Counts follow the rows the purge deletes, so nothing stays pending forever."""
+    import sqlalchemy as sa
+
+    from mobile_api.extensions import db
+    from mobile_api.services import dispatch
+    from models import Delivery, DeliveryStatus
+    from tests.campaign_fixtures import drain
+
+    app.config["DISPATCH_CHUNK_SIZE"] = 2
+    for _ in range(5):
+        device()
+    campaign_id = create_campaign()
+    client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
+    settings = dispatch.Settings.from_config(app.config)
+    aged = utcnow() - timedelta(days=app.config["DELIVERY_RETENTION_DAYS"] + 1)
+    with app.app_context():
+        dispatch.enumerate_batch(db.session, campaign_id, settings)
+        dispatch.process_chunk(db.session, dispatch.transport(app), campaign_id, settings)
+        last_two = sa.select(Delivery.id).order_by(Delivery.id.desc()).limit(2).scalar_subquery()
+        db.session.execute(
+            sa.update(Delivery)
+            .where(Delivery.status == DeliveryStatus.PENDING, Delivery.id.in_(last_two))
+            .values(updated_at=aged)
+        )
+        db.session.commit()
+        db.session.remove()
+    result = app.test_cli_runner().invoke(args=["privacy", "purge"])
+    assert result.exit_code == 0, result.output
+    assert assert_counts_match_rows(app, campaign_id)["pending"] == 1
+    drain(app)
+    body = client.get(f"/v1/campaigns/{campaign_id}", headers=marketing).get_json()
+    assert body["status"] == "completed"
+    assert (body["counts"]["sent"], body["counts"]["pending"]) == (3, 0)
+    assert_counts_match_rows(app, campaign_id)
 
 
 class _CancelMidHandOff:

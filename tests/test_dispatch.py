@@ -28,6 +28,7 @@ from tests.campaign_fixtures import (
     admin,
     app,
     assert_balanced,
+    assert_counts_match_rows,
     close_transport,
     create_campaign,
     deliveries,
@@ -243,6 +244,7 @@ def _step(app: Flask, campaign_id: str, chunks: int) -> None:
             result = dispatch.process_chunk(db.session, push, campaign_id, settings, after_id=after)
             assert result.claimed
             after = result.last_id or after
+            assert_counts_match_rows(app, campaign_id)  # as counted while it sends
         db.session.remove()
 
 
@@ -288,6 +290,7 @@ def test_a_chunk_whose_lease_lapsed_mid_hand_off_is_counted_by_its_last_hand_off
         dispatch.enumerate_batch(db.session, campaign_id, settings)
         result = dispatch.process_chunk(db.session, LeaseLapses(), campaign_id, settings)
         db.session.remove()
+    assert_counts_match_rows(app, campaign_id)
 
     assert result.claimed == 4
     rows = deliveries(app, campaign_id)
@@ -303,6 +306,7 @@ def test_a_chunk_whose_lease_lapsed_mid_hand_off_is_counted_by_its_last_hand_off
     assert (counts["sent"], counts["failed"]) == (3, 0)
     assert counts["suppressed"] == {"promotional_opt_out": 1}
     assert_balanced(counts)
+    assert_counts_match_rows(app, campaign_id)
 
 
 def _push_token(app: Flask, device_id: str) -> str | None:
@@ -355,6 +359,7 @@ def test_state_changes_mid_campaign_suppress_the_rest(
     body = client.get(f"/v1/campaigns/{campaign_id}", headers=marketing).get_json()
     assert body["counts"]["targeted"] == 10
     assert_balanced(body["counts"])
+    assert_counts_match_rows(app, campaign_id)
 
 
 def test_cancel_stops_every_chunk_not_yet_handed_over(
@@ -379,6 +384,7 @@ def test_cancel_stops_every_chunk_not_yet_handed_over(
     assert counts["sent"] == 3
     assert counts["suppressed"] == {"cancelled": 7}
     assert_balanced(counts)
+    assert_counts_match_rows(app, campaign_id)
 
 
 def test_crash_between_chunks_resumes_exactly_once(
@@ -406,6 +412,7 @@ def test_crash_between_chunks_resumes_exactly_once(
     assert _tokens(fcm) == collections.Counter(dict.fromkeys(tokens, 1))
     counts = client.get(f"/v1/campaigns/{campaign_id}", headers=marketing).get_json()["counts"]
     assert (counts["targeted"], counts["sent"]) == (15, 15)
+    assert_counts_match_rows(app, campaign_id)
 
 
 def test_two_dispatchers_at_once_never_double_send(
@@ -434,6 +441,9 @@ def test_two_dispatchers_at_once_never_double_send(
     threads = [threading.Thread(target=run, args=(one,)) for one in apps]
     for thread in threads:
         thread.start()
+    seen = []  # the counts as reported while both dispatchers work, each true of the rows
+    while any(thread.is_alive() for thread in threads):
+        seen.append(assert_counts_match_rows(client.application, campaign_id))
     for thread in threads:
         thread.join()
     for one in apps:
@@ -443,6 +453,8 @@ def test_two_dispatchers_at_once_never_double_send(
     body = client.get(f"/v1/campaigns/{campaign_id}", headers=marketing).get_json()
     assert body["status"] == "completed"
     assert body["counts"]["sent"] == 40
+    assert_counts_match_rows(client.application, campaign_id)
+    assert any(0 < counts["sent"] < 40 for counts in seen), "never seen mid-way"
 
 
 def test_without_credentials_the_log_transport_says_so(

@@ -31,6 +31,7 @@ from tests.campaign_fixtures import (
     Made,
     app,
     assert_balanced,
+    assert_counts_match_rows,
     assert_handed_over,
     campaign_status,
     close_transport,
@@ -112,6 +113,7 @@ def test_a_killed_dispatchers_chunk_is_sent_by_another_within_the_lease(
     killed_at = time.monotonic()
     claimed, handed = _in_hand(app, campaign_id)
     assert handed, "killed between chunks: nothing was in flight"
+    assert_counts_match_rows(app, campaign_id)  # the dead one's chunk counts as pending
     if rate:
         assert claimed, "killed after its whole chunk was handed over"
 
@@ -134,6 +136,7 @@ def test_a_killed_dispatchers_chunk_is_sent_by_another_within_the_lease(
     assert (counts["targeted"], counts["sent"], counts["failed"]) == (41, 40, 0)
     assert counts["suppressed"] == {"promotional_opt_out": 1}
     assert_balanced(counts)
+    assert_counts_match_rows(app, campaign_id)
 
 
 def test_consent_withdrawn_after_a_crash_is_honoured_at_the_second_hand_off(
@@ -162,6 +165,7 @@ def test_consent_withdrawn_after_a_crash_is_honoured_at_the_second_hand_off(
     counts = client.get(f"/v1/campaigns/{campaign_id}", headers=marketing).get_json()["counts"]
     assert (counts["sent"], counts["suppressed"]) == (1, {"promotional_opt_out": 1})
     assert_balanced(counts)
+    assert_counts_match_rows(app, campaign_id)
 
 
 def _die_mid_hand_off(app: Flask, campaign_id: str) -> None:
@@ -185,6 +189,7 @@ def _die_mid_hand_off(app: Flask, campaign_id: str) -> None:
         with pytest.raises(SystemExit):
             dispatch.process_chunk(db.session, DiesMidHandOff(), campaign_id, settings)
         db.session.remove()
+    assert_counts_match_rows(app, campaign_id)
 
 
 def test_a_cancelled_campaign_sends_nothing_again_after_a_crash(
@@ -202,8 +207,10 @@ def test_a_cancelled_campaign_sends_nothing_again_after_a_crash(
     client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
     _die_mid_hand_off(app, campaign_id)
     assert client.post(f"/v1/campaigns/{campaign_id}/cancel", headers=marketing).status_code == 200
+    assert_counts_match_rows(app, campaign_id)
     app.config["DISPATCH_CLAIM_LEASE_SECONDS"] = 0.0
     drain(app)
+    assert_counts_match_rows(app, campaign_id)
     assert len(fcm.received) == 2
     counts = client.get(f"/v1/campaigns/{campaign_id}", headers=marketing).get_json()["counts"]
     # What became of the two in flight is unknown: failed, interrupted; not sent again.

@@ -135,7 +135,11 @@ def test_final_counts_are_backfilled_and_downgrade_keeps_the_deliveries(
         db.session.commit()
         upgrade()  # the models are at head
         assert _counts("DONE")["sent"] == 2
+        # Not final: from the running counts, backfilled from the rows (0013).
         assert _counts("INFLIGHT")["pending"] == 1
+        assert _counts("INFLIGHT")["suppressed"] == {"cancelled": 1}
+        running = _counts("RUNNING")
+        assert (running["sent"], running["pending"], running["failed"]) == (1, 1, 0)
         db.session.commit()
 
         downgrade(revision="0004")

@@ -24,6 +24,7 @@ from tests.campaign_fixtures import (
     Made,
     admin,
     app,
+    assert_counts_match_rows,
     close_transport,
     create_campaign,
     deliveries,
@@ -182,12 +183,14 @@ def test_cancel_works_until_the_last_wave(
     clock(at("2027-03-14T09:00:10"))
     run_passes(app)
     assert len(fcm.received) == 3
+    assert assert_counts_match_rows(app, campaign_id)["pending"] == 3  # the later waves
     cancelled = client.post(f"/v1/campaigns/{campaign_id}/cancel", headers=marketing).get_json()
     assert cancelled["status"] == "cancelled"
     assert cancelled["counts"]["suppressed"] == {"cancelled": 3}
     clock(at("2027-03-14T23:00"))
     run_passes(app)
     assert len(fcm.received) == 3
+    assert_counts_match_rows(app, campaign_id)
 
 
 @pytest.fixture
@@ -223,6 +226,7 @@ def test_quiet_hours_defer_then_consent_is_checked_again_at_the_hand_off(
     assert {m.token for m in fcm.received} == {own_hours.push_token}
     rows = deliveries(quiet_app, campaign_id)
     assert rows[keeps.id] == ("pending", "quiet_hours")
+    assert assert_counts_match_rows(quiet_app, campaign_id)["pending"] == 2  # deferred
     explained = client.get(
         f"/v1/campaigns/{campaign_id}/explain/{keeps.id}", headers=marketing
     ).get_json()
@@ -246,6 +250,8 @@ def test_quiet_hours_defer_then_consent_is_checked_again_at_the_hand_off(
     short_counts = client.get(f"/v1/campaigns/{short}", headers=marketing).get_json()["counts"]
     assert short_counts["suppressed"] == {"expired": 2}
     assert deliveries(quiet_app, short)[keeps.id] == ("suppressed", "expired")
+    for cid in (campaign_id, short):
+        assert_counts_match_rows(quiet_app, cid)
 
 
 def test_without_quiet_hours_or_caps_sending_is_as_in_v1(
@@ -300,6 +306,7 @@ def test_caps_hold_with_two_dispatchers_racing(
         counts = client.get(f"/v1/campaigns/{cid}", headers=marketing).get_json()["counts"]
         assert counts["targeted"] == counts["sent"] + sum(counts["suppressed"].values())
         capped += counts["suppressed"].get("frequency_capped", 0)
+        assert_counts_match_rows(client.application, cid)
     assert capped == 12
     # Preview and explain name the cap as of now.
     fourth = create_campaign()

@@ -20,7 +20,7 @@ from mobile_api.errors import (
     ServiceCampaignRequiresAdmin,
 )
 from mobile_api.push import INVALID_TOKEN_ERRORS
-from mobile_api.services import Db, audit, categories, erasure, export, messaging
+from mobile_api.services import Db, audit, categories, delivery_counts, erasure, export, messaging
 from mobile_api.services import audience as aud
 from mobile_api.services.caller import Caller
 from mobile_api.services.messaging import FREQUENCY_CAPPED
@@ -385,12 +385,15 @@ def cancel(session: Db, campaign_id: str, caller: Caller) -> Campaign:
         raise CampaignFinished()
     # Rows a dispatcher has already claimed (`sending`) are being handed over
     # right now; their worker records their fate.
-    session.execute(
+    cancelled = session.execute(
         sa.update(Delivery)
         .where(Delivery.campaign_id == campaign_id, Delivery.status == DeliveryStatus.PENDING)
         .values(status=DeliveryStatus.SUPPRESSED, reason="cancelled", updated_at=now)
         .execution_options(synchronize_session=False)
     )
+    n = int(cancelled.rowcount)  # type: ignore[attr-defined]
+    outcome: dict[tuple[str, str | None], int] = {(DeliveryStatus.SUPPRESSED, "cancelled"): n}
+    delivery_counts.add(session, delivery_counts.decided(campaign_id, outcome))
     # With a chunk in flight, the dispatcher that records it stores the counts.
     store_final_counts(session, campaign_id)
     audit.record(
@@ -409,7 +412,8 @@ def counts(session: Db, campaign: Campaign) -> dict[str, Any]:
     """targeted, sent, failed, suppressed by reason, pending, invalid_tokens_pruned.
 
     Once final, from the totals stored on the campaign: delivery rows are deleted
-    after DELIVERY_RETENTION_DAYS. Until then, counted from the rows.
+    after DELIVERY_RETENTION_DAYS. Until then, from the counts the dispatcher keeps
+    as it decides the rows (services/delivery_counts.py).
     """
     if campaign.final_sent is not None:
         return {
@@ -424,18 +428,13 @@ def counts(session: Db, campaign: Campaign) -> dict[str, Any]:
 
 
 def _tally(session: Db, campaign_id: str) -> dict[str, Any]:
-    """The counts of a campaign's delivery rows, in one GROUP BY."""
-    stmt = (
-        sa.select(Delivery.status, Delivery.reason, sa.func.count().label("n"))
-        .where(Delivery.campaign_id == campaign_id)
-        .group_by(Delivery.status, Delivery.reason)
-    )
+    """The counts of a campaign's delivery rows, as kept beside them."""
     totals: dict[str, Any] = {"sent": 0, "failed": 0, "pending": 0, "invalid_tokens_pruned": 0}
     suppressed: dict[str, int] = {}
-    for status, reason, n in session.execute(stmt):
+    for status, reason, n in delivery_counts.of(session, campaign_id):
         if status == DeliveryStatus.SUPPRESSED:
             suppressed[reason] = suppressed.get(reason, 0) + n
-        elif status in (DeliveryStatus.PENDING, DeliveryStatus.SENDING):
+        elif status == DeliveryStatus.PENDING:  # or sending: one count
             totals["pending"] += n
         else:
             totals[status] += n

@@ -18,7 +18,16 @@ from flask import current_app
 
 from mobile_api.errors import AccountTerminated
 from mobile_api.extensions import db
-from mobile_api.services import Db, audit, campaigns, consent, dialect_insert, erasure, export
+from mobile_api.services import (
+    Db,
+    audit,
+    campaigns,
+    consent,
+    delivery_counts,
+    dialect_insert,
+    erasure,
+    export,
+)
 from mobile_api.services.caller import SYSTEM, Caller
 from models import (
     AccountTermination,
@@ -41,13 +50,16 @@ class RetentionRule:
     """Rows of `table` whose `column` is older than config[`setting`] days are purged.
 
     `before`, if set, is called with the session first: what must outlive the rows
-    (aggregates kept elsewhere) is saved there.
+    (aggregates kept elsewhere) is saved there. `deleted`, if set, is called in each
+    batch's transaction with the `returning` columns of the rows it deleted.
     """
 
     table: str
     column: str
     setting: str
     before: Callable[[Db], object] | None = None
+    returning: tuple[str, ...] = ()
+    deleted: Callable[[Db, Sequence[Any]], object] | None = None
 
 
 # Tables owned by other modules; a rule whose table is not in the schema is skipped.
@@ -58,8 +70,10 @@ RETENTION: list[RetentionRule] = [
         "campaign_deliveries",
         "updated_at",
         "DELIVERY_RETENTION_DAYS",
-        # A campaign's counts outlive its delivery rows.
+        # A campaign's counts outlive its delivery rows; the running ones follow them.
         before=campaigns.store_all_final_counts,
+        returning=("campaign_id", "status", "reason"),
+        deleted=delivery_counts.forget,
     ),
     # A notification and its deliveries (cascade) go together.
     RetentionRule("notifications", "created_at", "DELIVERY_RETENTION_DAYS"),
@@ -323,12 +337,16 @@ def _apply_retention(
             rule.before(session)
         deleted[rule.table] = 0
         expired = table.c[rule.column] < now - timedelta(days=days)
-        for rows in _delete_in_batches(session, table, expired, batch_size):
+        for rows in _delete_in_batches(session, table, expired, batch_size, rule):
             deleted[rule.table] += rows
 
 
 def _delete_in_batches(
-    session: Db, table: sa.Table, expired: sa.ColumnElement[bool], batch_size: int
+    session: Db,
+    table: sa.Table,
+    expired: sa.ColumnElement[bool],
+    batch_size: int,
+    rule: RetentionRule,
 ) -> Iterator[int]:
     """Delete the rows matching `expired`, one committed batch at a time; rows per batch.
 
@@ -342,7 +360,15 @@ def _delete_in_batches(
         window = sa.select(key).where(expired).order_by(key).limit(batch_size)
         if last is not None:
             window = window.where(key > last)
-        keys = session.scalars(sa.delete(table).where(key.in_(window)).returning(key)).all()
+        columns = [table.c[name] for name in rule.returning]
+        rows = session.execute(sa.delete(table).where(key.in_(window)).returning(key, *columns))
+        keys = []
+        gone = []
+        for row in rows:
+            keys.append(row[0])
+            gone.append(row[1:])
+        if rule.deleted is not None and gone:
+            rule.deleted(session, gone)
         session.commit()
         if not keys:
             return

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.sql.expression import ColumnElement
 
-from mobile_api.services import Db
+from mobile_api.services import Db, delivery_counts
 from mobile_api.services import audience as aud
 from mobile_api.services import messaging as rules
 from models import Campaign, CampaignStatus, Delivery, DeliveryStatus, Device, utcnow
@@ -75,6 +75,8 @@ def enumerate_batch(session: Db, campaign_id: str, settings: Settings) -> Batch 
         .returning(Delivery.id, Delivery.device_id)
     )
     rows = session.execute(insert).all()
+    pending = delivery_counts.key(campaign.id, DeliveryStatus.PENDING, None)
+    delivery_counts.add(session, {pending: len(rows)})
     done = len(rows) < settings.enumerate_batch
     if rows:
         campaign.enumerated_through = max(row.device_id for row in rows)

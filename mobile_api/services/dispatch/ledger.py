@@ -5,7 +5,8 @@ live in tables of the same shape (id, device_id, status, reason, attempts,
 next_attempt_at, claimed_at, updated_at; campaigns also keep `handed_at`); these
 functions take the table and do the same to either, so both lanes have one claim,
 one fenced record of FCM's answers, one time-bounded retry rule and one release of
-a dead dispatcher's claims.
+a dead dispatcher's claims. `claim` and `write` return how many rows they decided, by
+(status, reason), for the campaigns' counts (services/delivery_counts.py).
 
 Fencing: a claim increments `attempts`, and every later write of the claimer (its
 answers, its lease renewals) names that value. A row whose lease lapsed and that
@@ -16,7 +17,7 @@ first is ignored and the row is counted once, by the outcome of its last hand-of
 from __future__ import annotations
 
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -53,14 +54,21 @@ def retry_deadline(origin: datetime, ttl_seconds: int | None, settings: Settings
     return origin + timedelta(seconds=window)
 
 
-def set_rows(session: Db, table: sa.Table, ids: list[int], **values: Any) -> None:
-    """Set the same values on the rows of `ids`."""
-    session.execute(
+# How many rows a write decided, by (status, reason).
+Decided = Counter[tuple[str, str | None]]
+
+
+def set_rows(
+    session: Db, table: sa.Table, ids: list[int], *where: sa.ColumnElement[bool], **values: Any
+) -> int:
+    """Set the same values on the rows of `ids` (that also match `where`); how many."""
+    result = session.execute(
         sa.update(table)
-        .where(table.c.id.in_(ids))
+        .where(table.c.id.in_(ids), *where)
         .values(**values)
         .execution_options(synchronize_session=False)
     )
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 def refused(
@@ -86,15 +94,19 @@ def claim(
     suppressed: Mapping[str, list[int]],
     now: datetime,
     **sending: Any,
-) -> None:
+) -> Decided:
     """Mark the rows `to_send` as being handed over and the others suppressed, by reason.
 
     `sending`: more columns to set on the rows handed over. The caller selected the
     rows in this transaction and commits it: the claim. From that commit on no other
-    dispatcher takes these rows until the claim's lease lapses.
+    dispatcher takes these rows until the claim's lease lapses. Returns the rows
+    suppressed, by reason.
     """
+    decided: Decided = Counter()
     for why, ids in suppressed.items():
-        set_rows(session, table, ids, status=DeliveryStatus.SUPPRESSED, reason=why, updated_at=now)
+        decided[(DeliveryStatus.SUPPRESSED.value, why)] += set_rows(
+            session, table, ids, status=DeliveryStatus.SUPPRESSED, reason=why, updated_at=now
+        )
     if to_send:
         set_rows(
             session,
@@ -106,6 +118,7 @@ def claim(
             updated_at=now,
             **sending,
         )
+    return decided
 
 
 @contextmanager
@@ -155,8 +168,11 @@ class Outcomes:
     """What FCM's answers make of the claimed rows."""
 
     now: datetime
-    sent: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))  # by claim
-    updates: list[dict[str, Any]] = field(default_factory=list)  # failed, retrying, not handed
+    # Sent or failed, by (status, reason, claim): alike, one UPDATE … WHERE id IN (…) each.
+    settled: dict[tuple[str, str | None, int], list[int]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    updates: list[dict[str, Any]] = field(default_factory=list)  # retrying, not handed
     pruned: list[dict[str, Any]] = field(default_factory=list)  # dead tokens
     counts: dict[str, int] = field(
         default_factory=lambda: {"sent": 0, "failed": 0, "retrying": 0, "not_handed": 0}
@@ -183,7 +199,7 @@ def decide(
     for row, result in zip(rows, results, strict=True):
         attempts = row.attempts + 1
         if result is not None and result.outcome == Outcome.SENT:
-            decided.sent[attempts].append(row.id)  # alike: one UPDATE … WHERE id IN (…) each
+            decided.settled[(DeliveryStatus.SENT, None, attempts)].append(row.id)
             counts["sent"] += 1
             continue
         update = {
@@ -207,38 +223,40 @@ def decide(
             update.update(b_status=DeliveryStatus.PENDING, b_reason=result.error, b_next=retry_at)
             counts["retrying"] += 1
         else:
-            update.update(b_status=DeliveryStatus.FAILED, b_reason=result.error or "unknown")
+            decided.settled[(DeliveryStatus.FAILED, result.error or "unknown", attempts)].append(
+                row.id
+            )
             counts["failed"] += 1
             if result.outcome == Outcome.INVALID_TOKEN:
                 decided.pruned.append(
                     {"b_device": row.device_id, "b_token": row.push_token, "b_now": now}
                 )
+            continue
         decided.updates.append(update)
     return decided
 
 
-def write(session: Db, table: sa.Table, decided: Outcomes) -> None:
+def write(session: Db, table: sa.Table, decided: Outcomes) -> Decided:
     """Write the outcomes into `table`, rows still held by this claim only; the caller commits.
 
     Held: status `sending` and the attempts value the claim set. A row whose lease
-    lapsed meanwhile belongs to whoever took it over.
+    lapsed meanwhile belongs to whoever took it over. Returns the rows written sent
+    or failed, by (status, reason).
     """
     now = decided.now
-    for attempts, ids in decided.sent.items():
-        session.execute(
-            sa.update(table)
-            .where(
-                table.c.id.in_(ids),
-                table.c.status == DeliveryStatus.SENDING,
-                table.c.attempts == attempts,
-            )
-            .values(
-                status=DeliveryStatus.SENT,
-                reason=None,
-                next_attempt_at=now,
-                updated_at=now,
-                claimed_at=None,
-            )
+    written: Decided = Counter()
+    for (status, reason, attempts), ids in decided.settled.items():
+        written[(status, reason)] += set_rows(
+            session,
+            table,
+            ids,
+            table.c.status == DeliveryStatus.SENDING,
+            table.c.attempts == attempts,
+            status=status,
+            reason=reason,
+            next_attempt_at=now,
+            updated_at=now,
+            claimed_at=None,
         )
     if decided.updates:
         session.execute(
@@ -271,6 +289,7 @@ def write(session: Db, table: sa.Table, decided: Outcomes) -> None:
             .values(push_token_invalid_at=sa.bindparam("b_now", type_=UTCDateTime())),
             decided.pruned,
         )
+    return written
 
 
 def lapsed(table: sa.Table, settings: Settings, now: datetime) -> list[sa.ColumnElement[bool]]:

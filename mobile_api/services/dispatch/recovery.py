@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime, timedelta
 from typing import cast
 
 import sqlalchemy as sa
 
-from mobile_api.services import Db, campaigns
+from mobile_api.services import Db, campaigns, delivery_counts
 from models import Campaign, CampaignStatus, Delivery, DeliveryStatus, utcnow
 
 from . import ledger
@@ -63,10 +64,14 @@ def release_lapsed_claims(
             claimed_at=None,
             updated_at=now,
         )
-        .returning(Delivery.campaign_id)
+        .returning(Delivery.campaign_id, Delivery.status, Delivery.reason)
         .execution_options(synchronize_session=False)
     ).all()
     released = ledger.release(session, table, lapsed, now, table.c.handed_at)
+    changes: Counter[delivery_counts.Key] = Counter()
+    for row in ended:
+        changes.update(delivery_counts.decided(row.campaign_id, {(row.status, row.reason): 1}))
+    delivery_counts.add(session, changes)
     session.commit()
     # A cancelled campaign may have been waiting on these. After the commit, not
     # in it: holding these rows while waiting for a campaign row that a recording

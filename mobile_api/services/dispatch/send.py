@@ -20,7 +20,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 
 from mobile_api.push import PushMessage, PushTransport, SendResult
-from mobile_api.services import Db, campaigns, categories, is_postgresql
+from mobile_api.services import Db, campaigns, categories, delivery_counts, is_postgresql
 from mobile_api.services import audience as aud
 from mobile_api.services import messaging as rules
 from models import (
@@ -199,7 +199,7 @@ def process_chunk(
     # marks the rows handed (in flight) in the same transaction. With one, each
     # slice is marked just before it goes (ledger.hand_off).
     table = cast(sa.Table, Delivery.__table__)
-    ledger.claim(
+    suppressed = ledger.claim(
         session,
         table,
         to_send,
@@ -207,6 +207,7 @@ def process_chunk(
         now,
         handed_at=now if limiter is None else None,
     )
+    delivery_counts.add(session, delivery_counts.decided(campaign_id, suppressed))
     # Each message names its device's provider: the router hands it to that transport.
     messages = [_message(campaign, category, row, now) for row in to_send]
     waves = [row.due_at for row in to_send if row.due_at is not None]
@@ -256,9 +257,12 @@ def _record(
     # rows go back to pending (and is seen by _suppress_if_cancelled), and a later
     # cancel waits for this commit, so no retry is left pending on a cancelled campaign.
     lock_campaign(session, campaign_id, exclusive=False)
-    ledger.write(session, cast(sa.Table, Delivery.__table__), decided)
+    written = ledger.write(session, cast(sa.Table, Delivery.__table__), decided)
     if counts["retrying"] or counts["not_handed"]:
-        _suppress_if_cancelled(session, campaign_id, now)
+        written[(DeliveryStatus.SUPPRESSED.value, "cancelled")] += _suppress_if_cancelled(
+            session, campaign_id, now
+        )
+    delivery_counts.add(session, delivery_counts.decided(campaign_id, written))
     session.commit()
     if counts["failed"] or pruned or counts["not_handed"]:
         log.info(
@@ -272,14 +276,14 @@ def _record(
         )
 
 
-def _suppress_if_cancelled(session: Db, campaign_id: str, now: datetime) -> None:
-    """A retry recorded after a cancel is suppressed, not left pending."""
+def _suppress_if_cancelled(session: Db, campaign_id: str, now: datetime) -> int:
+    """A retry recorded after a cancel is suppressed, not left pending; how many."""
     cancelled = (
         sa.select(Campaign.id)
         .where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.CANCELLED)
         .exists()
     )
-    session.execute(
+    result = session.execute(
         sa.update(Delivery)
         .where(
             Delivery.campaign_id == campaign_id,
@@ -289,6 +293,7 @@ def _suppress_if_cancelled(session: Db, campaign_id: str, now: datetime) -> None
         .values(status=DeliveryStatus.SUPPRESSED, reason="cancelled", updated_at=now)
         .execution_options(synchronize_session=False)
     )
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 def finish_if_done(session: Db, campaign_id: str) -> bool:
