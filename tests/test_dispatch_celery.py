@@ -77,7 +77,7 @@ def app(postgres_url: str, fcm_settings: dict[str, Any], queue: str) -> Iterator
 
 
 def _start_worker(
-    name: str, env: dict[str, str], queue: str | None, log: Path
+    name: str, env: dict[str, str], queue: str | None, log: Path, celery_app: str = "wsgi.celery"
 ) -> subprocess.Popen[Any]:
     """A Celery worker of queue `queue` (None: every queue of the deployment)."""
     # A session of its own: kill_hard takes its pool process with it.
@@ -87,7 +87,7 @@ def _start_worker(
             "-m",
             "celery",
             "--app",
-            "wsgi.celery",
+            celery_app,
             "worker",
             *(["-Q", queue] if queue else []),
             "-c",
