@@ -14,15 +14,25 @@ from flask.testing import FlaskClient
 from mobile_api import tasks
 from tests.campaign_fixtures import (
     Made,
+    assert_handed_over,
     create_campaign,
     device,
     fcm,
     fcm_settings,
+    kill_hard,
     marketing,
+    stop,
     subprocess_env,
+    wait_for,
 )
 from tests.fakes.fcm_server import FakeFcmServer
-from tests.notification_fixtures import notification_body, notify, post_notification, ticket_reply
+from tests.notification_fixtures import (
+    claimed_deliveries,
+    notification_body,
+    notify,
+    post_notification,
+    ticket_reply,
+)
 from tests.test_dispatch_celery import REDIS_URL, _start_worker, _waiting_messages, app, queue
 
 __all__ = ["app", "create_campaign", "device", "fcm", "fcm_settings", "marketing", "notify"]
@@ -102,3 +112,68 @@ def test_a_worker_started_without_queues_sends_notifications_too(
         worker.terminate()
         worker.wait(timeout=10)
     assert [m.token for m in fcm.received] == [helpdesk_user.push_token], log.read_text()
+
+
+def test_a_notification_a_killed_celery_worker_was_handing_over_arrives_after_a_restart(
+    app: Flask,
+    client: FlaskClient,
+    postgres_url: str,
+    fcm_settings: dict[str, Any],
+    queue: str,
+    notify: dict[str, str],
+    post_notification: Callable[..., Any],
+    device: Callable[..., Made],
+    fcm: FakeFcmServer,
+    tmp_path: Path,
+) -> None:
+    """kill -9 while FCM holds the message unanswered; the task comes back to a new worker.
+
+    Scaled as in test_dispatch_celery: a visibility timeout of 2 s and a lease of 1 s
+    stand for the defaults of 30 s each.
+    """
+    tokens = {device(promotional=False, account_id="acct-1").push_token for _ in range(3)}
+    fcm.delay = 3.0  # the answer comes long after the kill
+    env = subprocess_env(
+        postgres_url,
+        fcm_settings,
+        CELERY_BROKER_URL=REDIS_URL,
+        CELERY_QUEUE=queue,
+        DISPATCH_CLAIM_LEASE_SECONDS="1",
+        CELERY_VISIBILITY_TIMEOUT="2",
+    )
+    lane = tasks.notification_queue(app)
+    logs = [tmp_path / "doomed.log", tmp_path / "restarted.log"]
+    doomed = _start_worker("doomed", env, lane, logs[0])
+    try:
+        assert wait_for(lambda: " ready." in logs[0].read_text(), 60), logs[0].read_text()
+        accepted = post_notification(notify, notification_body())
+        assert accepted.status_code == 202, accepted.get_json()
+        notification_id = accepted.get_json()["id"]
+        assert wait_for(lambda: len(fcm.received) >= 1, 30), logs[0].read_text()
+    finally:
+        kill_hard(doomed)
+    assert claimed_deliveries(app) == 3, "killed before or after the hand-off, not during it"
+    assert _waiting_messages(queue, lane) == 0  # taken, unacknowledged: not lost either
+    fcm.delay = 0.0
+
+    restarted = _start_worker("restarted", env, lane, logs[1])
+    try:
+        done = wait_for(
+            lambda: (
+                client.get(f"/v1/notifications/{notification_id}", headers=notify).get_json()[
+                    "status"
+                ]
+                == "completed"
+            ),
+            60,
+            0.1,
+        )
+    finally:
+        stop(restarted)
+    assert done, logs[1].read_text()
+    # Handed over again by the task Redis gave back (acks_late), same identity.
+    assert f"{tasks.SEND_NOTIFICATIONS}[" in logs[1].read_text()
+    assert_handed_over(fcm, tokens, in_flight=tokens)
+    assert all(m.identity[0] == notification_id for m in fcm.received)
+    counts = client.get(f"/v1/notifications/{notification_id}", headers=notify).get_json()["counts"]
+    assert (counts["sent"], counts["failed"], counts["pending"]) == (3, 0, 0)
