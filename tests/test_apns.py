@@ -525,12 +525,14 @@ def test_a_mixed_campaign_on_celery_workers(
         app_key = key_service.create(db.session, "app", "test app")[1]
         marketing_headers = bearer(key_service.create(db.session, "marketing", "test m")[1])
     fcm_tokens = [f"tok-celery-{i}" for i in range(4)]
+    ios_fcm_tokens = ["tok-celery-ios", "tok-celery-ios-out"]  # iOS apps embedding Firebase
     apns_tokens = [apns_token() for _ in range(3)]
     sandbox_tokens = [apns_token()]
-    opted_out = [apns_token(), "tok-celery-out"]
+    opted_out = [apns_token(), "tok-celery-out", ios_fcm_tokens[1]]
     providers = dict.fromkeys(apns_tokens, "apns") | dict.fromkeys(sandbox_tokens, "apns_sandbox")
     providers[opted_out[0]] = "apns"
-    for token in fcm_tokens + apns_tokens + sandbox_tokens + opted_out:
+    providers |= dict.fromkeys(ios_fcm_tokens, "fcm")
+    for token in fcm_tokens + ios_fcm_tokens + apns_tokens + sandbox_tokens + opted_out[:2]:
         body: dict[str, Any] = {"push_token": token, "push_permission": "granted"}
         if token in providers:
             body |= {"platform": "ios", "os_version": "17.4", "push_provider": providers[token]}
@@ -566,7 +568,7 @@ def test_a_mixed_campaign_on_celery_workers(
         worker.wait(timeout=10)
     assert campaign_status(celery_app, campaign_id) == "completed", log.read_text()
     assert collections.Counter(m.token for m in fcm.received) == collections.Counter(
-        dict.fromkeys(fcm_tokens, 1)
+        dict.fromkeys([*fcm_tokens, ios_fcm_tokens[0]], 1)
     )
     assert collections.Counter(m.token for m in apns.received) == collections.Counter(
         dict.fromkeys(apns_tokens, 1)
@@ -574,6 +576,6 @@ def test_a_mixed_campaign_on_celery_workers(
     assert [m.token for m in apns_sandbox.received] == sandbox_tokens
     counts = web.get(f"/v1/campaigns/{campaign_id}", headers=marketing_headers).get_json()
     assert (counts["counts"]["sent"], counts["counts"]["suppressed"]) == (
-        8,
-        {"promotional_opt_out": 2},
+        9,
+        {"promotional_opt_out": 3},
     )
