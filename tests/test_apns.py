@@ -33,13 +33,14 @@ from tests.campaign_fixtures import (
     fcm_settings,
     marketing,
     send_and_drain,
+    stop,
     subprocess_env,
     wait_for,
 )
+from tests.celery_fixtures import REDIS_URL, queue, start_worker
 from tests.conftest import bearer, make_app, migrate_once, wipe
 from tests.fakes.apns_server import FakeApnsServer, apns_token
 from tests.fakes.fcm_server import FakeFcmServer
-from tests.test_dispatch_celery import REDIS_URL, _start_worker, queue
 
 __all__ = [
     "apns",
@@ -553,7 +554,7 @@ def test_a_mixed_campaign_on_celery_workers(
         **{key: str(value) for key, value in apns_settings.items()},
     )
     log = tmp_path / "worker.log"
-    worker = _start_worker("apns", env, queue, log)
+    worker = start_worker("apns", env, queue, log)
     try:
         campaign_id = web.post(
             "/v1/campaigns",
@@ -564,8 +565,7 @@ def test_a_mixed_campaign_on_celery_workers(
         assert sent.status_code == 202
         wait_for(lambda: campaign_status(celery_app, campaign_id) == "completed", 60, 0.1)
     finally:
-        worker.terminate()
-        worker.wait(timeout=10)
+        stop(worker)
     assert campaign_status(celery_app, campaign_id) == "completed", log.read_text()
     assert collections.Counter(m.token for m in fcm.received) == collections.Counter(
         dict.fromkeys([*fcm_tokens, ios_fcm_tokens[0]], 1)

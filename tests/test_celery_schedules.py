@@ -35,10 +35,10 @@ from tests.campaign_fixtures import (
     subprocess_env,
     wait_for,
 )
+from tests.celery_fixtures import REDIS_URL, ROOT, app, queue, start_worker
 from tests.conftest import bearer
 from tests.fakes.fcm_server import FakeFcmServer
 from tests.messaging_fixtures import SharedClock, shared_clock
-from tests.test_dispatch_celery import REDIS_URL, ROOT, _start_worker, app, queue
 from tests.test_scheduling import ZONES, at
 
 __all__ = ["app", "create_campaign", "device", "fcm", "fcm_settings", "marketing", "queue"]
@@ -91,7 +91,7 @@ def clocked_celery(
         TEST_SWEEP_SECONDS=SWEEP_SECONDS,
     )
     log = tmp_path / "worker.log"
-    worker = _start_worker("clocked", env, None, log, celery_app="tests.clocked_celery:celery")
+    worker = start_worker("clocked", env, None, log, celery_app="tests.clocked_celery:celery")
     beat = _start_beat(env, tmp_path)
 
     def done() -> int:

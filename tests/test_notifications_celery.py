@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from tests.campaign_fixtures import (
     subprocess_env,
     wait_for,
 )
+from tests.celery_fixtures import REDIS_URL, app, queue, start_worker, waiting_messages
 from tests.fakes.fcm_server import FakeFcmServer
 from tests.notification_fixtures import (
     claimed_deliveries,
@@ -33,7 +33,6 @@ from tests.notification_fixtures import (
     post_notification,
     ticket_reply,
 )
-from tests.test_dispatch_celery import REDIS_URL, _start_worker, _waiting_messages, app, queue
 
 __all__ = ["app", "create_campaign", "device", "fcm", "fcm_settings", "marketing", "notify"]
 __all__ += ["post_notification", "queue", "ticket_reply"]
@@ -61,26 +60,23 @@ def test_a_notification_is_sent_while_a_campaign_waits_in_its_queue(
     accepted = post_notification(notify, notification_body()).get_json()
     notifications = tasks.notification_queue(app)
     assert notifications == f"{queue}.notifications"
-    assert _waiting_messages(queue) == 1  # the campaign's task
-    assert _waiting_messages(queue, notifications) == 1  # the notification's, in its own queue
+    assert waiting_messages(queue) == 1  # the campaign's task
+    assert waiting_messages(queue, notifications) == 1  # the notification's, in its own queue
 
     # A worker of the notification lane only: the campaign's task stays where it is.
     env = subprocess_env(
         postgres_url, fcm_settings, CELERY_BROKER_URL=REDIS_URL, CELERY_QUEUE=queue
     )
     log = tmp_path / "notifications.log"
-    worker = _start_worker("n1", env, notifications, log)
+    worker = start_worker("n1", env, notifications, log)
     try:
-        deadline = time.monotonic() + 60
-        while not fcm.received and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: bool(fcm.received), 60, 0.05)
     finally:
-        worker.terminate()
-        worker.wait(timeout=10)
+        stop(worker)
     assert collections.Counter(m.token for m in fcm.received) == {helpdesk_user.push_token: 1}, (
         log.read_text()
     )
-    assert _waiting_messages(queue) == 1
+    assert waiting_messages(queue) == 1
     got = client.get(f"/v1/notifications/{accepted['id']}", headers=notify).get_json()
     assert got["status"] == "completed"
 
@@ -103,14 +99,11 @@ def test_a_worker_started_without_queues_sends_notifications_too(
         postgres_url, fcm_settings, CELERY_BROKER_URL=REDIS_URL, CELERY_QUEUE=queue
     )
     log = tmp_path / "worker.log"
-    worker = _start_worker("all", env, None, log)
+    worker = start_worker("all", env, None, log)
     try:
-        deadline = time.monotonic() + 60
-        while not fcm.received and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: bool(fcm.received), 60, 0.05)
     finally:
-        worker.terminate()
-        worker.wait(timeout=10)
+        stop(worker)
     assert [m.token for m in fcm.received] == [helpdesk_user.push_token], log.read_text()
 
 
@@ -143,7 +136,7 @@ def test_a_notification_a_killed_celery_worker_was_handing_over_arrives_after_a_
     )
     lane = tasks.notification_queue(app)
     logs = [tmp_path / "doomed.log", tmp_path / "restarted.log"]
-    doomed = _start_worker("doomed", env, lane, logs[0])
+    doomed = start_worker("doomed", env, lane, logs[0])
     try:
         assert wait_for(lambda: " ready." in logs[0].read_text(), 60), logs[0].read_text()
         accepted = post_notification(notify, notification_body())
@@ -153,10 +146,10 @@ def test_a_notification_a_killed_celery_worker_was_handing_over_arrives_after_a_
     finally:
         kill_hard(doomed)
     assert claimed_deliveries(app) == 3, "killed before or after the hand-off, not during it"
-    assert _waiting_messages(queue, lane) == 0  # taken, unacknowledged: not lost either
+    assert waiting_messages(queue, lane) == 0  # taken, unacknowledged: not lost either
     fcm.delay = 0.0
 
-    restarted = _start_worker("restarted", env, lane, logs[1])
+    restarted = start_worker("restarted", env, lane, logs[1])
     try:
         done = wait_for(
             lambda: (
