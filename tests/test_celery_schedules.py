@@ -110,10 +110,8 @@ def clocked_celery(
         sweeps(1)  # both running: the worker takes beat's sweeps
         yield sweeps
     finally:
-        stop(beat)
+        kill_hard(beat)  # it holds nothing a test could lose
         stop(worker)
-        kill_hard(beat)
-        kill_hard(worker)
 
 
 def _arrivals(fcm: FakeFcmServer, title: str) -> dict[str, list[datetime]]:
