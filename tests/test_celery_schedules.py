@@ -14,7 +14,7 @@ import collections
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from models import utcnow
+from models.base import follow_clock, share_clock, travel_to
 from tests.campaign_fixtures import (
     Made,
     create_campaign,
@@ -205,3 +206,18 @@ def test_scheduled_and_local_time_waves_are_sent_by_celery_at_their_instants(
     assert body["counts"]["suppressed"] == {"promotional_opt_out": 1, "cancelled": 1}
     body = client.get(f"/v1/campaigns/{scheduled}", headers=marketing).get_json()
     assert (body["status"], body["counts"]["sent"]) == ("completed", 7)
+
+
+def test_a_process_following_the_clock_file_reads_the_time_the_test_set(tmp_path: Path) -> None:
+    """What tests/clocked_celery.py does in the worker and beat processes."""
+    path = tmp_path / "clock"
+    follow_clock(path)
+    try:
+        assert abs(utcnow() - datetime.now(UTC)) < timedelta(seconds=5)  # no file: real time
+        travel_to(at("2027-03-14T13:00"))
+        share_clock(path)
+        travel_to(None)  # this process's own offset no longer counts: the file's does
+        assert timedelta(0) <= utcnow() - at("2027-03-14T13:00") < timedelta(seconds=5)
+    finally:
+        follow_clock(None)
+    assert abs(utcnow() - datetime.now(UTC)) < timedelta(seconds=5)
