@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import DateTime, Dialect, MetaData, String
@@ -29,8 +30,16 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _clock_offset = timedelta(0)
 
 
+# Tests only: a file holding the offset, read at every utcnow(), so the worker
+# processes a test starts (tests/clocked_celery.py) travel with it. Nothing in
+# the service sets it: no setting or variable turns it on in production.
+_clock_file: Path | None = None
+
+
 def utcnow() -> datetime:
     """Return the current time as an aware UTC datetime."""
+    if _clock_file is not None:
+        return datetime.now(UTC) + _offset_in(_clock_file)
     return datetime.now(UTC) + _clock_offset
 
 
@@ -38,6 +47,26 @@ def travel_to(moment: datetime | None) -> None:
     """Make utcnow() read `moment` now and run on from there; None returns to real time."""
     global _clock_offset
     _clock_offset = timedelta(0) if moment is None else moment - datetime.now(UTC)
+
+
+def share_clock(path: Path) -> None:
+    """Tests: write this process's clock offset to `path` for the processes following it."""
+    staged = path.with_name(f"{path.name}.new")
+    staged.write_text(repr(_clock_offset.total_seconds()))
+    staged.replace(path)  # whole, never half-written
+
+
+def follow_clock(path: Path | None) -> None:
+    """Tests: from now on read the clock offset from `path` (None: this process's own)."""
+    global _clock_file
+    _clock_file = path
+
+
+def _offset_in(path: Path) -> timedelta:
+    try:
+        return timedelta(seconds=float(path.read_text()))
+    except FileNotFoundError:
+        return timedelta(0)
 
 
 def new_id() -> str:

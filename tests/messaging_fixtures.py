@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from mobile_api.worker import Worker
-from models.base import travel_to
+from models.base import share_clock, travel_to
 from tests.fakes.fcm_server import FakeFcmServer, ReceivedMessage
 
 Clock = Callable[[datetime], None]
@@ -30,6 +31,27 @@ DEALS = {
 def clock() -> Iterator[Clock]:
     """Set the service's clock (it runs on from there); real time again afterwards."""
     yield travel_to
+    travel_to(None)
+
+
+class SharedClock:
+    """The service's clock here and in the processes started with TEST_CLOCK_FILE=path."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, moment: datetime) -> None:
+        """Set the clock (it runs on from there) in this process and in theirs."""
+        travel_to(moment)
+        share_clock(self.path)
+
+
+@pytest.fixture
+def shared_clock(tmp_path: Path) -> Iterator[SharedClock]:
+    """A clock this test moves for its worker processes too; real time again afterwards."""
+    shared = SharedClock(tmp_path / "clock")
+    share_clock(shared.path)
+    yield shared
     travel_to(None)
 
 

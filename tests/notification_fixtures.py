@@ -14,10 +14,13 @@ from typing import Any, NamedTuple
 
 import pytest
 import requests
+import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+from mobile_api.extensions import db
+from models import DeliveryStatus, NotificationDelivery
 from tests.campaign_fixtures import subprocess_env
 from tests.conftest import bearer
 
@@ -83,6 +86,16 @@ def post_notification(client: FlaskClient, ticket_reply: str) -> Callable[..., T
         return client.post("/v1/notifications", json=body, headers=all_headers)
 
     return post
+
+
+def claimed_deliveries(app: Flask) -> int:
+    """How many notification deliveries a dispatcher holds claimed (being handed over)."""
+    with app.app_context():
+        count = db.session.scalar(
+            sa.select(sa.func.count()).where(NotificationDelivery.status == DeliveryStatus.SENDING)
+        )
+        db.session.remove()
+    return int(count or 0)
 
 
 class LiveServer(NamedTuple):

@@ -33,13 +33,14 @@ from tests.campaign_fixtures import (
     fcm_settings,
     marketing,
     send_and_drain,
+    stop,
     subprocess_env,
     wait_for,
 )
+from tests.celery_fixtures import REDIS_URL, queue, start_worker
 from tests.conftest import bearer, make_app, migrate_once, wipe
 from tests.fakes.apns_server import FakeApnsServer, apns_token
 from tests.fakes.fcm_server import FakeFcmServer
-from tests.test_dispatch_celery import REDIS_URL, _start_worker, queue
 
 __all__ = [
     "apns",
@@ -525,12 +526,14 @@ def test_a_mixed_campaign_on_celery_workers(
         app_key = key_service.create(db.session, "app", "test app")[1]
         marketing_headers = bearer(key_service.create(db.session, "marketing", "test m")[1])
     fcm_tokens = [f"tok-celery-{i}" for i in range(4)]
+    ios_fcm_tokens = ["tok-celery-ios", "tok-celery-ios-out"]  # iOS apps embedding Firebase
     apns_tokens = [apns_token() for _ in range(3)]
     sandbox_tokens = [apns_token()]
-    opted_out = [apns_token(), "tok-celery-out"]
+    opted_out = [apns_token(), "tok-celery-out", ios_fcm_tokens[1]]
     providers = dict.fromkeys(apns_tokens, "apns") | dict.fromkeys(sandbox_tokens, "apns_sandbox")
     providers[opted_out[0]] = "apns"
-    for token in fcm_tokens + apns_tokens + sandbox_tokens + opted_out:
+    providers |= dict.fromkeys(ios_fcm_tokens, "fcm")
+    for token in fcm_tokens + ios_fcm_tokens + apns_tokens + sandbox_tokens + opted_out[:2]:
         body: dict[str, Any] = {"push_token": token, "push_permission": "granted"}
         if token in providers:
             body |= {"platform": "ios", "os_version": "17.4", "push_provider": providers[token]}
@@ -551,7 +554,7 @@ def test_a_mixed_campaign_on_celery_workers(
         **{key: str(value) for key, value in apns_settings.items()},
     )
     log = tmp_path / "worker.log"
-    worker = _start_worker("apns", env, queue, log)
+    worker = start_worker("apns", env, queue, log)
     try:
         campaign_id = web.post(
             "/v1/campaigns",
@@ -562,11 +565,10 @@ def test_a_mixed_campaign_on_celery_workers(
         assert sent.status_code == 202
         wait_for(lambda: campaign_status(celery_app, campaign_id) == "completed", 60, 0.1)
     finally:
-        worker.terminate()
-        worker.wait(timeout=10)
+        stop(worker)
     assert campaign_status(celery_app, campaign_id) == "completed", log.read_text()
     assert collections.Counter(m.token for m in fcm.received) == collections.Counter(
-        dict.fromkeys(fcm_tokens, 1)
+        dict.fromkeys([*fcm_tokens, ios_fcm_tokens[0]], 1)
     )
     assert collections.Counter(m.token for m in apns.received) == collections.Counter(
         dict.fromkeys(apns_tokens, 1)
@@ -574,6 +576,6 @@ def test_a_mixed_campaign_on_celery_workers(
     assert [m.token for m in apns_sandbox.received] == sandbox_tokens
     counts = web.get(f"/v1/campaigns/{campaign_id}", headers=marketing_headers).get_json()
     assert (counts["counts"]["sent"], counts["counts"]["suppressed"]) == (
-        8,
-        {"promotional_opt_out": 2},
+        9,
+        {"promotional_opt_out": 3},
     )

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import collections
-import os
-import subprocess
-import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
-import redis
 import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
@@ -26,85 +20,20 @@ from tests.campaign_fixtures import (
     Made,
     assert_handed_over,
     campaign_status,
-    close_transport,
     create_campaign,
     device,
     fcm,
     fcm_settings,
     kill_hard,
     marketing,
+    stop,
     subprocess_env,
     wait_for,
 )
-from tests.conftest import REDIS_DEFAULT, make_app, migrate_once, wipe
+from tests.celery_fixtures import REDIS_URL, app, queue, start_worker, waiting_messages
 from tests.fakes.fcm_server import FakeFcmServer
 
-__all__ = ["create_campaign", "device", "fcm", "fcm_settings", "marketing"]
-
-ROOT = Path(__file__).resolve().parent.parent
-REDIS_URL = os.environ.get("TEST_REDIS_URL", REDIS_DEFAULT)
-
-
-@pytest.fixture
-def queue() -> Iterator[str]:
-    """A queue (and Redis key prefix) of this test run only; its keys are deleted after."""
-    name = f"mobile_api-test-{uuid.uuid4().hex[:12]}"
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError as exc:
-        pytest.skip(f"Redis not reachable at {REDIS_URL}: {exc}")
-    yield name
-    for key in client.scan_iter(match=f"{name}:*"):
-        client.delete(key)
-    client.close()
-
-
-@pytest.fixture
-def app(postgres_url: str, fcm_settings: dict[str, Any], queue: str) -> Iterator[Flask]:
-    """The web app on the scratch PostgreSQL database, with Celery on Redis."""
-    built = make_app(
-        postgres_url,
-        **fcm_settings,
-        CELERY_BROKER_URL=REDIS_URL,
-        CELERY_QUEUE=queue,
-        DISPATCH_CHUNK_SIZE=5,
-    )
-    migrate_once(built)
-    yield built
-    close_transport(built)
-    wipe(built)
-
-
-def _start_worker(
-    name: str, env: dict[str, str], queue: str | None, log: Path
-) -> subprocess.Popen[Any]:
-    """A Celery worker of queue `queue` (None: every queue of the deployment)."""
-    # A session of its own: kill_hard takes its pool process with it.
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "--app",
-            "wsgi.celery",
-            "worker",
-            *(["-Q", queue] if queue else []),
-            "-c",
-            "1",
-            "-n",
-            f"{name}@%h",
-            "--without-gossip",
-            "--without-mingle",
-            "-l",
-            "info",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+__all__ = ["app", "create_campaign", "device", "fcm", "fcm_settings", "marketing", "queue"]
 
 
 def test_two_celery_workers_process_one_campaign_without_duplicates(
@@ -131,22 +60,15 @@ def test_two_celery_workers_process_one_campaign_without_duplicates(
         DISPATCH_ENUMERATE_BATCH="20",
     )
     logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
-    workers = [_start_worker(f"w{i}", env, queue, log) for i, log in enumerate(logs, 1)]
+    workers = [start_worker(f"w{i}", env, queue, log) for i, log in enumerate(logs, 1)]
     try:
         campaign_id = create_campaign()
         response = client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
         assert response.status_code == 202
-        deadline = time.monotonic() + 60
-        while campaign_status(app, campaign_id) != "completed" and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for(lambda: campaign_status(app, campaign_id) == "completed", 60, 0.1)
     finally:
         for worker in workers:
-            worker.terminate()
-        for worker in workers:
-            try:
-                worker.wait(timeout=10)
-            except subprocess.TimeoutExpired:  # pragma: no cover - a stuck worker
-                worker.kill()
+            stop(worker)
     output = [log.read_text() for log in logs]
     assert campaign_status(app, campaign_id) == "completed", output
     assert collections.Counter(m.token for m in fcm.received) == collections.Counter(
@@ -158,15 +80,6 @@ def test_two_celery_workers_process_one_campaign_without_duplicates(
     assert counts["targeted"] == 61
     assert counts["sent"] == 60
     assert counts["suppressed"] == {"promotional_opt_out": 1}
-
-
-def _waiting_messages(queue: str, name: str | None = None) -> int:
-    """Messages waiting in queue `name` (default: the deployment's queue itself)."""
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        return int(client.llen(f"{queue}:{name or queue}"))
-    finally:
-        client.close()
 
 
 def test_a_campaign_waiting_in_a_long_queue_gets_one_recovery_not_one_per_sweep(
@@ -187,7 +100,7 @@ def test_a_campaign_waiting_in_a_long_queue_gets_one_recovery_not_one_per_sweep(
     tokens = {device().push_token for _ in range(12)}
     campaign_id = create_campaign()
     assert client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing).status_code == 202
-    assert _waiting_messages(queue) == 1  # its task, with no worker to take it yet
+    assert waiting_messages(queue) == 1  # its task, with no worker to take it yet
     with app.app_context():
         # Twenty minutes in a long queue: no enumeration, claim or record since.
         db.session.execute(
@@ -199,20 +112,17 @@ def test_a_campaign_waiting_in_a_long_queue_gets_one_recovery_not_one_per_sweep(
         for _ in range(3):
             tasks.sweep.apply()
         db.session.remove()
-    assert _waiting_messages(queue) == 2  # the task, and one recovery behind it
+    assert waiting_messages(queue) == 2  # the task, and one recovery behind it
 
     env = subprocess_env(
         postgres_url, fcm_settings, CELERY_BROKER_URL=REDIS_URL, CELERY_QUEUE=queue
     )
     log = tmp_path / "worker.log"
-    worker = _start_worker("w1", env, queue, log)
+    worker = start_worker("w1", env, queue, log)
     try:
-        deadline = time.monotonic() + 60
-        while campaign_status(app, campaign_id) != "completed" and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for(lambda: campaign_status(app, campaign_id) == "completed", 60, 0.1)
     finally:
-        worker.terminate()
-        worker.wait(timeout=10)
+        stop(worker)
     output = log.read_text()
     assert campaign_status(app, campaign_id) == "completed", output
     assert "mobile_api.dispatch.recover[" in output
@@ -240,7 +150,7 @@ def test_a_celery_worker_builds_its_push_transport_as_it_starts(
         postgres_url, {**fcm_settings, "FCM_CREDENTIALS": str(bad)}, CELERY_BROKER_URL=REDIS_URL
     )
     log = tmp_path / "bad.log"
-    worker = _start_worker("bad", env, queue, log)
+    worker = start_worker("bad", env, queue, log)
     try:
         code = worker.wait(timeout=60)
     finally:
@@ -250,14 +160,11 @@ def test_a_celery_worker_builds_its_push_transport_as_it_starts(
 
     env = subprocess_env(postgres_url, fcm_settings, CELERY_BROKER_URL=REDIS_URL)
     log = tmp_path / "good.log"
-    worker = _start_worker("good", env, queue, log)
+    worker = start_worker("good", env, queue, log)
     try:
-        deadline = time.monotonic() + 60
-        while " ready." not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for(lambda: " ready." in log.read_text(), 60, 0.1)
     finally:
-        worker.terminate()
-        worker.wait(timeout=10)
+        stop(worker)
     output = log.read_text()
     assert " ready." in output, output
     # Built in the worker and again in its pool process, before any task arrived.
@@ -304,7 +211,7 @@ def test_a_killed_celery_workers_chunk_is_taken_over_within_the_lease(
         CELERY_VISIBILITY_TIMEOUT="2",
     )
     logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
-    doomed, survivor = (_start_worker(f"w{i}", env, queue, log) for i, log in enumerate(logs, 1))
+    doomed, survivor = (start_worker(f"w{i}", env, queue, log) for i, log in enumerate(logs, 1))
     try:
         assert wait_for(lambda: all(" ready." in log.read_text() for log in logs), 60)
         campaign_id = create_campaign()
@@ -319,11 +226,7 @@ def test_a_killed_celery_workers_chunk_is_taken_over_within_the_lease(
         taken_over_in = time.monotonic() - killed_at
     finally:
         kill_hard(doomed)
-        survivor.terminate()
-        try:
-            survivor.wait(timeout=10)
-        except subprocess.TimeoutExpired:  # pragma: no cover - a stuck worker
-            kill_hard(survivor)
+        stop(survivor)
     assert done, logs[1].read_text()
     assert taken_over_in < 2 + 1 + 1 + 10  # visibility, restore, lease, then sending
     assert_handed_over(fcm, tokens)  # in flight at the kill: twice at most, same identity

@@ -12,15 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from mobile_api.extensions import db
 from mobile_api.push import PushMessage
 from mobile_api.services import dispatch, notify_dispatch
-from models import DeliveryStatus, NotificationDelivery
 from tests.campaign_fixtures import (
     Made,
     app,
@@ -38,6 +35,7 @@ from tests.campaign_fixtures import (
 )
 from tests.fakes.fcm_server import FakeFcmServer
 from tests.notification_fixtures import (
+    claimed_deliveries,
     notification_body,
     notify,
     post_notification,
@@ -58,16 +56,6 @@ def _status(client: FlaskClient, notify: Headers, notification_id: str) -> dict[
     assert response.status_code == 200, response.get_json()
     body: dict[str, Any] = response.get_json()
     return body
-
-
-def _sending(app: Flask) -> int:
-    """How many notification deliveries a dispatcher holds claimed."""
-    with app.app_context():
-        count = db.session.scalar(
-            sa.select(sa.func.count()).where(NotificationDelivery.status == DeliveryStatus.SENDING)
-        )
-        db.session.remove()
-    return int(count or 0)
 
 
 def test_a_killed_dispatchers_notification_is_handed_over_again_with_the_same_tag(
@@ -93,7 +81,7 @@ def test_a_killed_dispatchers_notification_is_handed_over_again_with_the_same_ta
         assert wait_for(lambda: len(fcm.received) >= 1, 30), (tmp_path / "first.log").read_text()
     finally:
         kill_hard(first)
-    assert _sending(app) == 3, "killed before or after the hand-off, not during it"
+    assert claimed_deliveries(app) == 3, "killed before or after the hand-off, not during it"
     fcm.delay = 0.0
 
     log = tmp_path / "second.log"

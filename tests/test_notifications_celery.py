@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,16 +13,26 @@ from flask.testing import FlaskClient
 from mobile_api import tasks
 from tests.campaign_fixtures import (
     Made,
+    assert_handed_over,
     create_campaign,
     device,
     fcm,
     fcm_settings,
+    kill_hard,
     marketing,
+    stop,
     subprocess_env,
+    wait_for,
 )
+from tests.celery_fixtures import REDIS_URL, app, queue, start_worker, waiting_messages
 from tests.fakes.fcm_server import FakeFcmServer
-from tests.notification_fixtures import notification_body, notify, post_notification, ticket_reply
-from tests.test_dispatch_celery import REDIS_URL, _start_worker, _waiting_messages, app, queue
+from tests.notification_fixtures import (
+    claimed_deliveries,
+    notification_body,
+    notify,
+    post_notification,
+    ticket_reply,
+)
 
 __all__ = ["app", "create_campaign", "device", "fcm", "fcm_settings", "marketing", "notify"]
 __all__ += ["post_notification", "queue", "ticket_reply"]
@@ -51,26 +60,23 @@ def test_a_notification_is_sent_while_a_campaign_waits_in_its_queue(
     accepted = post_notification(notify, notification_body()).get_json()
     notifications = tasks.notification_queue(app)
     assert notifications == f"{queue}.notifications"
-    assert _waiting_messages(queue) == 1  # the campaign's task
-    assert _waiting_messages(queue, notifications) == 1  # the notification's, in its own queue
+    assert waiting_messages(queue) == 1  # the campaign's task
+    assert waiting_messages(queue, notifications) == 1  # the notification's, in its own queue
 
     # A worker of the notification lane only: the campaign's task stays where it is.
     env = subprocess_env(
         postgres_url, fcm_settings, CELERY_BROKER_URL=REDIS_URL, CELERY_QUEUE=queue
     )
     log = tmp_path / "notifications.log"
-    worker = _start_worker("n1", env, notifications, log)
+    worker = start_worker("n1", env, notifications, log)
     try:
-        deadline = time.monotonic() + 60
-        while not fcm.received and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: bool(fcm.received), 60, 0.05)
     finally:
-        worker.terminate()
-        worker.wait(timeout=10)
+        stop(worker)
     assert collections.Counter(m.token for m in fcm.received) == {helpdesk_user.push_token: 1}, (
         log.read_text()
     )
-    assert _waiting_messages(queue) == 1
+    assert waiting_messages(queue) == 1
     got = client.get(f"/v1/notifications/{accepted['id']}", headers=notify).get_json()
     assert got["status"] == "completed"
 
@@ -93,12 +99,74 @@ def test_a_worker_started_without_queues_sends_notifications_too(
         postgres_url, fcm_settings, CELERY_BROKER_URL=REDIS_URL, CELERY_QUEUE=queue
     )
     log = tmp_path / "worker.log"
-    worker = _start_worker("all", env, None, log)
+    worker = start_worker("all", env, None, log)
     try:
-        deadline = time.monotonic() + 60
-        while not fcm.received and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: bool(fcm.received), 60, 0.05)
     finally:
-        worker.terminate()
-        worker.wait(timeout=10)
+        stop(worker)
     assert [m.token for m in fcm.received] == [helpdesk_user.push_token], log.read_text()
+
+
+def test_a_notification_a_killed_celery_worker_was_handing_over_arrives_after_a_restart(
+    app: Flask,
+    client: FlaskClient,
+    postgres_url: str,
+    fcm_settings: dict[str, Any],
+    queue: str,
+    notify: dict[str, str],
+    post_notification: Callable[..., Any],
+    device: Callable[..., Made],
+    fcm: FakeFcmServer,
+    tmp_path: Path,
+) -> None:
+    """kill -9 while FCM holds the message unanswered; the task comes back to a new worker.
+
+    Scaled as in test_dispatch_celery: a visibility timeout of 2 s and a lease of 1 s
+    stand for the defaults of 30 s each.
+    """
+    tokens = {device(promotional=False, account_id="acct-1").push_token for _ in range(3)}
+    fcm.delay = 3.0  # the answer comes long after the kill
+    env = subprocess_env(
+        postgres_url,
+        fcm_settings,
+        CELERY_BROKER_URL=REDIS_URL,
+        CELERY_QUEUE=queue,
+        DISPATCH_CLAIM_LEASE_SECONDS="1",
+        CELERY_VISIBILITY_TIMEOUT="2",
+    )
+    lane = tasks.notification_queue(app)
+    logs = [tmp_path / "doomed.log", tmp_path / "restarted.log"]
+    doomed = start_worker("doomed", env, lane, logs[0])
+    try:
+        assert wait_for(lambda: " ready." in logs[0].read_text(), 60), logs[0].read_text()
+        accepted = post_notification(notify, notification_body())
+        assert accepted.status_code == 202, accepted.get_json()
+        notification_id = accepted.get_json()["id"]
+        assert wait_for(lambda: len(fcm.received) >= 1, 30), logs[0].read_text()
+    finally:
+        kill_hard(doomed)
+    assert claimed_deliveries(app) == 3, "killed before or after the hand-off, not during it"
+    assert waiting_messages(queue, lane) == 0  # taken, unacknowledged: not lost either
+    fcm.delay = 0.0
+
+    restarted = start_worker("restarted", env, lane, logs[1])
+    try:
+        done = wait_for(
+            lambda: (
+                client.get(f"/v1/notifications/{notification_id}", headers=notify).get_json()[
+                    "status"
+                ]
+                == "completed"
+            ),
+            60,
+            0.1,
+        )
+    finally:
+        stop(restarted)
+    assert done, logs[1].read_text()
+    # Handed over again by the task Redis gave back (acks_late), same identity.
+    assert f"{tasks.SEND_NOTIFICATIONS}[" in logs[1].read_text()
+    assert_handed_over(fcm, tokens, in_flight=tokens)
+    assert all(m.identity[0] == notification_id for m in fcm.received)
+    counts = client.get(f"/v1/notifications/{notification_id}", headers=notify).get_json()["counts"]
+    assert (counts["sent"], counts["failed"], counts["pending"]) == (3, 0, 0)
