@@ -27,6 +27,8 @@ CHANNEL = "mobile_api_notifications"
 _NOTIFY = sa.text(f"NOTIFY {CHANNEL}")
 # After a lost connection, how long the lane only polls before it listens again.
 RECONNECT_SECONDS = 5.0
+# A long poll interval is waited in slices this long, so a stop is not kept waiting.
+_SLICE_SECONDS = 0.5
 
 
 def announce(session: Db) -> None:
@@ -51,6 +53,9 @@ class Listener:
         self._retry_at = 0.0
 
     def __enter__(self) -> Listener:
+        # Listening before the lane's first pass: what commits later is heard, what
+        # committed earlier that pass finds.
+        self._connection()
         return self
 
     def __exit__(
@@ -67,8 +72,17 @@ class Listener:
         if connection is None:
             self._stop.wait(seconds)
             return False
+        until = time.monotonic() + seconds
         try:
-            woken = any(True for _ in connection.notifies(timeout=seconds, stop_after=1))
+            woken = False
+            while not woken and not self._stop.is_set():
+                left = until - time.monotonic()
+                if left <= 0:
+                    break
+                woken = any(
+                    True
+                    for _ in connection.notifies(timeout=min(left, _SLICE_SECONDS), stop_after=1)
+                )
             if woken:
                 # Those that came meanwhile asked for the same: one pass serves them all.
                 for _ in connection.notifies(timeout=0.0):
