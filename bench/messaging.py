@@ -2,6 +2,7 @@
 
     cd <worktree> && .venv/bin/python -m bench.messaging gates --db sqlite --devices 10000 --runs 3
     .venv/bin/python -m bench.messaging plan --devices 200000
+    .venv/bin/python -m bench.messaging waves --devices 200000 --runs 3
 
 `gates`: one database seeded once; campaigns to every device sent alternately with
 QUIET_HOURS and PROMO_FREQUENCY_CAP unset ("off") and set ("on": quiet hours that
@@ -14,11 +15,21 @@ run and the medians.
 `local_time` campaign sent and its audience enumerated into waves by the dispatcher's
 own `enumerate_batch`, in this process. Prints the time to plan, the number of
 distinct due times, and this process's peak RSS (ru_maxrss) before and after.
+
+`waves`: PostgreSQL, the same 40 timezones, seeded once. Each run sends a plain
+campaign to every device and a `local_time` campaign to the same audience, both
+enumerated first (not timed). The plain one is then dispatched at once; the local-time
+one wave by wave, the service's clock (models.base.travel_to) moved to each wave's
+moment in turn. Messages/s: messages handed over (sent or failed) over the time the
+dispatcher's passes took (claim, gates, hand-off to the loopback FCM server in its own
+process, record), summed over the waves. The embedded dispatcher's passes run in this
+process.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import resource
@@ -124,43 +135,43 @@ def gates(args: argparse.Namespace) -> dict[str, Any]:
         drop()
 
 
-def plan(args: argparse.Namespace) -> dict[str, Any]:
-    """Time and memory to enumerate a local_time campaign over many devices and zones."""
+def _seed_zones(app: Any, devices: int) -> float:
+    """Seed `devices` devices spread over ZONES (1 in 20 without a timezone); seconds taken."""
     from flask_migrate import upgrade
 
     from mobile_api.extensions import db
-    from mobile_api.services import dispatch
+
+    with app.app_context():
+        upgrade()
+        t0 = time.perf_counter()
+        seed(db.engine, devices)
+        zones = "ARRAY[" + ", ".join(f"'{zone}'" for zone in ZONES) + "]"
+        with db.engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    f"UPDATE devices SET timezone = CASE WHEN substr(id, 20)::int % 20 = 7"
+                    f" THEN NULL ELSE ({zones})[substr(id, 20)::int % 40 + 1] END"
+                )
+            )
+            conn.execute(sa.text("ANALYZE devices"))
+        db.session.remove()
+        return time.perf_counter() - t0
+
+
+def plan(args: argparse.Namespace) -> dict[str, Any]:
+    """Time and memory to enumerate a local_time campaign over many devices and zones."""
+    from mobile_api.extensions import db
 
     url, drop = _database("postgresql")
     try:
         app = _app(url)
-        with app.app_context():
-            upgrade()
-            t0 = time.perf_counter()
-            seed(db.engine, args.devices)
-            zones = "ARRAY[" + ", ".join(f"'{zone}'" for zone in ZONES) + "]"
-            with db.engine.begin() as conn:
-                conn.execute(
-                    sa.text(
-                        f"UPDATE devices SET timezone = CASE WHEN substr(id, 20)::int % 20 = 7"
-                        f" THEN NULL ELSE ({zones})[substr(id, 20)::int % 40 + 1] END"
-                    )
-                )
-                conn.execute(sa.text("ANALYZE devices"))
-            seeded = time.perf_counter() - t0
-            db.session.remove()
+        seeded = _seed_zones(app, args.devices)
         campaign_id = _create(app, local_time="09:00", fallback_timezone="UTC")
         rss_before = _peak_rss_mb()
+        t0 = time.perf_counter()
+        batches = _enumerate(app, campaign_id)
+        planned = time.perf_counter() - t0
         with app.app_context():
-            settings = dispatch.Settings.from_config(app.config)
-            t0 = time.perf_counter()
-            batches = 0
-            while True:
-                batch = dispatch.enumerate_batch(db.session, campaign_id, settings)
-                batches += 1
-                if batch is None or batch.done:
-                    break
-            planned = time.perf_counter() - t0
             waves = db.session.scalar(
                 sa.text(
                     "SELECT count(DISTINCT due_at) FROM campaign_deliveries WHERE campaign_id = :id"
@@ -187,6 +198,111 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
         drop()
 
 
+def _enumerate(app: Any, campaign_id: str) -> int:
+    """Expand the campaign's audience into delivery rows (its waves); batches taken."""
+    from mobile_api.extensions import db
+    from mobile_api.services import dispatch
+
+    with app.app_context():
+        settings = dispatch.Settings.from_config(app.config)
+        batches = 0
+        while True:
+            batch = dispatch.enumerate_batch(db.session, campaign_id, settings)
+            batches += 1
+            if batch is None or batch.done:
+                break
+        db.session.remove()
+    return batches
+
+
+def _dispatch_due(app: Any) -> float:
+    """Run the embedded dispatcher's passes until one claims nothing; seconds taken."""
+    from mobile_api.worker import Worker
+
+    worker = Worker(app)
+    started = time.perf_counter()
+    while worker.run_pass()[0]:
+        pass
+    return time.perf_counter() - started
+
+
+def _handed(app: Any, campaign_id: str) -> int:
+    from mobile_api.extensions import db
+
+    with app.app_context():
+        count = db.session.scalar(
+            sa.text(
+                "SELECT count(*) FROM campaign_deliveries WHERE campaign_id = :id"
+                " AND status IN ('sent', 'failed')"
+            ),
+            {"id": campaign_id},
+        )
+        db.session.remove()
+    return int(count or 0)
+
+
+def waves(args: argparse.Namespace) -> dict[str, Any]:
+    """Dispatch messages/s of a plain send and of local-time waves firing, alternating runs."""
+    from mobile_api.extensions import db
+    from models.base import travel_to
+
+    url, drop = _database("postgresql")
+    server, endpoint, credentials = _fake_fcm(Path(tempfile.mkdtemp()))
+    try:
+        app = _app(url, FCM_CREDENTIALS=str(credentials), FCM_ENDPOINT=endpoint)
+        seeded = _seed_zones(app, args.devices)
+        runs: dict[str, list[float]] = {"plain": [], "waves": []}
+        wave_count = 0
+        for _ in range(args.runs):
+            travel_to(None)
+            plain = _create(app)
+            _enumerate(app, plain)
+            elapsed = _dispatch_due(app)
+            runs["plain"].append(_handed(app, plain) / elapsed)
+
+            # Planned for tomorrow's 09:00 in every zone, then each wave fired in turn.
+            start = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(days=1)
+            travel_to(start)
+            local = _create(app, local_time="09:00", send_at=start + dt.timedelta(minutes=1))
+            _enumerate(app, local)
+            with app.app_context():
+                moments = db.session.scalars(
+                    sa.text(
+                        "SELECT DISTINCT due_at FROM campaign_deliveries"
+                        " WHERE campaign_id = :id ORDER BY due_at"
+                    ),
+                    {"id": local},
+                ).all()
+                db.session.remove()
+            wave_count = len(moments)
+            elapsed = 0.0
+            for moment in moments:
+                due = moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+                travel_to(due + dt.timedelta(seconds=1))
+                elapsed += _dispatch_due(app)
+            runs["waves"].append(_handed(app, local) / elapsed)
+        travel_to(None)
+        plain_median, waves_median = (
+            statistics.median(runs["plain"]),
+            statistics.median(runs["waves"]),
+        )
+        return {
+            "bench": "waves",
+            "devices": args.devices,
+            "waves": wave_count,
+            "seed_s": round(seeded, 1),
+            "runs_plain_per_s": [round(r) for r in runs["plain"]],
+            "runs_waves_per_s": [round(r) for r in runs["waves"]],
+            "median_plain_per_s": round(plain_median),
+            "median_waves_per_s": round(waves_median),
+            "waves_vs_plain": round(waves_median / plain_median, 2),
+        }
+    finally:
+        travel_to(None)
+        server.terminate()
+        drop()
+
+
 def main() -> None:
     """Run one benchmark; print one JSON line."""
     parser = argparse.ArgumentParser()
@@ -197,8 +313,11 @@ def main() -> None:
     one.add_argument("--runs", type=int, default=3)
     two = sub.add_parser("plan")
     two.add_argument("--devices", type=int, default=200_000)
+    three = sub.add_parser("waves")
+    three.add_argument("--devices", type=int, default=200_000)
+    three.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    result = gates(args) if args.bench == "gates" else plan(args)
+    result = {"gates": gates, "plan": plan, "waves": waves}[args.bench](args)
     print(json.dumps(result), flush=True)
 
 

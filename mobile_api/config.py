@@ -42,6 +42,10 @@ class Defaults:
     # dispatcher sends the chunk again, with the same collapse identity.
     DISPATCH_CLAIM_LEASE_SECONDS = 30.0
     DISPATCH_POLL_SECONDS = 1.0  # embedded worker: idle wait between passes
+    # Niceness of campaign work (mobile_api/priority.py): the embedded dispatcher's
+    # campaign thread, and Celery workers that do not consume the notification queue,
+    # yield the CPU to web requests and notifications. 0: the same priority as they.
+    DISPATCH_CAMPAIGN_NICE = 10
     # Celery: a campaign with work overdue and no enumeration, claim or record for
     # this long has lost its tasks; the sweep queues one recovery at a time.
     DISPATCH_STALL_SECONDS = 300.0
@@ -172,6 +176,7 @@ _ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "DISPATCH_ENUMERATE_BATCH": ("DISPATCH_ENUMERATE_BATCH", int),
     "DISPATCH_CLAIM_LEASE_SECONDS": ("DISPATCH_CLAIM_LEASE_SECONDS", float),
     "DISPATCH_POLL_SECONDS": ("DISPATCH_POLL_SECONDS", float),
+    "DISPATCH_CAMPAIGN_NICE": ("DISPATCH_CAMPAIGN_NICE", int),
     "DATABASE_PING_AFTER_IDLE_SECONDS": ("DATABASE_PING_AFTER_IDLE_SECONDS", float),
     "DISPATCH_STALL_SECONDS": ("DISPATCH_STALL_SECONDS", float),
     "PUSH_RETRY_WINDOW_SECONDS": ("PUSH_RETRY_WINDOW_SECONDS", float),

@@ -11,7 +11,7 @@ from celery.signals import worker_process_init
 from flask import Flask, current_app
 from kombu.entity import Queue
 
-from mobile_api import healthcheck, periodic
+from mobile_api import healthcheck, periodic, priority
 from mobile_api.extensions import db
 from mobile_api.services import dispatch, notify_dispatch
 from models import Campaign, utcnow
@@ -47,6 +47,19 @@ def make_celery(app: Flask) -> Celery:
         def build(self, **_kwargs: Any) -> None:
             dispatch.transport(app)
 
+    class CampaignPriorityStep(bootsteps.Step):
+        """A worker of campaigns that does not take notifications yields the CPU to them.
+
+        At DISPATCH_CAMPAIGN_NICE, set here, before the pool starts: its processes and
+        threads inherit it. A worker that consumes the notification queue too keeps
+        its priority, or notifications would wait with the campaigns.
+        """
+
+        def __init__(self, parent: Any, **kwargs: Any) -> None:
+            super().__init__(parent, **kwargs)
+            if notification_queue(app) not in parent.app.amqp.queues.consume_from:
+                priority.lower_this_thread(int(app.config["DISPATCH_CAMPAIGN_NICE"]))
+
     class HeartbeatStep(bootsteps.StartStopStep):
         """Touch HEARTBEAT_FILE every few seconds from the worker's timer, for the healthcheck."""
 
@@ -71,6 +84,7 @@ def make_celery(app: Flask) -> Celery:
     celery = Celery(app.import_name, task_cls=FlaskTask)
     celery.steps["worker"].add(PushTransportStep)
     celery.steps["worker"].add(HeartbeatStep)
+    celery.steps["worker"].add(CampaignPriorityStep)
     queue = app.config["CELERY_QUEUE"]
     visibility = float(app.config["CELERY_VISIBILITY_TIMEOUT"])
     notifications_queue = notification_queue(app)

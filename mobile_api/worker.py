@@ -13,9 +13,9 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from mobile_api import healthcheck, periodic
+from mobile_api import healthcheck, periodic, priority
 from mobile_api.extensions import db
-from mobile_api.services import dispatch, notify_dispatch
+from mobile_api.services import dispatch, notify_dispatch, notify_wakeup
 from models import utcnow
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ class Worker:
         self._stop = threading.Event()
         self._next_at: datetime | None = None
         self.notify_poll_seconds = float(app.config["NOTIFY_POLL_SECONDS"])
+        self.campaign_nice = int(app.config["DISPATCH_CAMPAIGN_NICE"])
 
     def stop(self) -> None:
         """Finish the chunk in hand, then return from run()."""
@@ -57,10 +58,17 @@ class Worker:
                 db.session.remove()
 
     def _notification_lane(self) -> None:
-        """Notifications in a thread of their own: never behind a campaign's chunks."""
-        while not self._stop.is_set():
-            if not self.run_notifications():
-                self._stop.wait(self.notify_poll_seconds)
+        """Notifications in a thread of their own: never behind a campaign's chunks.
+
+        Between passes it waits for the next poll, or less: PostgreSQL announces
+        each accepted notification (services/notify_wakeup.py).
+        """
+        with self.app.app_context():
+            engine = db.engine
+        with notify_wakeup.Listener(engine, self._stop) as listener:
+            while not self._stop.is_set():
+                if not self.run_notifications():
+                    listener.wait(self.notify_poll_seconds)
 
     def run_pass(self) -> tuple[int, int]:
         """One pass over the campaigns due now: (chunks claimed, campaigns still active)."""
@@ -107,25 +115,46 @@ class Worker:
         until = (self._next_at - utcnow()).total_seconds()
         return min(self.poll_seconds, max(until, 0.0))
 
-    def run(self, *, drain: bool = False) -> None:
-        """Loop until stopped (or, with drain, until no campaign is queued or sending)."""
-        log.info("dispatcher started (%s)", "drain" if drain else "worker")
-        lane = threading.Thread(target=self._notification_lane, name="notifications", daemon=True)
-        lane.start()
+    def _campaigns(self, drain: bool, failed: list[BaseException]) -> None:
+        """Campaign passes until stopped (or drained), at the campaigns' lower priority."""
+        priority.lower_this_thread(self.campaign_nice)
         try:
             while not self._stop.is_set():
                 chunks, remaining = self.run_pass()
                 healthcheck.beat(self.app.config["HEARTBEAT_FILE"])  # this loop is alive
                 if drain and remaining == 0:
-                    break
+                    return
                 if not chunks:
                     self._stop.wait(self._idle_seconds())
+        except BaseException as error:  # re-raised by run(), in the caller's thread
+            failed.append(error)
+
+    def run(self, *, drain: bool = False) -> None:
+        """Loop until stopped (or, with drain, until no campaign is queued or sending).
+
+        Campaigns and notifications each run in a thread of their own, campaigns at
+        DISPATCH_CAMPAIGN_NICE: a notification neither waits behind a chunk nor for
+        a core the campaign holds.
+        """
+        log.info("dispatcher started (%s)", "drain" if drain else "worker")
+        lane = threading.Thread(target=self._notification_lane, name="notifications", daemon=True)
+        failed: list[BaseException] = []
+        campaigns = threading.Thread(
+            target=self._campaigns, args=(drain, failed), name="campaigns", daemon=True
+        )
+        lane.start()
+        campaigns.start()
+        try:
+            campaigns.join()
         finally:
             stopped = self._stop.is_set()
             self._stop.set()
+            campaigns.join()
             lane.join()
             if not stopped:
                 self._stop.clear()  # drained: tell the caller it finished, not that it timed out
+        if failed:
+            raise failed[0]
         log.info("dispatcher stopped")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import os
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -13,6 +14,7 @@ import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 
+from mobile_api import tasks
 from mobile_api.extensions import db
 from models import Campaign
 from tests.campaign_fixtures import (
@@ -232,3 +234,42 @@ def test_a_killed_celery_workers_chunk_is_taken_over_within_the_lease(
     assert_handed_over(fcm, tokens)  # in flight at the kill: twice at most, same identity
     counts = client.get(f"/v1/campaigns/{campaign_id}", headers=marketing).get_json()["counts"]
     assert (counts["targeted"], counts["sent"], counts["failed"]) == (40, 40, 0)
+
+
+def _nice(pid: int) -> int:
+    """A process's niceness (Linux /proc: field 19 of stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[16])
+
+
+def test_a_campaign_worker_yields_the_cpu_and_a_notification_worker_does_not(
+    app: Flask, postgres_url: str, fcm_settings: dict[str, Any], queue: str, tmp_path: Path
+) -> None:
+    """DISPATCH_CAMPAIGN_NICE: campaigns-only workers run niced; one taking notifications not."""
+    env = subprocess_env(
+        postgres_url,
+        fcm_settings,
+        CELERY_BROKER_URL=REDIS_URL,
+        CELERY_QUEUE=queue,
+        DISPATCH_CAMPAIGN_NICE="7",
+    )
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    started = {
+        name: (start_worker(name, env, only, tmp_path / f"{name}.log"), tmp_path / f"{name}.log")
+        for name, only in (
+            ("campaigns", queue),
+            ("notifications", tasks.notification_queue(app)),
+            ("both", None),
+        )
+    }
+    try:
+        wait_for(
+            lambda: all(" ready." in log.read_text() for _, log in started.values()), timeout=60
+        )
+        nice = {name: _nice(worker.pid) for name, (worker, _) in started.items()}
+    finally:
+        for worker, _ in started.values():
+            worker.terminate()
+        for worker, _ in started.values():
+            worker.wait(timeout=10)
+    assert nice == {"campaigns": max(ours, 7), "notifications": ours, "both": ours}

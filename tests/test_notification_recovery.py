@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from werkzeug.test import TestResponse
 
 from mobile_api.push import PushMessage
 from mobile_api.services import dispatch, notify_dispatch
+from mobile_api.worker import Worker
+from tests.apns_fixtures import apns, apns_sandbox, apns_settings, ios_device
 from tests.campaign_fixtures import (
     Made,
     app,
@@ -33,7 +36,9 @@ from tests.campaign_fixtures import (
     subprocess_env,
     wait_for,
 )
+from tests.fakes.apns_server import FakeApnsServer
 from tests.fakes.fcm_server import FakeFcmServer
+from tests.messaging_fixtures import Clock, clock
 from tests.notification_fixtures import (
     claimed_deliveries,
     notification_body,
@@ -42,7 +47,20 @@ from tests.notification_fixtures import (
     ticket_reply,
 )
 
-__all__ = ["app", "device", "fcm", "fcm_settings", "notify", "post_notification", "ticket_reply"]
+__all__ = [
+    "apns",
+    "apns_sandbox",
+    "apns_settings",
+    "app",
+    "clock",
+    "device",
+    "fcm",
+    "fcm_settings",
+    "ios_device",
+    "notify",
+    "post_notification",
+    "ticket_reply",
+]
 
 Headers = dict[str, str]
 Post = Callable[..., TestResponse]
@@ -170,10 +188,11 @@ def test_retries_end_with_the_notifications_ttl(
     device: Make,
     fcm: FakeFcmServer,
 ) -> None:
-    """FCM failing for longer than the message may live: failed with the last reason."""
+    """FCM failing for longer than the message may live: retried, then given up, never sent."""
     device(promotional=False, account_id="acct-1")
-    sender = app_factory(**_outage_settings(fcm_settings))
-    response = post_notification(notify, notification_body(ttl_seconds=1))
+    # Warmed up: a TTL this short could run out before a cold first hand-off.
+    sender = _warmed_up(app_factory(**_outage_settings(fcm_settings)), fcm)
+    response = post_notification(notify, notification_body(ttl_seconds=2))
     notification_id = response.get_json()["id"]
     fcm.outage(30.0, "unavailable")
     try:
@@ -181,9 +200,98 @@ def test_retries_end_with_the_notifications_ttl(
     finally:
         close_transport(sender)
     assert len(fcm.received) > 1  # retried, then given up
+    (delivery,) = _status(client, notify, notification_id)["deliveries"]
+    # The last answer came after the TTL ended (failed, with FCM's reason), or the
+    # TTL ended before the next retry (not handed over again: expired).
+    assert (delivery["status"], delivery["reason"]) in {
+        ("failed", "unavailable"),
+        ("suppressed", "expired"),
+    }
+
+
+def _retrying_sender(app_factory: Callable[..., Flask], settings: dict[str, Any]) -> Flask:
+    """A dispatcher whose retries come 30-60 s after a retryable answer, for a day."""
+    return app_factory(
+        **{
+            **settings,
+            "PUSH_RETRY_BASE_SECONDS": 60.0,
+            "PUSH_RETRY_MAX_SECONDS": 60.0,
+            "PUSH_RETRY_WINDOW_SECONDS": 86400.0,
+        }
+    )
+
+
+def test_a_retried_notification_carries_what_is_left_of_its_ttl(
+    app_factory: Callable[..., Flask],
+    fcm_settings: dict[str, Any],
+    apns_settings: dict[str, Any],
+    client: FlaskClient,
+    notify: Headers,
+    post_notification: Post,
+    device: Make,
+    ios_device: Make,
+    fcm: FakeFcmServer,
+    apns: FakeApnsServer,
+    clock: Clock,
+) -> None:
+    """The TTL starts when the notification is accepted: a retry 2 minutes on has 2 minutes less."""
+    android = device(promotional=False, account_id="acct-1")
+    iphone = ios_device(promotional=False, account_id="acct-1")
+    fcm.fail_times(str(android.push_token), 1, "unavailable")
+    apns.fail_times(str(iphone.push_token), 1, "too_many_requests")
+    sender = _retrying_sender(app_factory, {**fcm_settings, **apns_settings})
+    accepted = datetime(2027, 1, 11, 9, 0, tzinfo=UTC)
+    clock(accepted)
+    notification_id = post_notification(notify, notification_body(ttl_seconds=600)).get_json()["id"]
+    try:
+        Worker(sender).run_notifications()  # both refused, retryable: pending again
+        (first,) = fcm.messages_for(str(android.push_token))
+        assert first.body["message"]["android"]["ttl"] == "600s"
+        assert len(apns.messages_for(str(iphone.push_token))) == 1
+
+        clock(accepted + timedelta(seconds=120))
+        Worker(sender).run_notifications()
+    finally:
+        close_transport(sender)
+    _, retried = fcm.messages_for(str(android.push_token))
+    assert retried.answer == "ok"
+    # Accepted a moment after 09:00: less than 120 s of its TTL spent by 09:02.
+    assert 478 <= int(retried.body["message"]["android"]["ttl"].rstrip("s")) <= 481
+    _, again = apns.messages_for(str(iphone.push_token))
+    assert again.status == 200
+    # An absolute expiry: the remaining 480 s from the moment it was handed over.
+    assert abs(int(again.headers["apns-expiration"]) - (time.time() + 480)) <= 5
+    counts = _status(client, notify, notification_id)["counts"]
+    assert (counts["sent"], counts["failed"], counts["pending"]) == (2, 0, 0)
+
+
+def test_a_notification_whose_ttl_ran_out_before_its_retry_is_not_sent(
+    app_factory: Callable[..., Flask],
+    fcm_settings: dict[str, Any],
+    client: FlaskClient,
+    notify: Headers,
+    post_notification: Post,
+    device: Make,
+    fcm: FakeFcmServer,
+    clock: Clock,
+) -> None:
+    """Its retry comes after the TTL: nothing handed over again, the delivery ends expired."""
+    android = device(promotional=False, account_id="acct-1")
+    fcm.fail_times(str(android.push_token), 1, "unavailable")
+    sender = _retrying_sender(app_factory, fcm_settings)
+    accepted = datetime(2027, 1, 11, 9, 0, tzinfo=UTC)
+    clock(accepted)
+    notification_id = post_notification(notify, notification_body(ttl_seconds=60)).get_json()["id"]
+    try:
+        Worker(sender).run_notifications()
+        clock(accepted + timedelta(seconds=61))
+        Worker(sender).run_notifications()
+    finally:
+        close_transport(sender)
+    assert [m.answer for m in fcm.messages_for(str(android.push_token))] == ["unavailable"]
     got = _status(client, notify, notification_id)
-    assert got["counts"]["failed"] == 1
-    assert [d["reason"] for d in got["deliveries"]] == ["unavailable"]
+    assert [(d["status"], d["reason"]) for d in got["deliveries"]] == [("suppressed", "expired")]
+    assert got["counts"]["suppressed"] == {"expired": 1}
 
 
 def test_the_send_rate_holds_for_notifications(

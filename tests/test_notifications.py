@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -18,8 +19,9 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from mobile_api.extensions import db
-from mobile_api.services import keys
+from mobile_api.services import categories, keys
 from mobile_api.services import notifications as notification_service
+from mobile_api.services.caller import Caller
 from mobile_api.worker import Worker
 from models import IdempotencyKey, Notification, new_id, utcnow
 from tests.campaign_fixtures import (
@@ -27,6 +29,7 @@ from tests.campaign_fixtures import (
     admin,
     app,
     campaign_body,
+    close_transport,
     device,
     drain,
     fcm,
@@ -35,10 +38,11 @@ from tests.campaign_fixtures import (
     terminate_account,
     update_device,
 )
-from tests.conftest import bearer
+from tests.conftest import bearer, device_body, make_app, migrate_once, wipe
 from tests.fakes.fcm_server import FakeFcmServer
 from tests.notification_fixtures import (
     TICKET_REPLY,
+    TRANSACTIONAL,
     LiveServer,
     idempotency_key,
     live_server,
@@ -532,3 +536,77 @@ def test_each_device_gets_its_language_and_the_categorys_channel(
     aps = message["apns"]["payload"]["aps"]
     assert aps["interruption-level"] == TICKET_REPLY["ios_interruption_level"]
     assert message["notification"]["image"] == "https://cdn.example.com/agent.png"
+
+
+def test_campaigns_run_at_a_lower_cpu_priority_than_notifications(
+    app_factory: Callable[..., Flask], fcm_settings: dict[str, Any]
+) -> None:
+    """DISPATCH_CAMPAIGN_NICE: a campaign pass yields the CPU, the notification lane does not."""
+    sender = app_factory(**fcm_settings, DISPATCH_CAMPAIGN_NICE=7)
+    worker = Worker(sender)
+    seen: dict[str, int] = {}
+
+    def noting(name: str, work: Callable[[], Any]) -> Callable[[], Any]:
+        def run() -> Any:
+            seen[name] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+            return work()
+
+        return run
+
+    worker.run_pass = noting("campaigns", worker.run_pass)  # type: ignore[method-assign]
+    worker.run_notifications = noting("notifications", worker.run_notifications)  # type: ignore[method-assign]
+    ours = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    try:
+        worker.run(drain=True)
+    finally:
+        close_transport(sender)
+    assert seen == {"campaigns": max(ours, 7), "notifications": ours}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == ours  # the caller's own
+
+
+@pytest.mark.postgres
+def test_an_accepted_notification_wakes_the_lane_before_its_poll(
+    postgres_url: str, fcm_settings: dict[str, Any], fcm: FakeFcmServer
+) -> None:
+    """PostgreSQL: the accepting commit NOTIFYs the embedded lane, which does not wait its poll."""
+    server = make_app(postgres_url, **fcm_settings, NOTIFY_POLL_SECONDS=60.0)
+    migrate_once(server)
+    with server.app_context():
+        _, app_secret = keys.create(db.session, "app", "phone")
+        _, notify_secret = keys.create(db.session, "notify", "helpdesk")
+        categories.put(db.session, TRANSACTIONAL, TICKET_REPLY, Caller(actor="t", role="admin"))
+    web = server.test_client()
+    registered = web.post(
+        "/v1/devices",
+        json=device_body(push_token="tok-woken", push_permission="granted", account_id="acct-1"),
+        headers=bearer(app_secret),
+    )
+    assert registered.status_code == 201
+    worker = Worker(server)
+    passed = threading.Event()
+    first_pass = worker.run_notifications
+
+    def noting_pass() -> int:
+        claimed = first_pass()
+        passed.set()
+        return claimed
+
+    worker.run_notifications = noting_pass  # type: ignore[method-assign]
+    dispatcher = threading.Thread(target=worker.run)
+    dispatcher.start()
+    try:
+        assert passed.wait(30)  # from here on the lane waits: only a wake-up helps
+        posted = time.monotonic()
+        response = web.post(
+            "/v1/notifications", json=notification_body(), headers=bearer(notify_secret)
+        )
+        assert response.status_code == 202
+        while not fcm.messages_for("tok-woken") and time.monotonic() < posted + 20:
+            time.sleep(0.02)
+        woken = bool(fcm.messages_for("tok-woken"))  # within 20 s; the poll takes 60
+    finally:
+        worker.stop()
+        dispatcher.join()
+        close_transport(server)
+        wipe(server)
+    assert woken, "the lane slept through its wake-up"

@@ -393,3 +393,34 @@ def test_a_new_schedule_replans_the_waiting_deliveries(
         ).status_code
         == 409
     )
+
+
+def test_a_retried_campaign_message_carries_what_is_left_of_its_ttl(
+    app_factory: Callable[..., Flask],
+    fcm_settings: dict[str, Any],
+    client: FlaskClient,
+    marketing: Headers,
+    create_campaign: Callable[..., str],
+    device: Make,
+    fcm: FakeFcmServer,
+    clock: Clock,
+) -> None:
+    """Refused as retryable, sent 2 minutes later: 2 minutes less TTL on the wire."""
+    made = device()
+    fcm.fail_times(str(made.push_token), 1, "unavailable")
+    settings = {**fcm_settings, "PUSH_RETRY_BASE_SECONDS": 60.0, "PUSH_RETRY_MAX_SECONDS": 60.0}
+    sender = app_factory(**{**settings, "PUSH_RETRY_WINDOW_SECONDS": 86400.0})
+    clock(at("2027-01-11T09:00"))
+    campaign_id = create_campaign(ttl_seconds=600)
+    assert client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing).status_code == 202
+    try:
+        run_passes(sender)
+        clock(at("2027-01-11T09:02"))
+        run_passes(sender)
+    finally:
+        close_transport(sender)
+    first, retried = fcm.messages_for(str(made.push_token))
+    assert first.body["message"]["android"]["ttl"] == "600s"
+    assert retried.answer == "ok"
+    # Accepted a moment after 09:00: less than 120 s of its TTL spent by 09:02.
+    assert 478 <= int(retried.body["message"]["android"]["ttl"].rstrip("s")) <= 481

@@ -32,7 +32,7 @@ from mobile_api.errors import (
     ServiceNotificationRequiresAdmin,
 )
 from mobile_api.push import INVALID_TOKEN_ERRORS
-from mobile_api.services import Db, categories, erasure, export, is_postgresql
+from mobile_api.services import Db, categories, erasure, export, is_postgresql, notify_wakeup
 from mobile_api.services.caller import Caller
 from models import (
     CategoryKind,
@@ -266,6 +266,8 @@ def accept(
             with _waiting_at_most(session, wait_seconds):
                 _claim_key(session, idempotency, notification_id, expired=expired)
         devices = _create(session, notification_id, data, caller)
+        if devices:
+            notify_wakeup.announce(session)  # delivered with the commit, not before
         session.commit()
     except sa_exc.IntegrityError:
         # A twin with the same key committed first: answer what it answered.

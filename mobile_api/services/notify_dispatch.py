@@ -9,12 +9,15 @@ the notification's TTL, if shorter) from its creation has passed, the deployment
 send rate is shared with campaigns, and a dead dispatcher's claims are released and
 handed over again with the same collapse identity. Each device's deliverability and
 consent to the category are read in the query that claims it, at every hand-off.
+A notification's TTL counts from its creation (it is due at once): every hand-off,
+retries included, carries what is left of it, and one whose TTL ran out before its
+hand-off is not sent but suppressed `expired`.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -86,8 +89,20 @@ def collapse_id(row: Any) -> str:
     return str(row.collapse_key or row.notification_id)
 
 
-def _message(row: Any, category: Category) -> PushMessage:
-    """The message for one claimed row: its language, its category's channel, rich content."""
+def _expired(row: Any, now: datetime) -> bool:
+    """Whether the row's TTL ran out before this hand-off.
+
+    A TTL of 0 means "now or never" to FCM and APNs: it gets its first hand-off.
+    """
+    if row.ttl_seconds is None:
+        return False
+    if row.ttl_seconds == 0:
+        return bool(row.attempts > 0)
+    return bool(now >= row.created_at + timedelta(seconds=row.ttl_seconds))
+
+
+def _message(row: Any, category: Category, now: datetime) -> PushMessage:
+    """The message for one claimed row: its language, remaining TTL, category, rich content."""
     key = messaging.content_key(row.content, row.locale)
     text = row.content[key] if row.content and key else None
     data = dict(row.data or {})
@@ -99,7 +114,7 @@ def _message(row: Any, category: Category) -> PushMessage:
         title=text["title"] if text else row.title,
         body=text["body"] if text else row.body,
         data=data,
-        ttl_seconds=row.ttl_seconds,
+        ttl_seconds=_remaining_ttl(row, now),
         collapse_key=row.collapse_key,
         priority="high",
         android_channel_id=category.android_channel_id,
@@ -107,6 +122,12 @@ def _message(row: Any, category: Category) -> PushMessage:
         image_url=row.image_url,
         collapse_id=collapse_id(row),
     )
+
+
+def _remaining_ttl(row: Any, now: datetime) -> int | None:
+    """What is left at `now` of the TTL that started when the notification was created."""
+    left = messaging.remaining_ttl(row.ttl_seconds, row.created_at, now)
+    return None if left is None else max(left, 0)
 
 
 def _claimable(session: Db, category: Category, now: datetime, limit: int) -> list[Any]:
@@ -184,18 +205,27 @@ def send_due(
         {"now": now},
     ).all()
     rows: list[Any] = []
+    to_send: list[Any] = []
+    expired: list[int] = []
     messages: list[PushMessage] = []
     for category in due_categories:
         claimable = _claimable(session, category, now, settings.chunk_size - len(rows))
         rows += claimable
-        messages += [_message(row, category) for row in claimable if row.reason is None]
+        for row in claimable:
+            if row.reason is not None:
+                continue
+            if _expired(row, now):
+                expired.append(row.id)
+                continue
+            to_send.append(row)
+            messages.append(_message(row, category, now))
         if len(rows) >= settings.chunk_size:
             break
     if not rows:
         session.commit()
         return 0
-    to_send = [row for row in rows if row.reason is None]
-    ledger.claim(session, TABLE, to_send, ledger.refused(rows), now)
+    refused = ledger.refused(rows, {messaging.EXPIRED: expired} if expired else None)
+    ledger.claim(session, TABLE, to_send, refused, now)
     session.commit()  # the claim: from here on no other dispatcher takes these rows
 
     with ledger.leased(session, TABLE, to_send, settings.claim_lease_seconds):
