@@ -54,6 +54,9 @@ class Defaults:
     # Deployment-wide FCM send rate shared by every dispatcher (None: unlimited):
     # through Redis with REDIS_URL, else through FCM_LIMITER_FILE on this host.
     FCM_MAX_MESSAGES_PER_SECOND: float | None = None
+    # APNs' own rate (unset: unlimited), for each APNs host (production, sandbox);
+    # FCM's rate does not pace APNs.
+    APNS_MAX_MESSAGES_PER_SECOND: float | None = None
     FCM_LIMITER_FILE: str | None = None  # None: fcm-slot in the instance folder
     # Celery on Redis: a task a dead worker had taken goes back to the queue after this.
     CELERY_VISIBILITY_TIMEOUT = 30.0
@@ -177,6 +180,7 @@ _ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "PUSH_RETRY_WINDOW_SECONDS": ("PUSH_RETRY_WINDOW_SECONDS", float),
     "PUSH_BREAKER_MAX_SECONDS": ("PUSH_BREAKER_MAX_SECONDS", float),
     "FCM_MAX_MESSAGES_PER_SECOND": ("FCM_MAX_MESSAGES_PER_SECOND", float),
+    "APNS_MAX_MESSAGES_PER_SECOND": ("APNS_MAX_MESSAGES_PER_SECOND", float),
     "FCM_LIMITER_FILE": ("FCM_LIMITER_FILE", str),
     "CELERY_VISIBILITY_TIMEOUT": ("CELERY_VISIBILITY_TIMEOUT", float),
     "CELERY_QUEUE": ("CELERY_QUEUE", str),

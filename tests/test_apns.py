@@ -530,6 +530,42 @@ def test_a_chunks_fcm_and_apns_groups_go_out_at_the_same_time(
     assert sorted(rows.values()) == [("sent", None)] * 6
 
 
+def test_apns_is_paced_by_its_own_rate_and_fcm_by_its_own(
+    app_factory: Callable[..., Flask],
+    fcm_settings: dict[str, Any],
+    apns_settings: dict[str, Any],
+    client: FlaskClient,
+    marketing: dict[str, str],
+    create_campaign: Callable[..., str],
+    device: Callable[..., Made],
+    ios_device: Callable[..., Made],
+    fcm: FakeFcmServer,
+    apns: FakeApnsServer,
+) -> None:
+    ios = {ios_device().push_token for _ in range(20)}
+    android = {device().push_token for _ in range(20)}
+    campaign_id = create_campaign()
+    assert client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing).status_code == 202
+    # APNs at 20 messages/s (slots of 4); FCM unpaced, as APNS_... does not pace it.
+    app = app_factory(
+        **fcm_settings,
+        **apns_settings,
+        APNS_MAX_MESSAGES_PER_SECOND=20,
+    )
+    try:
+        drain(app)
+    finally:
+        close_transport(app)
+    assert {m.token for m in fcm.received} == android
+    assert {m.token for m in apns.received} == ios
+    arrivals = sorted(m.at for m in apns.received)
+    assert arrivals[-1] - arrivals[0] >= (20 - 4) / 20 - 0.05
+    for index in range(len(arrivals) - 8):
+        assert arrivals[index + 8] - arrivals[index] >= 4 / 20 - 0.05  # no burst above it
+    # FCM's group did not wait for APNs' slots.
+    assert max(m.at for m in fcm.received) < arrivals[-1] - 0.4
+
+
 @pytest.fixture
 def celery_app(
     postgres_url: str,

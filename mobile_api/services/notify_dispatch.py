@@ -155,7 +155,7 @@ def send_due(
     session: Db,
     push: PushTransport,
     settings: dispatch.Settings,
-    limiter: dispatch.SendLimiter | None = None,
+    limiter: dispatch.SendPacing | None = None,
 ) -> int:
     """Claim up to a chunk of due deliveries, hand them over, record; rows claimed."""
     if not has_due(session):
@@ -235,7 +235,7 @@ def drain(
     session: Db,
     push: PushTransport,
     settings: dispatch.Settings,
-    limiter: dispatch.SendLimiter | None = None,
+    limiter: dispatch.SendPacing | None = None,
 ) -> int:
     """Send everything due now, chunk after chunk; rows claimed."""
     total = 0

@@ -37,7 +37,7 @@ from models.base import UTCDateTime
 from . import breaker, gates, ledger
 from .core import UNFINISHED, Settings, lock_campaign, log
 from .enumerate import enumerate_batch
-from .handoff import SendLimiter
+from .handoff import SendPacing
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +128,7 @@ def process_chunk(
     *,
     after_id: int = 0,
     upto_id: int | None = None,
-    limiter: SendLimiter | None = None,
+    limiter: SendPacing | None = None,
 ) -> ChunkResult:
     """Claim the next due pending deliveries (id > after_id), hand them to FCM, record.
 
@@ -337,7 +337,7 @@ def run_campaign(
     settings: Settings,
     *,
     max_chunks: int | None = None,
-    limiter: SendLimiter | None = None,
+    limiter: SendPacing | None = None,
 ) -> int:
     """Enumerate and send what is due now, chunk by chunk; the number of chunks claimed."""
     after = 0
