@@ -48,8 +48,9 @@ class Defaults:
     # Retries of a message stop this long after its campaign started sending (its
     # ttl_seconds instead when it has one), however many attempts that took.
     PUSH_RETRY_WINDOW_SECONDS = 86400.0
-    # Circuit breaker: while FCM fails a campaign's chunks, it waits (doubling from
-    # PUSH_RETRY_BASE_SECONDS up to this, or Retry-After) before one probe message.
+    # Circuit breaker of each push provider: while one fails, its deliveries (every
+    # campaign's and notification's) wait (doubling from PUSH_RETRY_BASE_SECONDS up
+    # to this, or Retry-After) before one probe message.
     PUSH_BREAKER_MAX_SECONDS = 30.0
     # Deployment-wide FCM send rate shared by every dispatcher (None: unlimited):
     # through Redis with REDIS_URL, else through FCM_LIMITER_FILE on this host.

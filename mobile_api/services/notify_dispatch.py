@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from mobile_api.push import PushMessage, PushTransport
 from mobile_api.services import Db, categories, dispatch, is_postgresql, messaging
 from mobile_api.services import audience as aud
-from mobile_api.services.dispatch import ledger
+from mobile_api.services.dispatch import breaker, ledger
 from models import (
     Category,
     DeliveryStatus,
@@ -194,7 +194,11 @@ def send_due(
     if not rows:
         session.commit()
         return 0
-    to_send = [row for row in rows if row.reason is None]
+    candidates = [row for row in rows if row.reason is None]
+    # Rows of a provider whose circuit breaker is open wait for it, as campaigns' do.
+    to_send, gate = breaker.admit(session, TABLE, candidates, now, settings)
+    admitted = {row.id for row in to_send}
+    messages = [m for row, m in zip(candidates, messages, strict=True) if row.id in admitted]
     ledger.claim(session, TABLE, to_send, ledger.refused(rows), now)
     session.commit()  # the claim: from here on no other dispatcher takes these rows
 
@@ -203,6 +207,7 @@ def send_due(
     decided = ledger.decide(to_send, results, settings, lambda row: _deadline(row, settings))
     ledger.write(session, TABLE, decided)
     session.commit()
+    breaker.update(session, gate, to_send, results, settings)
     return len(rows)
 
 

@@ -8,7 +8,7 @@ By job:
   hand it to the push service, record the outcomes.
 - `handoff`: the deployment-wide send rate of each push provider, and the lease a
   dispatcher keeps on the rows it is handing over.
-- `breaker`: while FCM fails, a campaign backs off as a whole.
+- `breaker`: while a push provider fails, its deliveries (every lane's) wait; others go on.
 - `recovery`: claims left by a dead dispatcher (sent again, in-flight ones with the
   same collapse identity); campaigns whose Celery tasks were lost.
 - `schedule`: the one scheduling contract of both dispatchers, "this work is due at T".
