@@ -52,12 +52,16 @@ class Defaults:
     # Retries of a message stop this long after its campaign started sending (its
     # ttl_seconds instead when it has one), however many attempts that took.
     PUSH_RETRY_WINDOW_SECONDS = 86400.0
-    # Circuit breaker: while FCM fails a campaign's chunks, it waits (doubling from
-    # PUSH_RETRY_BASE_SECONDS up to this, or Retry-After) before one probe message.
+    # Circuit breaker of each push provider: while one fails, its deliveries (every
+    # campaign's and notification's) wait (doubling from PUSH_RETRY_BASE_SECONDS up
+    # to this, or Retry-After) before one probe message.
     PUSH_BREAKER_MAX_SECONDS = 30.0
     # Deployment-wide FCM send rate shared by every dispatcher (None: unlimited):
     # through Redis with REDIS_URL, else through FCM_LIMITER_FILE on this host.
     FCM_MAX_MESSAGES_PER_SECOND: float | None = None
+    # APNs' own rate (unset: unlimited), for each APNs host (production, sandbox);
+    # FCM's rate does not pace APNs.
+    APNS_MAX_MESSAGES_PER_SECOND: float | None = None
     FCM_LIMITER_FILE: str | None = None  # None: fcm-slot in the instance folder
     # Celery on Redis: a task a dead worker had taken goes back to the queue after this.
     CELERY_VISIBILITY_TIMEOUT = 30.0
@@ -182,6 +186,7 @@ _ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "PUSH_RETRY_WINDOW_SECONDS": ("PUSH_RETRY_WINDOW_SECONDS", float),
     "PUSH_BREAKER_MAX_SECONDS": ("PUSH_BREAKER_MAX_SECONDS", float),
     "FCM_MAX_MESSAGES_PER_SECOND": ("FCM_MAX_MESSAGES_PER_SECOND", float),
+    "APNS_MAX_MESSAGES_PER_SECOND": ("APNS_MAX_MESSAGES_PER_SECOND", float),
     "FCM_LIMITER_FILE": ("FCM_LIMITER_FILE", str),
     "CELERY_VISIBILITY_TIMEOUT": ("CELERY_VISIBILITY_TIMEOUT", float),
     "CELERY_QUEUE": ("CELERY_QUEUE", str),

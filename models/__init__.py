@@ -38,6 +38,7 @@ from models.notification import (
     NotificationStatus,
 )
 from models.privacy import AccountTermination, AccountTombstone, AuditEvent
+from models.push_breaker import PushBreaker
 from models.staff import StaffLink, StaffMember, StaffRole, StaffSession
 from models.telemetry import DeviceVersionChange, TelemetryEvent, VersionField
 
@@ -74,6 +75,7 @@ __all__ = [
     "NotificationStatus",
     "Platform",
     "Purpose",
+    "PushBreaker",
     "PushPermission",
     "Role",
     "TelemetryEvent",

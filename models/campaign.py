@@ -89,10 +89,6 @@ class Campaign(Base):
     # Celery: when the sweep's recovery of this campaign was queued (or, once it
     # waits for retries, when it comes back); NULL when none is outstanding.
     recovery_queued_at: Mapped[datetime | None]
-    # The circuit breaker: while FCM keeps failing, the campaign claims nothing
-    # until `breaker_until`, then one probe; `breaker_trips` in a row decide the wait.
-    breaker_until: Mapped[datetime | None]
-    breaker_trips: Mapped[int] = mapped_column(default=0, server_default="0")
     # The counts once every delivery is decided, kept here because delivery rows
     # are deleted after DELIVERY_RETENTION_DAYS; NULL until then (and for drafts).
     final_sent: Mapped[int | None]

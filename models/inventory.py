@@ -311,8 +311,6 @@ INVENTORY: dict[str, dict[str, Entry]] = {
                 "targeted",
                 "progress_at",
                 "recovery_queued_at",
-                "breaker_until",
-                "breaker_trips",
                 "final_sent",
                 "final_failed",
                 "final_invalid_tokens_pruned",
@@ -415,6 +413,10 @@ INVENTORY: dict[str, dict[str, Entry]] = {
         },
         "next_attempt_at": not_personal("the dispatcher's schedule of the row"),
         "claimed_at": not_personal("the dispatcher's lease of the row"),
+    },
+    "push_breakers": {
+        column: not_personal("a push provider's circuit breaker")
+        for column in ("provider", "trips", "open_until")
     },
     "idempotency_keys": {
         "api_key_id": not_personal("the API key that used the Idempotency-Key"),

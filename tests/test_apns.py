@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -487,6 +488,83 @@ def test_consent_is_read_at_hand_off_for_apns_devices(
     drain(app)
     assert [m.token for m in apns.received] == [stays.push_token]
     assert deliveries(app, campaign_id)[leaves.id] == ("suppressed", "promotional_opt_out")
+
+
+def test_a_chunks_fcm_and_apns_groups_go_out_at_the_same_time(
+    app_factory: Callable[..., Flask],
+    fcm_settings: dict[str, Any],
+    apns_settings: dict[str, Any],
+    client: FlaskClient,
+    marketing: dict[str, str],
+    create_campaign: Callable[..., str],
+    device: Callable[..., Made],
+    ios_device: Callable[..., Made],
+    fcm: FakeFcmServer,
+    apns: FakeApnsServer,
+) -> None:
+    # APNs devices first: a router sending the groups in turn would start with theirs.
+    ios = {ios_device().push_token for _ in range(3)}
+    android = {device().push_token for _ in range(3)}
+    campaign_id = create_campaign()
+    assert client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing).status_code == 202
+    # The APNs transport waits for Apple's answers longer than the test waits for FCM.
+    app = app_factory(**fcm_settings, **{**apns_settings, "APNS_TIMEOUT": 60.0})
+    apns.hold()  # Apple receives the chunk's APNs group and does not answer yet
+    dispatcher = threading.Thread(target=drain, args=(app,))
+    dispatcher.start()
+    try:
+        # FCM has the chunk's FCM group while APNs still holds its first answer.
+        assert wait_for(lambda: {m.token for m in fcm.received} == android, 15)
+        assert wait_for(lambda: bool(apns.received), 15)  # arrived, waiting for its answer
+        assert dispatcher.is_alive()  # the chunk is not recorded: APNs has not answered
+    finally:
+        apns.release()
+        dispatcher.join()
+        close_transport(app)
+    assert collections.Counter(m.token for m in fcm.received) == collections.Counter(
+        dict.fromkeys(android, 1)
+    )
+    assert collections.Counter(m.token for m in apns.received) == collections.Counter(
+        dict.fromkeys(ios, 1)
+    )
+    rows = deliveries(app, campaign_id)
+    assert sorted(rows.values()) == [("sent", None)] * 6
+
+
+def test_apns_is_paced_by_its_own_rate_and_fcm_by_its_own(
+    app_factory: Callable[..., Flask],
+    fcm_settings: dict[str, Any],
+    apns_settings: dict[str, Any],
+    client: FlaskClient,
+    marketing: dict[str, str],
+    create_campaign: Callable[..., str],
+    device: Callable[..., Made],
+    ios_device: Callable[..., Made],
+    fcm: FakeFcmServer,
+    apns: FakeApnsServer,
+) -> None:
+    ios = {ios_device().push_token for _ in range(20)}
+    android = {device().push_token for _ in range(20)}
+    campaign_id = create_campaign()
+    assert client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing).status_code == 202
+    # APNs at 20 messages/s (slots of 4); FCM unpaced, as APNS_... does not pace it.
+    app = app_factory(
+        **fcm_settings,
+        **apns_settings,
+        APNS_MAX_MESSAGES_PER_SECOND=20,
+    )
+    try:
+        drain(app)
+    finally:
+        close_transport(app)
+    assert {m.token for m in fcm.received} == android
+    assert {m.token for m in apns.received} == ios
+    arrivals = sorted(m.at for m in apns.received)
+    assert arrivals[-1] - arrivals[0] >= (20 - 4) / 20 - 0.05
+    for index in range(len(arrivals) - 8):
+        assert arrivals[index + 8] - arrivals[index] >= 4 / 20 - 0.05  # no burst above it
+    # FCM's group did not wait for APNs' slots.
+    assert max(m.at for m in fcm.received) < arrivals[-1] - 0.4
 
 
 @pytest.fixture

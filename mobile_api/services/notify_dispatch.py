@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from mobile_api.push import PushMessage, PushTransport
 from mobile_api.services import Db, categories, dispatch, is_postgresql, messaging
 from mobile_api.services import audience as aud
-from mobile_api.services.dispatch import ledger
+from mobile_api.services.dispatch import breaker, ledger
 from models import (
     Category,
     DeliveryStatus,
@@ -176,7 +176,7 @@ def send_due(
     session: Db,
     push: PushTransport,
     settings: dispatch.Settings,
-    limiter: dispatch.SendLimiter | None = None,
+    limiter: dispatch.SendPacing | None = None,
 ) -> int:
     """Claim up to a chunk of due deliveries, hand them over, record; rows claimed."""
     if not has_due(session):
@@ -224,6 +224,11 @@ def send_due(
     if not rows:
         session.commit()
         return 0
+    candidates = to_send
+    # Rows of a provider whose circuit breaker is open wait for it, as campaigns' do.
+    to_send, gate = breaker.admit(session, TABLE, candidates, now, settings)
+    admitted = {row.id for row in to_send}
+    messages = [m for row, m in zip(candidates, messages, strict=True) if row.id in admitted]
     refused = ledger.refused(rows, {messaging.EXPIRED: expired} if expired else None)
     ledger.claim(session, TABLE, to_send, refused, now)
     session.commit()  # the claim: from here on no other dispatcher takes these rows
@@ -233,6 +238,7 @@ def send_due(
     decided = ledger.decide(to_send, results, settings, lambda row: _deadline(row, settings))
     ledger.write(session, TABLE, decided)
     session.commit()
+    breaker.update(session, gate, to_send, results, settings)
     return len(rows)
 
 
@@ -265,7 +271,7 @@ def drain(
     session: Db,
     push: PushTransport,
     settings: dispatch.Settings,
-    limiter: dispatch.SendLimiter | None = None,
+    limiter: dispatch.SendPacing | None = None,
 ) -> int:
     """Send everything due now, chunk after chunk; rows claimed."""
     total = 0

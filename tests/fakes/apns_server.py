@@ -6,7 +6,8 @@ to trust through APNS_CA_FILE). Requests are checked as Apple does: `POST
 /3/device/<token>`, a bearer JWT (ES256, `kid` = the key id, `iss` = the team, not
 older than an hour, signed by the key `write_key` wrote), `apns-topic`. Answers per
 device token: `fail_times`, else `behaviour[token]`, else a token prefix (`PREFIXES`),
-else 200 with an `apns-id` (the client's, echoed, or a new one).
+else 200 with an `apns-id` (the client's, echoed, or a new one). An outage can be
+scripted (`outage`): for a while every request is answered the same error.
 
 Run standalone for benchmarks: `python -m tests.fakes.apns_server --port 9443 --dir D`.
 """
@@ -83,6 +84,7 @@ class ReceivedNotification:
     reason: str | None
     apns_id: str | None
     claims: dict[str, Any] | None  # of the provider token, when it verified
+    at: float = 0.0  # the fake's clock (monotonic) when it arrived
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -144,6 +146,7 @@ class _Handler(BaseHTTPRequestHandler):
                     status, response_headers, response_body = fake._answer(
                         request_headers, bytes(body)
                     )
+                    fake._wait_for_release()
                     if fake.delay:
                         time.sleep(fake.delay)
                     all_headers = [(":status", str(status)), *response_headers.items()]
@@ -308,6 +311,7 @@ class FakeApnsServer(ScriptedAnswers, LoopbackFake):
         except ValueError:
             payload = None
         with self._lock:
+            now = self.clock()
             self.request_count += 1
             if headers.get(":method") != "POST" or not token:
                 status, reason = 404, "BadPath"
@@ -320,7 +324,7 @@ class FakeApnsServer(ScriptedAnswers, LoopbackFake):
             elif not isinstance(payload, dict) or "aps" not in payload:
                 status, reason = 400, "PayloadEmpty"
             else:
-                answer = self._scripted(token)
+                answer = self._outage_kind(now) or self._scripted(token)
                 if answer != "ok":
                     status, reason = ERRORS[answer]
             if self.record:
@@ -334,6 +338,7 @@ class FakeApnsServer(ScriptedAnswers, LoopbackFake):
                         reason,
                         apns_id if status == 200 else None,
                         claims,
+                        now,
                     )
                 )
         response_headers = {"apns-id": apns_id}

@@ -154,6 +154,7 @@ class _Handler(BaseHTTPRequestHandler):
         token = body["message"].get("token", "")
         project = path[len(SEND_PATH_PREFIX) : -len(SEND_PATH_SUFFIX)]
         answer, message_id, outage = fake._answer(project, token, body, self.headers)
+        fake._wait_for_release()
         if fake.delay:
             time.sleep(fake.delay)
         if message_id is not None:
@@ -215,27 +216,12 @@ class FakeFcmServer(ScriptedAnswers, LoopbackFake):
         self.rejected_auth = 0
         self.connections = 0
         self._ids = itertools.count(1)
-        self.clock = time.monotonic
-        self._outage: tuple[float, float, str] | None = None  # (start, end, kind)
         self.outage_retry_after: str | None = None
 
     @property
     def token_uri(self) -> str:
         """The OAuth2 token endpoint to put in a service-account file."""
         return f"{self.url}/token"
-
-    def outage(self, seconds: float, kind: str = "unavailable", *, after: float = 0.0) -> None:
-        """From `after` seconds on, answer every send `kind` for `seconds` (on `clock`)."""
-        if kind not in ERRORS:
-            raise ValueError(f"unknown error kind {kind!r}")
-        start = self.clock() + after
-        with self._lock:
-            self._outage = (start, start + seconds, kind)
-
-    def in_outage(self) -> bool:
-        """Whether a scripted outage is going on now."""
-        with self._lock:
-            return self._outage_kind(self.clock()) is not None
 
     def requests_between(self, start: float, end: float) -> int:
         """How many sends arrived in [start, end) on the fake's clock."""
@@ -295,12 +281,6 @@ class FakeFcmServer(ScriptedAnswers, LoopbackFake):
                 )
                 self.received.append(received)
         return answer, message_id, outage is not None
-
-    def _outage_kind(self, now: float) -> str | None:
-        if self._outage is None:
-            return None
-        start, end, kind = self._outage
-        return kind if start <= now < end else None
 
 
 @functools.cache

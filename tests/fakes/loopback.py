@@ -8,6 +8,7 @@ the fake's own type, its `LoopbackServer` subclass), and its handlers reach the 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -86,11 +87,12 @@ class LoopbackFake:
 
 
 class ScriptedAnswers:
-    """Per-token answers of a push fake: `fail_times`, then `behaviour[token]`, then a prefix.
+    """Per-token answers of a push fake: an outage, `fail_times`, `behaviour[token]`, a prefix.
 
     A fake sets `errors` (kind → its wire answer), `prefixes` ((token prefix, kind), …),
     and calls `_scripted(token)` under its lock for the kind to answer ("ok" or a key
-    of `errors`).
+    of `errors`); `_outage_kind(clock())` tells whether a scripted outage answers instead.
+    `hold()` makes every answer wait until `release()`: a slow or hung service.
     """
 
     errors: ClassVar[Mapping[str, Any]]
@@ -100,6 +102,40 @@ class ScriptedAnswers:
         self.behaviour: dict[str, str] = dict(behaviour or {})
         self._failures: dict[str, list[Any]] = {}
         self._lock = threading.Lock()
+        self.clock = time.monotonic
+        self._outage: tuple[float, float, str] | None = None  # (start, end, kind)
+        self._released = threading.Event()
+        self._released.set()
+
+    def outage(self, seconds: float, kind: str = "unavailable", *, after: float = 0.0) -> None:
+        """From `after` seconds on, answer every send `kind` for `seconds` (on `clock`)."""
+        if kind not in self.errors:
+            raise ValueError(f"unknown error kind {kind!r}")
+        start = self.clock() + after
+        with self._lock:
+            self._outage = (start, start + seconds, kind)
+
+    def in_outage(self) -> bool:
+        """Whether a scripted outage is going on now."""
+        with self._lock:
+            return self._outage_kind(self.clock()) is not None
+
+    def _outage_kind(self, now: float) -> str | None:
+        if self._outage is None:
+            return None
+        start, end, kind = self._outage
+        return kind if start <= now < end else None
+
+    def hold(self) -> None:
+        """Make every answer wait (the request received and recorded) until `release()`."""
+        self._released.clear()
+
+    def release(self) -> None:
+        """Let held answers, and every later one, go out."""
+        self._released.set()
+
+    def _wait_for_release(self, timeout: float = 60.0) -> None:
+        self._released.wait(timeout)
 
     def fail_times(self, token: str, times: int, kind: str = "unavailable") -> None:
         """Answer `kind` for the next `times` sends to `token`, then its usual answer."""

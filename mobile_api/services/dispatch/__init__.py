@@ -6,9 +6,9 @@ By job:
   transaction.
 - `send`: claim a chunk of due rows (consent and deliverability read in that query),
   hand it to the push service, record the outcomes.
-- `handoff`: the deployment-wide send rate, and the lease a dispatcher keeps on the rows
-  it is handing over.
-- `breaker`: while FCM fails, a campaign backs off as a whole.
+- `handoff`: the deployment-wide send rate of each push provider, and the lease a
+  dispatcher keeps on the rows it is handing over.
+- `breaker`: while a push provider fails, its deliveries (every lane's) wait; others go on.
 - `recovery`: claims left by a dead dispatcher (sent again, in-flight ones with the
   same collapse identity); campaigns whose Celery tasks were lost.
 - `schedule`: the one scheduling contract of both dispatchers, "this work is due at T".
@@ -18,7 +18,7 @@ Callers import from here; the modules are how the code is organised, not an API.
 
 from .core import INTERRUPTED, UNFINISHED, Settings, lock_campaign, transport
 from .enumerate import Batch, enumerate_batch
-from .handoff import SendLimiter, send_limiter
+from .handoff import SendLimiter, SendPacing, send_limiter
 from .ledger import backoff_seconds
 from .recovery import (
     hold_recovery,
@@ -45,6 +45,7 @@ __all__ = [
     "Batch",
     "ChunkResult",
     "SendLimiter",
+    "SendPacing",
     "Settings",
     "active_campaign_ids",
     "agenda",

@@ -15,13 +15,15 @@ import logging
 import os
 import threading
 from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
 from types import TracebackType
 
 import sqlalchemy as sa
 from flask import Flask
 
 from mobile_api.pacing import NoSlot, make_limiter
-from mobile_api.push import MAX_BATCH
+from mobile_api.push import APNS, APNS_SANDBOX, FCM, MAX_BATCH
 from models import DeliveryStatus, utcnow
 
 log = logging.getLogger("mobile_api.services.dispatch")
@@ -34,7 +36,7 @@ _MAX_SLOT_WAIT_SECONDS = 10.0
 
 
 class SendLimiter:
-    """FCM_MAX_MESSAGES_PER_SECOND for the whole deployment, as the geocoder's limit is shared.
+    """One provider's send rate for the whole deployment, as the geocoder's limit is shared.
 
     Each acquire reserves the next slot for `slice_size` messages, in Redis
     (deployment-wide) when REDIS_URL is set, else in a locked file every process
@@ -43,7 +45,7 @@ class SendLimiter:
 
     def __init__(self, rate: float, redis_url: str | None, slot_file: str | None, key: str) -> None:
         if rate <= 0:
-            raise ValueError("FCM_MAX_MESSAGES_PER_SECOND must be positive")
+            raise ValueError("a push provider's MAX_MESSAGES_PER_SECOND must be positive")
         self.slice_size = max(1, min(MAX_BATCH, int(rate / _SLICES_PER_SECOND)))
         self._limiter = make_limiter(
             redis_url, self.slice_size / rate, key=key, slot_file=slot_file
@@ -58,23 +60,44 @@ class SendLimiter:
         return True
 
 
-def send_limiter(app: Flask) -> SendLimiter | None:
-    """The app's send limiter (None without FCM_MAX_MESSAGES_PER_SECOND), built once."""
-    rate = app.config.get("FCM_MAX_MESSAGES_PER_SECOND")
-    if not rate:
-        return None
-    existing: SendLimiter | None = app.extensions.get("fcm_send_limiter")
-    if existing is None:
-        slot_file = app.config.get("FCM_LIMITER_FILE") or os.path.join(
-            app.instance_path, "fcm-slot"
-        )
-        existing = SendLimiter(
+# Each provider's rate setting: Google and Apple set their own limits. Both APNs
+# hosts (production and sandbox) take APNs' rate, each with a slot of its own.
+RATE_SETTINGS = {
+    FCM: "FCM_MAX_MESSAGES_PER_SECOND",
+    APNS: "APNS_MAX_MESSAGES_PER_SECOND",
+    APNS_SANDBOX: "APNS_MAX_MESSAGES_PER_SECOND",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SendPacing:
+    """The send rates of the providers that have one: provider → its limiter."""
+
+    limiters: Mapping[str, SendLimiter]
+
+
+def send_limiter(app: Flask) -> SendPacing | None:
+    """The app's send rates by provider (None when no provider has one), built once."""
+    existing: SendPacing | None = app.extensions.get("push_send_pacing")
+    if existing is not None:
+        return existing
+    limiters: dict[str, SendLimiter] = {}
+    for provider, setting in RATE_SETTINGS.items():
+        rate = app.config.get(setting)
+        if not rate:
+            continue
+        # FCM's slot keeps its name (and FCM_LIMITER_FILE) from before APNs had one.
+        slot_file = app.config.get("FCM_LIMITER_FILE") if provider == FCM else None
+        limiters[provider] = SendLimiter(
             float(rate),
             app.config.get("REDIS_URL"),
-            slot_file,
-            f"{app.config['CELERY_QUEUE']}:fcm-send-slot",
+            slot_file or os.path.join(app.instance_path, f"{provider.replace('_', '-')}-slot"),
+            f"{app.config['CELERY_QUEUE']}:{provider.replace('_', '-')}-send-slot",
         )
-        app.extensions["fcm_send_limiter"] = existing
+    if not limiters:
+        return None
+    existing = SendPacing(limiters)
+    app.extensions["push_send_pacing"] = existing
     return existing
 
 

@@ -32,7 +32,7 @@ from models import DeliveryStatus, Device, utcnow
 from models.base import UTCDateTime
 
 from .core import Settings
-from .handoff import LeaseKeeper, SendLimiter
+from .handoff import LeaseKeeper, SendLimiter, SendPacing
 
 
 def backoff_seconds(
@@ -139,28 +139,55 @@ def hand_off(
     push: PushTransport,
     rows: Sequence[Any],
     messages: Sequence[PushMessage],
-    limiter: SendLimiter | None,
+    pacing: SendPacing | None,
 ) -> list[SendResult | None]:
-    """Hand the messages over, slice by slice; None for those never handed over.
+    """Hand the messages over; None for those never handed over (no send slot).
 
-    With a send rate, each slice waits for its slot; where the table keeps
-    `handed_at`, the slice is marked just before it goes, so rows still waiting
-    when the dispatcher dies are known never to have left.
+    Messages of providers without a send rate go first, all at once (the router
+    sends each provider's group at the same time). Then each paced provider's,
+    slice by slice, each slice waiting for a slot of its provider's rate. Where
+    the table keeps `handed_at`, rows are marked just before they go, so rows
+    still waiting when the dispatcher dies are known never to have left.
     """
-    results: list[SendResult | None] = []
-    step = push.max_batch if limiter is None else min(push.max_batch, limiter.slice_size)
-    for start in range(0, len(messages), step):
-        batch = messages[start : start + step]
-        if limiter is not None:
-            if not limiter.acquire():
-                results += [None] * (len(messages) - start)
-                break
-            if "handed_at" in table.c:
-                ids = [row.id for row in rows[start : start + step]]
-                set_rows(session, table, ids, handed_at=utcnow())
-                session.commit()
-        results += push.send(batch)
+    results: list[SendResult | None] = [None] * len(messages)
+    limiters = pacing.limiters if pacing is not None else {}
+    # Without a send rate the claim marked the rows handed; with one, each slice is.
+    mark = pacing is not None and "handed_at" in table.c
+    unpaced = [i for i, message in enumerate(messages) if message.provider not in limiters]
+    _send(session, table, push, rows, messages, unpaced, results, push.max_batch, None, mark)
+    for provider, limiter in limiters.items():
+        indexes = [i for i, message in enumerate(messages) if message.provider == provider]
+        step = min(push.max_batch, limiter.slice_size)
+        _send(session, table, push, rows, messages, indexes, results, step, limiter, mark)
     return results
+
+
+def _send(
+    session: Db,
+    table: sa.Table,
+    push: PushTransport,
+    rows: Sequence[Any],
+    messages: Sequence[PushMessage],
+    indexes: list[int],
+    results: list[SendResult | None],
+    step: int,
+    limiter: SendLimiter | None,
+    mark: bool,
+) -> None:
+    """Send the messages at `indexes`, `step` at a time, each slice after a slot of `limiter`.
+
+    `mark`: set `handed_at` on each slice's rows (committed) just before it goes.
+    """
+    for start in range(0, len(indexes), step):
+        part = indexes[start : start + step]
+        if limiter is not None and not limiter.acquire():
+            return  # the rest stays None: not handed over, pending again at once
+        if mark:
+            set_rows(session, table, [rows[i].id for i in part], handed_at=utcnow())
+            session.commit()
+        results_part = push.send([messages[i] for i in part])
+        for index, result in zip(part, results_part, strict=True):
+            results[index] = result
 
 
 @dataclass(slots=True)

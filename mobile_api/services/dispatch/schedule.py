@@ -54,8 +54,8 @@ def due_at(
     Without an id range it is the whole campaign: due now while it is active and has
     an audience left to enumerate or nothing left undecided (it is ready to
     complete). Otherwise, within the range if one is given (a Celery chunk), the
-    earliest of: a pending delivery's next attempt (not before the campaign's
-    circuit breaker lets it through), and the lapse of the lease on a chunk
+    earliest of: a pending delivery's next attempt (one held by its provider's
+    circuit breaker is due when that may close), and the lapse of the lease on a chunk
     another dispatcher claimed (if that one died, its rows are sent again then).
     """
     now = now or utcnow()
@@ -75,7 +75,6 @@ def due_at(
     columns: list[Any] = [
         Campaign.status,
         Campaign.enumeration_done,
-        Campaign.breaker_until,
         # EXISTS stops at the first due row; the earliest of all is looked for
         # only when none is due.
         sa.select(Delivery.id)
@@ -94,16 +93,15 @@ def due_at(
     if whole and (not found.enumeration_done or not found.undecided):
         session.commit()
         return now
-    breaker = found.breaker_until
     moments = []
     if found.claimed is not None:
         moments.append(found.claimed + lease)
-    if found.due_now and (breaker is None or breaker <= now):
+    if found.due_now:
         moments.append(now)
     else:
         earliest = session.scalar(sa.select(sa.func.min(Delivery.next_attempt_at)).where(*pending))
         if earliest is not None:
-            moments.append(max(earliest, breaker or earliest))
+            moments.append(earliest)
     session.commit()
     return min(moments, default=None)
 

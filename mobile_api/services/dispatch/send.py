@@ -37,7 +37,7 @@ from models.base import UTCDateTime
 from . import breaker, gates, ledger
 from .core import UNFINISHED, Settings, lock_campaign, log
 from .enumerate import enumerate_batch
-from .handoff import SendLimiter
+from .handoff import SendPacing
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,12 +128,12 @@ def process_chunk(
     *,
     after_id: int = 0,
     upto_id: int | None = None,
-    limiter: SendLimiter | None = None,
+    limiter: SendPacing | None = None,
 ) -> ChunkResult:
     """Claim the next due pending deliveries (id > after_id), hand them to FCM, record.
 
-    Nothing while the campaign's circuit breaker is open; one probe message when it
-    is half-open (the wait after a failing chunk is over).
+    Rows of a provider whose circuit breaker is open are held (pending, due when
+    it may close); one of them goes as its probe when it is half-open.
     """
     now = utcnow()
     campaign = lock_campaign(session, campaign_id, exclusive=False)
@@ -145,9 +145,6 @@ def process_chunk(
         session.commit()
         return ChunkResult()
     category = session.get(Category, campaign.category_key)
-    if campaign.breaker_until is not None and campaign.breaker_until > now:
-        session.commit()
-        return ChunkResult()
     # The device's state is read here, in the query that selects the chunk.
     rule = categories.rule(category) if category is not None else campaign.category
     reason = sa.case((Device.id.is_(None), aud.ERASED), else_=aud.exclusion_reason(rule)).label(
@@ -178,7 +175,7 @@ def process_chunk(
             Delivery.id > after_id,
         )
         .order_by(Delivery.id)
-        .limit(1 if campaign.breaker_trips else settings.chunk_size)
+        .limit(settings.chunk_size)
     )
     if upto_id is not None:
         stmt = stmt.where(Delivery.id <= upto_id)
@@ -189,16 +186,19 @@ def process_chunk(
         session.commit()
         return ChunkResult()
 
-    verdicts = gates.decide(
-        session, campaign, [row for row in rows if row.reason is None], settings, now
+    table = cast(sa.Table, Delivery.__table__)
+    # Rows of a provider whose breaker is open wait for it (deferred), before the
+    # gates count anything against the device's caps.
+    candidates, gate = breaker.admit(
+        session, table, [row for row in rows if row.reason is None], now, settings
     )
+    verdicts = gates.decide(session, campaign, candidates, settings, now)
     to_send = verdicts.send
     if verdicts.deferred:
         _defer(session, verdicts.deferred, now)
     # Without a send rate to wait for, the hand-off follows at once: the claim
     # marks the rows handed (in flight) in the same transaction. With one, each
     # slice is marked just before it goes (ledger.hand_off).
-    table = cast(sa.Table, Delivery.__table__)
     suppressed = ledger.claim(
         session,
         table,
@@ -212,13 +212,12 @@ def process_chunk(
     messages = [_message(campaign, category, row, now) for row in to_send]
     waves = [row.due_at for row in to_send if row.due_at is not None]
     deadline = retry_deadline(campaign, settings, now, min(waves, default=None))
-    trips = campaign.breaker_trips
     session.commit()  # the claim: from here on no other dispatcher takes these rows
 
     with ledger.leased(session, table, to_send, settings.claim_lease_seconds):
         results = ledger.hand_off(session, table, push, to_send, messages, limiter)
     _record(session, campaign_id, to_send, results, settings, deadline)
-    breaker.update(session, campaign_id, trips, results, settings)
+    breaker.update(session, gate, to_send, results, settings)
     return ChunkResult(claimed=len(rows), last_id=rows[-1].id)
 
 
@@ -342,7 +341,7 @@ def run_campaign(
     settings: Settings,
     *,
     max_chunks: int | None = None,
-    limiter: SendLimiter | None = None,
+    limiter: SendPacing | None = None,
 ) -> int:
     """Enumerate and send what is due now, chunk by chunk; the number of chunks claimed."""
     after = 0
