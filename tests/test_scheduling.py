@@ -424,3 +424,35 @@ def test_a_retried_campaign_message_carries_what_is_left_of_its_ttl(
     assert retried.answer == "ok"
     # Accepted a moment after 09:00: less than 120 s of its TTL spent by 09:02.
     assert 478 <= int(retried.body["message"]["android"]["ttl"].rstrip("s")) <= 481
+
+
+def test_a_campaign_with_no_ttl_goes_once_now_or_never(
+    app_factory: Callable[..., Flask],
+    fcm_settings: dict[str, Any],
+    client: FlaskClient,
+    marketing: Headers,
+    create_campaign: Callable[..., str],
+    device: Make,
+    fcm: FakeFcmServer,
+    clock: Clock,
+) -> None:
+    """ttl_seconds 0: handed over at once with TTL 0; refused as retryable, it fails, no retry."""
+    online, flaky = device(), device()
+    fcm.fail_times(str(flaky.push_token), 1, "unavailable")
+    settings = {**fcm_settings, "PUSH_RETRY_BASE_SECONDS": 60.0, "PUSH_RETRY_MAX_SECONDS": 60.0}
+    sender = app_factory(**{**settings, "PUSH_RETRY_WINDOW_SECONDS": 86400.0})
+    clock(at("2027-01-11T09:00"))
+    campaign_id = create_campaign(ttl_seconds=0)
+    assert client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing).status_code == 202
+    try:
+        run_passes(sender)
+        clock(at("2027-01-11T09:02"))
+        run_passes(sender)
+    finally:
+        close_transport(sender)
+    (sent,) = fcm.messages_for(str(online.push_token))
+    assert sent.body["message"]["android"]["ttl"] == "0s"
+    assert len(fcm.messages_for(str(flaky.push_token))) == 1  # the refused try, no retry
+    counts = client.get(f"/v1/campaigns/{campaign_id}", headers=marketing).get_json()["counts"]
+    assert (counts["sent"], counts["failed"], counts["pending"]) == (1, 1, 0)
+    assert_counts_match_rows(sender, campaign_id)

@@ -52,6 +52,17 @@ def expires_at(campaign: Campaign, row: Any) -> datetime | None:
     return row.due_at + timedelta(seconds=campaign.ttl_seconds)
 
 
+def _ran_out(campaign: Campaign, row: Any, expiry: datetime, now: datetime) -> bool:
+    """Whether the row's TTL is spent before this hand-off.
+
+    A TTL of 0 means "now or never" to FCM and APNs: the first hand-off goes (the push
+    service delivers only to a device online at that moment), a retry does not.
+    """
+    if campaign.ttl_seconds == 0:
+        return bool(row.attempts > 0)
+    return expiry <= now
+
+
 def decide(
     session: Db, campaign: Campaign, rows: Sequence[Any], settings: Settings, now: datetime
 ) -> Verdicts:
@@ -61,7 +72,7 @@ def decide(
     candidates = []
     for row in rows:
         expiry = expires_at(campaign, row)
-        if expiry is not None and expiry <= now:
+        if expiry is not None and _ran_out(campaign, row, expiry, now):
             verdicts.suppress(row, EXPIRED)
             continue
         if promotional:
