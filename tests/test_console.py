@@ -779,3 +779,93 @@ def test_console_forms_refuse_bad_input_as_html(
         post_form(support, "/console/devices", "/console/devices/NOPE/enable", {}).status_code
         == 404
     )
+
+
+# --- errors are pages for people -----------------------------------------------------------
+
+
+def test_unknown_console_pages_and_wrong_methods_are_html_pages_in_the_layout(
+    app: Flask,  # noqa: F811
+    staff_client: Clients,  # noqa: F811
+) -> None:
+    client = staff_client("support")
+    missing = client.get("/console/no-such-page")
+    assert missing.status_code == 404 and missing.mimetype == "text/html"
+    html = _text(missing)
+    assert "<h1>Page not found</h1>" in html and 'aria-label="Main"' in html  # the menu
+    assert "Back to the console" in html
+    assert "default-src 'none'" in missing.headers["Content-Security-Policy"]
+    assert missing.headers["Cache-Control"] == "no-store"
+
+    wrong = client.delete("/console/devices")
+    assert wrong.status_code == 405 and wrong.mimetype == "text/html"
+    assert "GET" in wrong.headers["Allow"] and "Not possible here" in _text(wrong)
+
+    stranger = app.test_client().get("/console/nothing/here")
+    assert stranger.status_code == 404 and "Sign in to the console" in _text(stranger)
+
+    api = app.test_client().get("/v1/no-such-resource")
+    assert api.status_code == 404 and api.is_json
+    assert api.get_json()["error"] == "not_found"
+
+
+def test_a_failure_on_our_side_is_an_html_page_that_quotes_nothing(
+    app: Flask,  # noqa: F811
+    staff_client: Clients,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client = staff_client("support")
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("secret detail from the database")
+
+    monkeypatch.setattr("mobile_api.services.staff.session_for", broken)
+    monkeypatch.setitem(app.config, "PROPAGATE_EXCEPTIONS", False)  # as in production
+    failed = client.get("/console/devices")
+    assert failed.status_code == 500 and failed.mimetype == "text/html"
+    html = _text(failed)
+    assert "Something went wrong" in html and "secret detail" not in html
+    assert "default-src 'none'" in failed.headers["Content-Security-Policy"]
+
+
+def test_an_ended_session_says_so_on_the_sign_in_page(
+    app: Flask,  # noqa: F811
+    staff_client: Clients,  # noqa: F811
+) -> None:
+    client = staff_client("marketing")
+    with app.app_context():
+        db.session.execute(
+            sa.update(StaffSession).values(last_seen_at=utcnow() - timedelta(minutes=31))
+        )
+        db.session.commit()
+    gone = client.get("/console/campaigns?state=draft")
+    assert gone.status_code == 303
+    assert "ended=1" in gone.headers["Location"]
+    assert any("console=;" in c for c in gone.headers.getlist("Set-Cookie"))  # the dead cookie
+    page = _text(client.get(gone.headers["Location"]))
+    assert "Your session has ended" in page and "more than 30 minutes" in page
+    assert 'name="next" value="/console/campaigns?state=draft"' in page
+    # Someone who never signed in is not told a session ended.
+    fresh = app.test_client().get("/console/campaigns")
+    assert "ended" not in fresh.headers["Location"]
+
+
+def test_a_stale_form_explains_itself_and_links_back_to_the_form(
+    staff_client: Clients,  # noqa: F811
+) -> None:
+    client = staff_client("admin")
+    stale = client.post(
+        "/console/admin/staff",
+        data={"csrf_token": "old", "email": "z@example.com", "role": "support"},
+        headers={"Referer": "http://localhost/console/admin/staff?x=1"},
+    )
+    assert stale.status_code == 403 and stale.mimetype == "text/html"
+    html = _text(stale)
+    assert "nothing was changed" in html
+    assert '<a href="/console/admin/staff?x=1">Back to the form</a>' in html
+    elsewhere = client.post(
+        "/console/admin/staff",
+        data={"csrf_token": "old"},
+        headers={"Referer": "http://localhost/v1/devices"},
+    )
+    assert "Back to the form" not in _text(elsewhere)

@@ -64,7 +64,15 @@ def sign_in() -> Any:
     """Email, password and the authenticator's current code."""
     next_page = _safe_next(request.values.get("next"))
     if request.method == "GET":
-        return render_template("console/sign_in.html", next=next_page, error=None)
+        notice = None
+        if request.args.get("ended") == "1":
+            idle = int(current_app.config["CONSOLE_IDLE_MINUTES"])
+            notice = (
+                f"Your session has ended: it was idle for more than {idle} minutes, signed out, "
+                "or your account was changed. Sign in again to carry on"
+                + (" where you were." if next_page else ".")
+            )
+        return render_template("console/sign_in.html", next=next_page, error=None, notice=notice)
     blocked = _seconds_blocked()
     if blocked:
         minutes = math.ceil(blocked / 60)
