@@ -115,6 +115,12 @@ def test_a_one_time_link_enrols_password_and_totp_once(app: Flask) -> None:  # n
     secret = re.search(r'id="totp-secret">([A-Z2-7]{32})<', page)
     assert secret, page
     assert "otpauth://totp/" in page
+    # The same secret as a QR code: inline SVG, named for screen readers, no script or style.
+    qr_code = re.search(
+        r'<figure class="qr">\s*(<svg role="img" aria-label="QR code[^"]+".*?</svg>)', page, re.S
+    )
+    assert qr_code, page
+    assert "<path" in qr_code.group(1) and "style=" not in page and "<script" not in page
     totp = pyotp.TOTP(secret.group(1))
     token = csrf_of(page)
 
@@ -128,6 +134,7 @@ def test_a_one_time_link_enrols_password_and_totp_once(app: Flask) -> None:  # n
         data={"csrf_token": token, "password": PASSWORD, "confirm": PASSWORD, "code": "000000"},
     )
     assert wrong.status_code == 422 and "not the authenticator" in _text(wrong)
+    assert '<svg role="img" aria-label="QR code' in _text(wrong)  # still there to scan
     done = client.post(
         path,
         data={"csrf_token": token, "password": PASSWORD, "confirm": PASSWORD, "code": totp.now()},

@@ -156,6 +156,10 @@ def test_enrol_from_the_one_time_link_then_sign_in_by_keyboard(
     link = created.output.strip().splitlines()[-1].replace("http://127.0.0.1:8000", live_server)
     _open(page, link)
     _check(page, "enrol")
+    qr_code = page.find_element(By.CSS_SELECTOR, "figure.qr svg[role=img]")
+    assert qr_code.is_displayed() and qr_code.size["width"] >= 150
+    assert qr_code.size["width"] == qr_code.size["height"]
+    assert "QR code" in str(qr_code.get_attribute("aria-label"))
     secret = page.find_element(By.ID, "totp-secret").text
     totp = pyotp.TOTP(secret)
     page.find_element(By.ID, "f-password").send_keys(PASSWORD)
