@@ -13,7 +13,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from mobile_api.extensions import db
-from models import AuditEvent, Device, StaffMember, StaffSession, utcnow
+from mobile_api.services import totp_secrets
+from models import AuditEvent, Device, StaffLink, StaffMember, StaffSession, utcnow
 from tests.campaign_fixtures import (  # noqa: F401 - fixtures
     app,
     device,
@@ -150,7 +151,26 @@ def test_a_one_time_link_enrols_password_and_totp_once(app: Flask) -> None:  # n
     with app.app_context():
         member = db.session.scalars(sa.select(StaffMember)).one()
         assert member.password_hash and member.password_hash.startswith("$argon2id$")
+        # A dump of the database does not give the authenticator away.
+        stored = [*db.session.scalars(sa.select(StaffLink.totp_secret)).all(), member.totp_secret]
+        assert stored and all(value and secret.group(1) not in value for value in stored)
+        cipher = totp_secrets.fernet(app.config)
+        assert totp_secrets.unseal(cipher, str(member.totp_secret)) == secret.group(1)
         db.session.commit()
+
+
+def test_totp_secrets_are_sealed_with_the_configured_key_else_one_from_secret_key() -> None:
+    from cryptography.fernet import Fernet
+
+    configured = Fernet.generate_key().decode()
+    sealed = totp_secrets.seal(
+        totp_secrets.fernet({"CONSOLE_TOTP_KEY": configured, "SECRET_KEY": "k"}), "ABC"
+    )
+    assert totp_secrets.unseal(Fernet(configured), sealed) == "ABC"
+    derived = totp_secrets.seal(totp_secrets.fernet({"SECRET_KEY": "k"}), "ABC")
+    assert totp_secrets.unseal(totp_secrets.fernet({"SECRET_KEY": "k"}), derived) == "ABC"
+    with pytest.raises(ValueError, match="another key"):
+        totp_secrets.unseal(totp_secrets.fernet({"SECRET_KEY": "other"}), derived)
 
 
 def test_an_expired_link_is_refused(app: Flask) -> None:  # noqa: F811
