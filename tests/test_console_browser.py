@@ -333,6 +333,14 @@ def test_each_role_is_refused_the_others_pages_in_html(
             _open(page, f"{live_server}{path}")
             assert _heading(page) == "Not for your role", (role, path)
     _check(page, "refused")
+    # A mistyped address is a page of the console, with its menu, not a JSON body.
+    _open(page, f"{live_server}/console/campains")
+    assert _heading(page) == "Page not found"
+    assert page.find_element(By.CSS_SELECTOR, "nav[aria-label=Main]").is_displayed()
+    page.find_element(By.LINK_TEXT, "Back to the console").click()
+    WebDriverWait(page, 10).until(lambda b: _heading(b) == "Campaigns")
+    _open(page, f"{live_server}/console/campains")
+    _check(page, "not-found")
 
 
 class _Attacker(BaseHTTPRequestHandler):
