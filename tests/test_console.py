@@ -11,10 +11,11 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.datastructures import MultiDict
 
 from mobile_api.extensions import db
 from mobile_api.services import totp_secrets
-from models import AuditEvent, Device, StaffLink, StaffMember, StaffSession, utcnow
+from models import AuditEvent, Campaign, Device, StaffLink, StaffMember, StaffSession, utcnow
 from tests.campaign_fixtures import (  # noqa: F401 - fixtures
     app,
     device,
@@ -896,3 +897,117 @@ def test_a_stale_form_explains_itself_and_links_back_to_the_form(
         headers={"Referer": "http://localhost/v1/devices"},
     )
     assert "Back to the form" not in _text(elsewhere)
+
+
+def _campaign_row(on: Flask, campaign_id: str) -> Campaign:
+    with on.app_context():
+        found = db.session.get(Campaign, campaign_id)
+        assert found is not None
+        db.session.expunge(found)
+        db.session.commit()
+    return found
+
+
+def test_marketing_edits_a_draft_in_the_composer_through_the_apis_rules(
+    app: Flask,  # noqa: F811
+    staff_client: Clients,  # noqa: F811
+) -> None:
+    from mobile_api.console.marketing import campaign_form
+
+    client = staff_client("marketing")
+    created = _compose(
+        client,
+        action="create",
+        data="screen=offers",
+        content="id | Diskon | Hanya minggu ini",
+        default_locale="en",
+        link="app://offers",
+        image_url="https://cdn.example.com/a.png",
+        platforms="android",
+        locales="id-ID\nen",
+        last_seen_within_days="30",
+        send_at="2030-01-02T08:15",
+        badge="3",
+    )
+    page = created.headers["Location"].split("?")[0]
+    campaign_id = page.rsplit("/", 1)[-1]
+    assert f'href="{page}/edit"' in _text(client.get(page))
+    before = _campaign_row(app, campaign_id)
+
+    editor = _text(client.get(f"{page}/edit"))
+    assert "<h1>Edit campaign</h1>" in editor and "Save changes" in editor
+    assert 'value="https://cdn.example.com/a.png"' in editor
+    assert "id | Diskon | Hanya minggu ini</textarea>" in editor
+    assert 'value="2030-01-02T08:15"' in editor
+    assert 'value="android" checked' in editor
+
+    # The saved form, submitted unchanged, changes nothing.
+    with app.test_request_context():
+        saved = list(campaign_form(before).items(multi=True))
+    token = csrf_of(editor)
+    same = client.post(f"{page}/edit", data=MultiDict([("csrf_token", token), *saved]))
+    assert same.status_code == 303 and "done=saved" in same.headers["Location"]
+    after = _campaign_row(app, campaign_id)
+    fields = ("title", "data", "content", "audience", "image_url", "link", "send_at", "badge")
+    assert [getattr(after, f) for f in fields] == [getattr(before, f) for f in fields]
+
+    # The API's validation messages, at their fields; nothing saved.
+    bad = [(k, v) for k, v in saved if k not in {"image_url", "title"}]
+    refused = client.post(
+        f"{page}/edit",
+        data=MultiDict(
+            [("csrf_token", token), ("image_url", "http://plain.example"), ("title", ""), *bad]
+        ),
+    )
+    assert refused.status_code == 422
+    html = _text(refused)
+    assert '<p class="error" id="f-image_url-error">An https:// URL.</p>' in html
+    assert '<p class="error" id="f-title-error">Missing data for required field.</p>' in html
+    assert _campaign_row(app, campaign_id).image_url == "https://cdn.example.com/a.png"
+
+    # A change and a cleared field are saved, audited as the person.
+    changed = [(k, v) for k, v in saved if k not in {"image_url", "title", "locales"}]
+    client.post(
+        f"{page}/edit", data=MultiDict([("csrf_token", token), ("title", "Spring sale"), *changed])
+    )
+    after = _campaign_row(app, campaign_id)
+    assert after.title == "Spring sale" and after.image_url is None
+    assert "locales" not in after.audience and after.audience["platforms"] == ["android"]
+    events = _trail(app, action="campaign.update")
+    assert len(events) == 2 and all(e.actor.startswith("staff:marketing") for e in events)
+
+
+def test_a_scheduled_campaign_keeps_its_audience_and_a_sending_one_is_not_editable(
+    app: Flask,  # noqa: F811
+    staff_client: Clients,  # noqa: F811
+    device: Callable[..., Any],  # noqa: F811
+) -> None:
+    from mobile_api.console.marketing import campaign_form
+
+    device()
+    client = staff_client("marketing")
+    later = _compose(client, action="create", platforms="android", send_at="2030-01-02T08:15")
+    page = later.headers["Location"].split("?")[0]
+    assert post_form(client, page, f"{page}/send", {}).status_code == 303
+    assert _campaign_row(app, page.rsplit("/", 1)[-1]).status == "scheduled"
+    editor = _text(client.get(f"{page}/edit"))
+    assert "its category and audience are fixed" in editor
+    assert '<select id="f-category_key" name="category_key" disabled>' in editor
+    with app.test_request_context():
+        saved = campaign_form(_campaign_row(app, page.rsplit("/", 1)[-1]))
+    # A browser does not send disabled fields: the rest is saved.
+    kept = [(k, v) for k, v in saved.items(multi=True) if k not in {"category_key", "platforms"}]
+    moved = [(k, "2030-02-01T10:00" if k == "send_at" else v) for k, v in kept]
+    done = client.post(f"{page}/edit", data=MultiDict([("csrf_token", csrf_of(editor)), *moved]))
+    assert done.status_code == 303, _text(done)
+    found = _campaign_row(app, page.rsplit("/", 1)[-1])
+    assert found.audience == {"platforms": ["android"]} and found.send_at is not None
+    assert found.send_at.strftime("%Y-%m-%d %H:%M") == "2030-02-01 10:00"
+
+    now = _compose(client, action="create")
+    sending = now.headers["Location"].split("?")[0]
+    post_form(client, sending, f"{sending}/send", {})
+    assert 'href="' + sending + '/edit"' not in _text(client.get(sending))
+    refused = client.get(f"{sending}/edit")
+    assert refused.status_code == 409 and refused.mimetype == "text/html"
+    assert "can no longer be edited" in _text(refused)

@@ -276,9 +276,25 @@ def test_marketing_composes_previews_sends_to_fcm_and_follows_the_campaign(
     _check(page, "composer-preview")
     _submit(page, "/campaigns/new", "Create draft")
     assert _heading(page) == "Spring sale"
+    # Edit the draft: the composer opens it filled in, refuses a blank title at the field.
+    page.find_element(By.LINK_TEXT, "Edit").click()
+    WebDriverWait(page, 10).until(lambda b: _heading(b) == "Edit campaign")
+    title = page.find_element(By.ID, "f-title")
+    assert title.get_attribute("value") == "20% off"
+    assert page.find_element(By.CSS_SELECTOR, "input[value=android]").is_selected()
+    title.clear()
+    page.execute_script("document.getElementById('f-title').removeAttribute('required')")
+    _submit(page, "/edit", "Save changes")
+    assert "Missing data" in page.find_element(By.ID, "f-title-error").text
+    _check(page, "composer-edit-refused")
+    page.find_element(By.ID, "f-title").send_keys("25% off")
+    _submit(page, "/edit", "Save changes")
+    assert _heading(page) == "Spring sale"
+    assert "Campaign saved" in page.find_element(By.CSS_SELECTOR, "[role=status]").text
     _submit(page, "/send")
     drain(app)
     assert sorted(m.token for m in fcm.received) == sorted(t.push_token for t in targets)
+    assert fcm.received[0].body["message"]["notification"]["title"] == "25% off"  # as edited
     _open(page, page.current_url.split("?")[0])
     assert "completed" in page.find_element(By.CSS_SELECTOR, ".facts").text
     chart = page.find_element(By.CSS_SELECTOR, "svg[role=img]").get_attribute("aria-label")
