@@ -34,6 +34,12 @@ from tests.console_fixtures import (  # noqa: F401 - fixtures
     staff_client,
 )
 from tests.fakes.fcm_server import FakeFcmServer
+from tests.notification_fixtures import (  # noqa: F401 - fixtures
+    notification_body,
+    notify,
+    post_notification,
+    ticket_reply,
+)
 
 Clients = Callable[[str], FlaskClient]
 
@@ -1011,3 +1017,29 @@ def test_a_scheduled_campaign_keeps_its_audience_and_a_sending_one_is_not_editab
     refused = client.get(f"{sending}/edit")
     assert refused.status_code == 409 and refused.mimetype == "text/html"
     assert "can no longer be edited" in _text(refused)
+
+
+def test_support_sees_the_devices_recent_notifications_and_their_outcome(
+    app: Flask,  # noqa: F811
+    staff_client: Clients,  # noqa: F811
+    device: Callable[..., Any],  # noqa: F811
+    fcm: FakeFcmServer,  # noqa: F811
+    notify: dict[str, str],  # noqa: F811
+    post_notification: Callable[..., Any],  # noqa: F811
+) -> None:
+    made, other = device(), device()
+    client = staff_client("support")
+    assert "No notification has been sent" in _text(client.get(f"/console/devices/{made.id}"))
+    accepted = post_notification(
+        notify, notification_body(device_ids=[made.id], title=f"Reply {XSS}")
+    )
+    assert accepted.status_code == 202, accepted.get_json()
+    notification_id = accepted.get_json()["id"]
+    page = _text(client.get(f"/console/devices/{made.id}"))
+    assert notification_id in page and "pending" in page
+    assert XSS not in page and "Reply &lt;img" in page
+    drain(app)
+    page = _text(client.get(f"/console/devices/{made.id}"))
+    section = page.split('id="notif-h"')[1]
+    assert notification_id in section and "<td>sent</td>" in section
+    assert notification_id not in _text(client.get(f"/console/devices/{other.id}"))
