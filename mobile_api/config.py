@@ -133,6 +133,8 @@ class Defaults:
     CONSOLE_LINK_TTL_HOURS = 72  # a one-time link expires unused after this
     CONSOLE_IDLE_MINUTES = 30  # a session unused this long is over
     CONSOLE_SESSION_HOURS = 12  # and any session this old
+    # Fernet key sealing staff TOTP secrets at rest; unset, one is derived from SECRET_KEY.
+    CONSOLE_TOTP_KEY: str | None = None
     # Failed sign-ins allowed per client IP, and per email, in a moving window.
     CONSOLE_SIGN_IN_LIMIT_IP = "20 per 15 minutes"
     CONSOLE_SIGN_IN_LIMIT_EMAIL = "5 per 15 minutes"
@@ -227,6 +229,7 @@ _ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "CONSOLE_LINK_TTL_HOURS": ("CONSOLE_LINK_TTL_HOURS", int),
     "CONSOLE_IDLE_MINUTES": ("CONSOLE_IDLE_MINUTES", int),
     "CONSOLE_SESSION_HOURS": ("CONSOLE_SESSION_HOURS", int),
+    "CONSOLE_TOTP_KEY": ("CONSOLE_TOTP_KEY", str),
     "CONSOLE_SIGN_IN_LIMIT_IP": ("CONSOLE_SIGN_IN_LIMIT_IP", str),
     "CONSOLE_SIGN_IN_LIMIT_EMAIL": ("CONSOLE_SIGN_IN_LIMIT_EMAIL", str),
 }

@@ -7,11 +7,13 @@ import logging
 import math
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import flask_smorest
 import marshmallow as ma
 from apispec import BasePlugin
+from flask import request
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.http import HTTP_STATUS_CODES
@@ -225,12 +227,17 @@ class BodyRefusalsPlugin(BasePlugin):
                 responses.setdefault("413", "REQUEST_ENTITY_TOO_LARGE")
 
 
+ErrorPage = Callable[[HTTPException | errors.DomainError], Any]
+
+
 class Api(flask_smorest.Api):
     """flask-smorest's Api with the error body of API.md."""
 
     ERROR_SCHEMA = ErrorSchema
 
     def __init__(self, *args: Any, spec_kwargs: dict[str, Any] | None = None, **kwargs: Any):
+        # Paths whose errors are pages for people (the console), not JSON bodies.
+        self._error_pages: dict[str, ErrorPage] = {}
         spec_kwargs = dict(spec_kwargs or {})
         spec_kwargs["extra_plugins"] = [
             *spec_kwargs.get("extra_plugins", ()),
@@ -252,6 +259,20 @@ class Api(flask_smorest.Api):
         app.register_error_handler(sa_exc.OperationalError, self._database_unavailable)
         app.register_error_handler(sa_exc.InterfaceError, self._database_unavailable)
 
+    def error_pages_under(self, prefix: str, page: ErrorPage) -> None:
+        """Answer errors under the path `prefix` with `page` instead of the JSON body.
+
+        Flask gives a blueprint no say over errors raised before a route matched (404,
+        405), so the choice is made here, by path, for every error.
+        """
+        self._error_pages[prefix] = page
+
+    def _error_page(self) -> ErrorPage | None:
+        for prefix, page in self._error_pages.items():
+            if request.path == prefix.rstrip("/") or request.path.startswith(prefix):
+                return page
+        return None
+
     def _database_unavailable(self, error: sa_exc.DBAPIError) -> Any:
         # A dropped connection has already been discarded by the pool, and a SQLite
         # lock outlived its busy timeout: either way, a retry may well succeed.
@@ -260,6 +281,9 @@ class Api(flask_smorest.Api):
 
     def handle_domain_error(self, error: errors.DomainError) -> Any:
         """The error body of a domain refusal, from DOMAIN_ERRORS."""
+        page = self._error_page()
+        if page is not None:
+            return page(error)
         code, identifier, default_message = domain_error_row(error)
         payload: dict[str, Any] = {
             "code": code,
@@ -279,7 +303,10 @@ class Api(flask_smorest.Api):
         """Turn any HTTPException (and unhandled errors) into the one error shape."""
         code = error.code or 500
         if isinstance(error, InternalServerError) and error.original_exception is not None:
-            _log_unhandled(error.original_exception)
+            log_unhandled(error.original_exception)
+        page = self._error_page()
+        if page is not None:
+            return page(error)
         payload: dict[str, Any] = {
             "code": code,
             "status": error.name,
@@ -317,7 +344,7 @@ def _log_nothing(exc_info: Any) -> None:
     """Stands in for Flask.log_exception (see Api.init_app)."""
 
 
-def _log_unhandled(exc: BaseException) -> None:
+def log_unhandled(exc: BaseException) -> None:
     """Log an unhandled error with its stack but without any exception's message.
 
     Messages quote values - a database error its SQL parameters, a KeyError its key -

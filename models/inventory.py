@@ -202,7 +202,9 @@ INVENTORY: dict[str, dict[str, Entry]] = {
         ),
         "role": not_personal("what the staff member may do"),
         "password_hash": not_personal("an argon2 hash of a staff password"),
-        "totp_secret": not_personal("a staff member's authenticator secret"),
+        "totp_secret": not_personal(
+            "a staff member's authenticator secret, encrypted (CONSOLE_TOTP_KEY or from SECRET_KEY)"
+        ),
         "totp_last_step": not_personal("the last TOTP step used, against replays"),
         "disabled_at": not_personal("when the staff account was disabled"),
         "created_at": not_personal("when the staff account was made"),
@@ -214,7 +216,9 @@ INVENTORY: dict[str, dict[str, Entry]] = {
         ),
     },
     "staff_links": {
-        column: not_personal("a one-time sign-in link of a staff member (hashed, expiring)")
+        column: not_personal(
+            "a staff member's one-time sign-in link (hashed, expiring; TOTP secret encrypted)"
+        )
         for column in (
             "id",
             "staff_id",

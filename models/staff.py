@@ -30,7 +30,8 @@ class StaffMember(Base):
     role: Mapped[str] = mapped_column(String(16))
     # Both NULL until the person has used a one-time link (and again after a reset).
     password_hash: Mapped[str | None] = mapped_column(String(255))
-    totp_secret: Mapped[str | None] = mapped_column(String(64))
+    # Sealed (Fernet) under CONSOLE_TOTP_KEY or a key derived from SECRET_KEY.
+    totp_secret: Mapped[str | None] = mapped_column(String(255))
     # The last TOTP time step accepted: a code is good for one sign-in only.
     totp_last_step: Mapped[int | None]
     disabled_at: Mapped[datetime | None]
@@ -54,8 +55,9 @@ class StaffLink(Base):
         String(26), ForeignKey("staff_members.id", ondelete="CASCADE")
     )
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    # The TOTP secret offered on the link's page, kept until the person confirms a code.
-    totp_secret: Mapped[str] = mapped_column(String(64))
+    # The TOTP secret offered on the link's page, kept until the person confirms a code;
+    # sealed like StaffMember.totp_secret.
+    totp_secret: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None]

@@ -11,9 +11,11 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.datastructures import MultiDict
 
 from mobile_api.extensions import db
-from models import AuditEvent, Device, StaffMember, StaffSession, utcnow
+from mobile_api.services import totp_secrets
+from models import AuditEvent, Campaign, Device, StaffLink, StaffMember, StaffSession, utcnow
 from tests.campaign_fixtures import (  # noqa: F401 - fixtures
     app,
     device,
@@ -32,6 +34,12 @@ from tests.console_fixtures import (  # noqa: F401 - fixtures
     staff_client,
 )
 from tests.fakes.fcm_server import FakeFcmServer
+from tests.notification_fixtures import (  # noqa: F401 - fixtures
+    notification_body,
+    notify,
+    post_notification,
+    ticket_reply,
+)
 
 Clients = Callable[[str], FlaskClient]
 
@@ -115,6 +123,12 @@ def test_a_one_time_link_enrols_password_and_totp_once(app: Flask) -> None:  # n
     secret = re.search(r'id="totp-secret">([A-Z2-7]{32})<', page)
     assert secret, page
     assert "otpauth://totp/" in page
+    # The same secret as a QR code: inline SVG, named for screen readers, no script or style.
+    qr_code = re.search(
+        r'<figure class="qr">\s*(<svg role="img" aria-label="QR code[^"]+".*?</svg>)', page, re.S
+    )
+    assert qr_code, page
+    assert "<path" in qr_code.group(1) and "style=" not in page and "<script" not in page
     totp = pyotp.TOTP(secret.group(1))
     token = csrf_of(page)
 
@@ -128,6 +142,7 @@ def test_a_one_time_link_enrols_password_and_totp_once(app: Flask) -> None:  # n
         data={"csrf_token": token, "password": PASSWORD, "confirm": PASSWORD, "code": "000000"},
     )
     assert wrong.status_code == 422 and "not the authenticator" in _text(wrong)
+    assert '<svg role="img" aria-label="QR code' in _text(wrong)  # still there to scan
     done = client.post(
         path,
         data={"csrf_token": token, "password": PASSWORD, "confirm": PASSWORD, "code": totp.now()},
@@ -143,7 +158,26 @@ def test_a_one_time_link_enrols_password_and_totp_once(app: Flask) -> None:  # n
     with app.app_context():
         member = db.session.scalars(sa.select(StaffMember)).one()
         assert member.password_hash and member.password_hash.startswith("$argon2id$")
+        # A dump of the database does not give the authenticator away.
+        stored = [*db.session.scalars(sa.select(StaffLink.totp_secret)).all(), member.totp_secret]
+        assert stored and all(value and secret.group(1) not in value for value in stored)
+        cipher = totp_secrets.fernet(app.config)
+        assert totp_secrets.unseal(cipher, str(member.totp_secret)) == secret.group(1)
         db.session.commit()
+
+
+def test_totp_secrets_are_sealed_with_the_configured_key_else_one_from_secret_key() -> None:
+    from cryptography.fernet import Fernet
+
+    configured = Fernet.generate_key().decode()
+    sealed = totp_secrets.seal(
+        totp_secrets.fernet({"CONSOLE_TOTP_KEY": configured, "SECRET_KEY": "k"}), "ABC"
+    )
+    assert totp_secrets.unseal(Fernet(configured), sealed) == "ABC"
+    derived = totp_secrets.seal(totp_secrets.fernet({"SECRET_KEY": "k"}), "ABC")
+    assert totp_secrets.unseal(totp_secrets.fernet({"SECRET_KEY": "k"}), derived) == "ABC"
+    with pytest.raises(ValueError, match="another key"):
+        totp_secrets.unseal(totp_secrets.fernet({"SECRET_KEY": "other"}), derived)
 
 
 def test_an_expired_link_is_refused(app: Flask) -> None:  # noqa: F811
@@ -779,3 +813,233 @@ def test_console_forms_refuse_bad_input_as_html(
         post_form(support, "/console/devices", "/console/devices/NOPE/enable", {}).status_code
         == 404
     )
+
+
+# --- errors are pages for people -----------------------------------------------------------
+
+
+def test_unknown_console_pages_and_wrong_methods_are_html_pages_in_the_layout(
+    app: Flask,  # noqa: F811
+    staff_client: Clients,  # noqa: F811
+) -> None:
+    client = staff_client("support")
+    missing = client.get("/console/no-such-page")
+    assert missing.status_code == 404 and missing.mimetype == "text/html"
+    html = _text(missing)
+    assert "<h1>Page not found</h1>" in html and 'aria-label="Main"' in html  # the menu
+    assert "Back to the console" in html
+    assert "default-src 'none'" in missing.headers["Content-Security-Policy"]
+    assert missing.headers["Cache-Control"] == "no-store"
+
+    wrong = client.delete("/console/devices")
+    assert wrong.status_code == 405 and wrong.mimetype == "text/html"
+    assert "GET" in wrong.headers["Allow"] and "Not possible here" in _text(wrong)
+
+    stranger = app.test_client().get("/console/nothing/here")
+    assert stranger.status_code == 404 and "Sign in to the console" in _text(stranger)
+
+    api = app.test_client().get("/v1/no-such-resource")
+    assert api.status_code == 404 and api.is_json
+    assert api.get_json()["error"] == "not_found"
+
+
+def test_a_failure_on_our_side_is_an_html_page_that_quotes_nothing(
+    app: Flask,  # noqa: F811
+    staff_client: Clients,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client = staff_client("support")
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("secret detail from the database")
+
+    monkeypatch.setattr("mobile_api.services.staff.session_for", broken)
+    monkeypatch.setitem(app.config, "PROPAGATE_EXCEPTIONS", False)  # as in production
+    failed = client.get("/console/devices")
+    assert failed.status_code == 500 and failed.mimetype == "text/html"
+    html = _text(failed)
+    assert "Something went wrong" in html and "secret detail" not in html
+    assert "default-src 'none'" in failed.headers["Content-Security-Policy"]
+
+
+def test_an_ended_session_says_so_on_the_sign_in_page(
+    app: Flask,  # noqa: F811
+    staff_client: Clients,  # noqa: F811
+) -> None:
+    client = staff_client("marketing")
+    with app.app_context():
+        db.session.execute(
+            sa.update(StaffSession).values(last_seen_at=utcnow() - timedelta(minutes=31))
+        )
+        db.session.commit()
+    gone = client.get("/console/campaigns?state=draft")
+    assert gone.status_code == 303
+    assert "ended=1" in gone.headers["Location"]
+    assert any("console=;" in c for c in gone.headers.getlist("Set-Cookie"))  # the dead cookie
+    page = _text(client.get(gone.headers["Location"]))
+    assert "Your session has ended" in page and "more than 30 minutes" in page
+    assert 'name="next" value="/console/campaigns?state=draft"' in page
+    # Someone who never signed in is not told a session ended.
+    fresh = app.test_client().get("/console/campaigns")
+    assert "ended" not in fresh.headers["Location"]
+
+
+def test_a_stale_form_explains_itself_and_links_back_to_the_form(
+    staff_client: Clients,  # noqa: F811
+) -> None:
+    client = staff_client("admin")
+    stale = client.post(
+        "/console/admin/staff",
+        data={"csrf_token": "old", "email": "z@example.com", "role": "support"},
+        headers={"Referer": "http://localhost/console/admin/staff?x=1"},
+    )
+    assert stale.status_code == 403 and stale.mimetype == "text/html"
+    html = _text(stale)
+    assert "nothing was changed" in html
+    assert '<a href="/console/admin/staff?x=1">Back to the form</a>' in html
+    elsewhere = client.post(
+        "/console/admin/staff",
+        data={"csrf_token": "old"},
+        headers={"Referer": "http://localhost/v1/devices"},
+    )
+    assert "Back to the form" not in _text(elsewhere)
+
+
+def _campaign_row(on: Flask, campaign_id: str) -> Campaign:
+    with on.app_context():
+        found = db.session.get(Campaign, campaign_id)
+        assert found is not None
+        db.session.expunge(found)
+        db.session.commit()
+    return found
+
+
+def test_marketing_edits_a_draft_in_the_composer_through_the_apis_rules(
+    app: Flask,  # noqa: F811
+    staff_client: Clients,  # noqa: F811
+) -> None:
+    from mobile_api.console.marketing import campaign_form
+
+    client = staff_client("marketing")
+    created = _compose(
+        client,
+        action="create",
+        data="screen=offers",
+        content="id | Diskon | Hanya minggu ini",
+        default_locale="en",
+        link="app://offers",
+        image_url="https://cdn.example.com/a.png",
+        platforms="android",
+        locales="id-ID\nen",
+        last_seen_within_days="30",
+        send_at="2030-01-02T08:15",
+        badge="3",
+    )
+    page = created.headers["Location"].split("?")[0]
+    campaign_id = page.rsplit("/", 1)[-1]
+    assert f'href="{page}/edit"' in _text(client.get(page))
+    before = _campaign_row(app, campaign_id)
+
+    editor = _text(client.get(f"{page}/edit"))
+    assert "<h1>Edit campaign</h1>" in editor and "Save changes" in editor
+    assert 'value="https://cdn.example.com/a.png"' in editor
+    assert "id | Diskon | Hanya minggu ini</textarea>" in editor
+    assert 'value="2030-01-02T08:15"' in editor
+    assert 'value="android" checked' in editor
+
+    # The saved form, submitted unchanged, changes nothing.
+    with app.test_request_context():
+        saved = list(campaign_form(before).items(multi=True))
+    token = csrf_of(editor)
+    same = client.post(f"{page}/edit", data=MultiDict([("csrf_token", token), *saved]))
+    assert same.status_code == 303 and "done=saved" in same.headers["Location"]
+    after = _campaign_row(app, campaign_id)
+    fields = ("title", "data", "content", "audience", "image_url", "link", "send_at", "badge")
+    assert [getattr(after, f) for f in fields] == [getattr(before, f) for f in fields]
+
+    # The API's validation messages, at their fields; nothing saved.
+    bad = [(k, v) for k, v in saved if k not in {"image_url", "title"}]
+    refused = client.post(
+        f"{page}/edit",
+        data=MultiDict(
+            [("csrf_token", token), ("image_url", "http://plain.example"), ("title", ""), *bad]
+        ),
+    )
+    assert refused.status_code == 422
+    html = _text(refused)
+    assert '<p class="error" id="f-image_url-error">An https:// URL.</p>' in html
+    assert '<p class="error" id="f-title-error">Missing data for required field.</p>' in html
+    assert _campaign_row(app, campaign_id).image_url == "https://cdn.example.com/a.png"
+
+    # A change and a cleared field are saved, audited as the person.
+    changed = [(k, v) for k, v in saved if k not in {"image_url", "title", "locales"}]
+    client.post(
+        f"{page}/edit", data=MultiDict([("csrf_token", token), ("title", "Spring sale"), *changed])
+    )
+    after = _campaign_row(app, campaign_id)
+    assert after.title == "Spring sale" and after.image_url is None
+    assert "locales" not in after.audience and after.audience["platforms"] == ["android"]
+    events = _trail(app, action="campaign.update")
+    assert len(events) == 2 and all(e.actor.startswith("staff:marketing") for e in events)
+
+
+def test_a_scheduled_campaign_keeps_its_audience_and_a_sending_one_is_not_editable(
+    app: Flask,  # noqa: F811
+    staff_client: Clients,  # noqa: F811
+    device: Callable[..., Any],  # noqa: F811
+) -> None:
+    from mobile_api.console.marketing import campaign_form
+
+    device()
+    client = staff_client("marketing")
+    later = _compose(client, action="create", platforms="android", send_at="2030-01-02T08:15")
+    page = later.headers["Location"].split("?")[0]
+    assert post_form(client, page, f"{page}/send", {}).status_code == 303
+    assert _campaign_row(app, page.rsplit("/", 1)[-1]).status == "scheduled"
+    editor = _text(client.get(f"{page}/edit"))
+    assert "its category and audience are fixed" in editor
+    assert '<select id="f-category_key" name="category_key" disabled>' in editor
+    with app.test_request_context():
+        saved = campaign_form(_campaign_row(app, page.rsplit("/", 1)[-1]))
+    # A browser does not send disabled fields: the rest is saved.
+    kept = [(k, v) for k, v in saved.items(multi=True) if k not in {"category_key", "platforms"}]
+    moved = [(k, "2030-02-01T10:00" if k == "send_at" else v) for k, v in kept]
+    done = client.post(f"{page}/edit", data=MultiDict([("csrf_token", csrf_of(editor)), *moved]))
+    assert done.status_code == 303, _text(done)
+    found = _campaign_row(app, page.rsplit("/", 1)[-1])
+    assert found.audience == {"platforms": ["android"]} and found.send_at is not None
+    assert found.send_at.strftime("%Y-%m-%d %H:%M") == "2030-02-01 10:00"
+
+    now = _compose(client, action="create")
+    sending = now.headers["Location"].split("?")[0]
+    post_form(client, sending, f"{sending}/send", {})
+    assert 'href="' + sending + '/edit"' not in _text(client.get(sending))
+    refused = client.get(f"{sending}/edit")
+    assert refused.status_code == 409 and refused.mimetype == "text/html"
+    assert "can no longer be edited" in _text(refused)
+
+
+def test_support_sees_the_devices_recent_notifications_and_their_outcome(
+    app: Flask,  # noqa: F811
+    staff_client: Clients,  # noqa: F811
+    device: Callable[..., Any],  # noqa: F811
+    fcm: FakeFcmServer,  # noqa: F811
+    notify: dict[str, str],  # noqa: F811
+    post_notification: Callable[..., Any],  # noqa: F811
+) -> None:
+    made, other = device(), device()
+    client = staff_client("support")
+    assert "No notification has been sent" in _text(client.get(f"/console/devices/{made.id}"))
+    accepted = post_notification(
+        notify, notification_body(device_ids=[made.id], title=f"Reply {XSS}")
+    )
+    assert accepted.status_code == 202, accepted.get_json()
+    notification_id = accepted.get_json()["id"]
+    page = _text(client.get(f"/console/devices/{made.id}"))
+    assert notification_id in page and "pending" in page
+    assert XSS not in page and "Reply &lt;img" in page
+    drain(app)
+    page = _text(client.get(f"/console/devices/{made.id}"))
+    section = page.split('id="notif-h"')[1]
+    assert notification_id in section and "<td>sent</td>" in section
+    assert notification_id not in _text(client.get(f"/console/devices/{other.id}"))

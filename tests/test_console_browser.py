@@ -156,6 +156,10 @@ def test_enrol_from_the_one_time_link_then_sign_in_by_keyboard(
     link = created.output.strip().splitlines()[-1].replace("http://127.0.0.1:8000", live_server)
     _open(page, link)
     _check(page, "enrol")
+    qr_code = page.find_element(By.CSS_SELECTOR, "figure.qr svg[role=img]")
+    assert qr_code.is_displayed() and qr_code.size["width"] >= 150
+    assert qr_code.size["width"] == qr_code.size["height"]
+    assert "QR code" in str(qr_code.get_attribute("aria-label"))
     secret = page.find_element(By.ID, "totp-secret").text
     totp = pyotp.TOTP(secret)
     page.find_element(By.ID, "f-password").send_keys(PASSWORD)
@@ -272,9 +276,25 @@ def test_marketing_composes_previews_sends_to_fcm_and_follows_the_campaign(
     _check(page, "composer-preview")
     _submit(page, "/campaigns/new", "Create draft")
     assert _heading(page) == "Spring sale"
+    # Edit the draft: the composer opens it filled in, refuses a blank title at the field.
+    page.find_element(By.LINK_TEXT, "Edit").click()
+    WebDriverWait(page, 10).until(lambda b: _heading(b) == "Edit campaign")
+    title = page.find_element(By.ID, "f-title")
+    assert title.get_attribute("value") == "20% off"
+    assert page.find_element(By.CSS_SELECTOR, "input[value=android]").is_selected()
+    title.clear()
+    page.execute_script("document.getElementById('f-title').removeAttribute('required')")
+    _submit(page, "/edit", "Save changes")
+    assert "Missing data" in page.find_element(By.ID, "f-title-error").text
+    _check(page, "composer-edit-refused")
+    page.find_element(By.ID, "f-title").send_keys("25% off")
+    _submit(page, "/edit", "Save changes")
+    assert _heading(page) == "Spring sale"
+    assert "Campaign saved" in page.find_element(By.CSS_SELECTOR, "[role=status]").text
     _submit(page, "/send")
     drain(app)
     assert sorted(m.token for m in fcm.received) == sorted(t.push_token for t in targets)
+    assert fcm.received[0].body["message"]["notification"]["title"] == "25% off"  # as edited
     _open(page, page.current_url.split("?")[0])
     assert "completed" in page.find_element(By.CSS_SELECTOR, ".facts").text
     chart = page.find_element(By.CSS_SELECTOR, "svg[role=img]").get_attribute("aria-label")
@@ -329,6 +349,14 @@ def test_each_role_is_refused_the_others_pages_in_html(
             _open(page, f"{live_server}{path}")
             assert _heading(page) == "Not for your role", (role, path)
     _check(page, "refused")
+    # A mistyped address is a page of the console, with its menu, not a JSON body.
+    _open(page, f"{live_server}/console/campains")
+    assert _heading(page) == "Page not found"
+    assert page.find_element(By.CSS_SELECTOR, "nav[aria-label=Main]").is_displayed()
+    page.find_element(By.LINK_TEXT, "Back to the console").click()
+    WebDriverWait(page, 10).until(lambda b: _heading(b) == "Campaigns")
+    _open(page, f"{live_server}/console/campains")
+    _check(page, "not-found")
 
 
 class _Attacker(BaseHTTPRequestHandler):

@@ -152,3 +152,68 @@ def test_final_counts_are_backfilled_and_downgrade_keeps_the_deliveries(
         db.session.commit()
         upgrade()
         db.session.remove()
+
+
+_staff = sa.table(
+    "staff_members",
+    *(sa.column(name) for name in ["id", "email", "role", "totp_secret", "created_at"]),
+)
+_links = sa.table(
+    "staff_links",
+    *(sa.column(name) for name in ["id", "staff_id", "token_hash", "totp_secret"]),
+    *(sa.column(name) for name in ["created_at", "expires_at"]),
+)
+
+
+def test_totp_secrets_are_sealed_by_0014_and_opened_again_by_its_downgrade(
+    empty_app: Flask,
+) -> None:
+    from mobile_api.services import totp_secrets
+
+    member_secret, link_secret = (
+        "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP",
+        "KRSXG5CTMVRXEZLUKRSXG5CTMVRXEZLU",
+    )
+    with empty_app.app_context():
+        upgrade(revision="0012")
+        db.session.execute(
+            sa.insert(_staff).values(
+                id="S1",
+                email="a@example.com",
+                role="admin",
+                totp_secret=member_secret,
+                created_at=NOW,
+            )
+        )
+        db.session.execute(
+            sa.insert(_links).values(
+                id="L1",
+                staff_id="S1",
+                token_hash="h" * 64,
+                totp_secret=link_secret,
+                created_at=NOW,
+                expires_at=NOW,
+            )
+        )
+        db.session.commit()
+        upgrade(revision="0014")
+        # SQLite rebuilds staff_members; the link that points at it stays.
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(_links)) == 1
+        stored = [
+            db.session.scalar(sa.select(_staff.c.totp_secret)),
+            db.session.scalar(sa.select(_links.c.totp_secret)),
+        ]
+        db.session.commit()
+        # What a dump holds says nothing of the secrets; the configured key opens them.
+        assert member_secret not in stored[0] and link_secret not in stored[1]
+        cipher = totp_secrets.fernet(empty_app.config)
+        assert [totp_secrets.unseal(cipher, value) for value in stored] == [
+            member_secret,
+            link_secret,
+        ]
+        downgrade(revision="0012")
+        assert db.session.scalar(sa.select(_staff.c.totp_secret)) == member_secret
+        assert db.session.scalar(sa.select(_links.c.totp_secret)) == link_secret
+        db.session.commit()
+        upgrade()
+        db.session.remove()

@@ -10,7 +10,6 @@ that allows no inline script or style. Pages hold no business rule of their own.
 from __future__ import annotations
 
 import hmac
-import logging
 import secrets
 from collections.abc import Callable
 from datetime import timedelta
@@ -28,17 +27,15 @@ from flask import (
     request,
     url_for,
 )
-from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
 from mobile_api.errors import DomainError
-from mobile_api.extensions import db
+from mobile_api.extensions import api, db
 from mobile_api.http_errors import domain_error_message, domain_error_row
 from mobile_api.services import staff as staff_service
 from mobile_api.services.caller import Caller
 from models import StaffRole
-
-log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -128,31 +125,55 @@ def _same_origin() -> bool:
     return f"{parts.scheme}://{parts.netloc}" == request.host_url.rstrip("/")
 
 
+def _signed_in(cookie: str | None) -> staff_service.SignedIn | None:
+    """Who the session cookie signs in, if anybody."""
+    if not cookie:
+        return None
+    config = current_app.config
+    return staff_service.session_for(
+        db.session,
+        cookie,
+        idle=timedelta(minutes=int(config["CONSOLE_IDLE_MINUTES"])),
+        lifetime=timedelta(hours=int(config["CONSOLE_SESSION_HOURS"])),
+    )
+
+
+def _own_page(url: str | None) -> str | None:
+    """The path of `url` if it is a console page of this host (a safe link back)."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    if parts.netloc and f"{parts.scheme}://{parts.netloc}" != request.host_url.rstrip("/"):
+        return None
+    if not parts.path.startswith(f"{bp.url_prefix}/") or parts.path.startswith("//"):
+        return None
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
 @bp.before_request
 def _authenticate() -> Any:
-    g.staff = None
     cookie = request.cookies.get(session_cookie_name())
-    config = current_app.config
-    if cookie:
-        g.staff = staff_service.session_for(
-            db.session,
-            cookie,
-            idle=timedelta(minutes=int(config["CONSOLE_IDLE_MINUTES"])),
-            lifetime=timedelta(hours=int(config["CONSOLE_SESSION_HOURS"])),
-        )
+    g.staff = _signed_in(cookie)
     if request.method == "POST" and not _same_origin():
         return error_page(403, "Cross-site request refused", "This form did not come from here.")
     roles = _view_roles()
     if roles is not None and g.staff is None:
         target = request.full_path if request.method == "GET" else None
-        return redirect(url_for("console.sign_in", next=target), 303)
+        # A cookie that no longer signs anybody in: say so on the sign-in page.
+        ended = "1" if cookie else None
+        response = redirect(url_for("console.sign_in", next=target, ended=ended), 303)
+        if cookie:
+            set_cookie(response, session_cookie_name(), "", max_age=0)
+        return response
     if request.method == "POST":
         sent = request.form.get("csrf_token", "")
         if not hmac.compare_digest(sent.encode(), csrf_token().encode()):
             return error_page(
                 403,
                 "Form expired",
-                "This form is out of date or did not come from here; reload the page and retry.",
+                "This form is out of date or did not come from here, so nothing was changed. "
+                "Go back to the form, reload it, and submit it again.",
+                back=_own_page(request.referrer),
             )
     if roles is not None and g.staff.role not in roles:
         return error_page(403, "Not for your role", "Your role may not open this page.")
@@ -170,42 +191,50 @@ def _headers(response: Response) -> Response:
     return response
 
 
-def error_page(code: int, title: str, message: str) -> Response:
-    """An HTML error page with the status `code`."""
+def error_page(code: int, title: str, message: str, back: str | None = None) -> Response:
+    """An HTML error page with the status `code`, and a link back (`back`, else home)."""
     response = Response(
-        render_template("console/error.html", code=code, title=title, message=message),
+        render_template("console/error.html", code=code, title=title, message=message, back=back),
         status=code,
     )
     return response
 
 
-@bp.errorhandler(HTTPException)
-def _http_error(error: HTTPException) -> Response:
-    if isinstance(error, InternalServerError) and error.original_exception is not None:
-        log.error(
-            "unhandled error: %s",
-            type(error.original_exception).__name__,
-            exc_info=error.original_exception,
+_PAGE_TITLES = {
+    404: "Page not found",
+    405: "Not possible here",
+    500: "Something went wrong",
+}
+_PAGE_MESSAGES = {
+    404: "There is no console page at this address. It may have moved, or the link is mistyped.",
+    405: "This page cannot be used that way; open it from the console's menu.",
+    500: "Something went wrong on our side; it has been logged. Please try again.",
+}
+
+
+def _error_response(error: HTTPException | DomainError) -> Response:
+    """Any failure under /console/ as a page in the console's layout (the API's errors
+    are JSON; http_errors.Api calls this for every error under our prefix)."""
+    if isinstance(error, DomainError):
+        code, identifier, _default = domain_error_row(error)
+        response = error_page(
+            code, identifier.replace("_", " ").capitalize(), domain_error_message(error)
         )
+        if error.retry_after is not None:
+            response.headers["Retry-After"] = str(error.retry_after)
+        return response
     code = error.code or 500
-    message = error.description or error.name
-    if isinstance(error, InternalServerError):
-        message = "Something went wrong on our side; it has been logged."
-    response = error_page(code, error.name, message)
+    if "staff" not in g and code in {404, 405}:
+        # No console route matched, so _authenticate did not run: the menu still
+        # belongs on the page of someone signed in.
+        g.staff = _signed_in(request.cookies.get(session_cookie_name()))
+    message = _PAGE_MESSAGES.get(code) or error.description or error.name
+    response = error_page(code, _PAGE_TITLES.get(code, error.name), message)
     for name, value in error.get_headers():
         if name.lower() not in {"content-type", "content-length"}:
             response.headers.setdefault(name, value)
-    return response
-
-
-@bp.errorhandler(DomainError)
-def _domain_error(error: DomainError) -> Response:
-    """A service's refusal, from the web layer's one table, as an HTML page."""
-    code, identifier, _default = domain_error_row(error)
-    title = identifier.replace("_", " ").capitalize()
-    response = error_page(code, title, domain_error_message(error))
-    if error.retry_after is not None:
-        response.headers["Retry-After"] = str(error.retry_after)
+    if request.blueprint != bp.name:  # no route of ours matched: our headers all the same
+        _headers(response)
     return response
 
 
@@ -262,3 +291,4 @@ def init_app(app: Flask) -> None:
     from mobile_api.console import admin, marketing, privacy, signin, support  # noqa: F401
 
     app.register_blueprint(bp)
+    api.error_pages_under(f"{bp.url_prefix}/", _error_response)

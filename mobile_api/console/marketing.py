@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC
 from typing import Any
 
 import marshmallow as ma
@@ -13,9 +14,14 @@ from werkzeug.datastructures import MultiDict
 from mobile_api import tasks
 from mobile_api.console import bp, caller, requires
 from mobile_api.console.support import PAGE, filled
+from mobile_api.errors import CampaignAlreadySent
 from mobile_api.extensions import db
 from mobile_api.pagination import paginate
-from mobile_api.routes.campaigns import CampaignCreateSchema, DeliveryArgsSchema
+from mobile_api.routes.campaigns import (
+    CampaignCreateSchema,
+    CampaignUpdateSchema,
+    DeliveryArgsSchema,
+)
 from mobile_api.services import audience as aud
 from mobile_api.services import campaigns as campaign_service
 from mobile_api.services import categories as category_service
@@ -32,6 +38,7 @@ from models import (
 )
 
 _CREATE = CampaignCreateSchema()
+_UPDATE = CampaignUpdateSchema()
 _DELIVERIES = DeliveryArgsSchema()
 _LIST_SPLIT = re.compile(r"[\s,]+")
 _TEXT_FIELDS = (
@@ -113,10 +120,14 @@ def campaign_request(form: MultiDict[str, str]) -> tuple[dict[str, Any], dict[st
     return body, errors
 
 
-def _validated(form: MultiDict[str, str]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-    body, errors = campaign_request(form)
+def _validated(
+    form: MultiDict[str, str], schema: ma.Schema = _CREATE, body: dict[str, Any] | None = None
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    errors: dict[str, Any] = {}
+    if body is None:
+        body, errors = campaign_request(form)
     try:
-        data = _CREATE.load(body)
+        data = schema.load(body)
     except ma.ValidationError as invalid:
         messages: dict[str, Any] = dict(invalid.messages)  # type: ignore[arg-type]
         # Nested audience errors are shown beside their own fields.
@@ -197,6 +208,91 @@ def compose() -> Any:
         caller(),
     )
     return redirect(url_for("console.campaign", campaign_id=campaign.id, done="created"), 303)
+
+
+# Cleared in the editor: the PATCH body says so with null (the fields the API lets be
+# null) or empty, not by leaving the field out (which keeps it).
+_CLEARED: dict[str, Any] = {
+    **{name: None for name, field in _UPDATE.fields.items() if field.allow_none},
+    "data": {},
+    "content": {},
+    "audience": {},
+    "fallback_timezone": "UTC",
+}
+_REQUIRED = ("name", "title", "body")
+
+
+def campaign_form(found: Campaign) -> MultiDict[str, str]:
+    """A saved campaign as the composer's form (the inverse of campaign_request)."""
+    form: MultiDict[str, str] = MultiDict()
+    for name in _TEXT_FIELDS:
+        value = getattr(found, name)
+        if value is not None:
+            form[name] = str(value)
+    for name in ("ttl_seconds", "badge"):
+        if getattr(found, name) is not None:
+            form[name] = str(getattr(found, name))
+    if found.send_at is not None:
+        form["send_at"] = found.send_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M")
+    data = {k: v for k, v in (found.data or {}).items() if not (k == "link" and v == found.link)}
+    form["data"] = "\n".join(f"{key}={value}" for key, value in data.items())
+    form["content"] = "\n".join(
+        f"{tag} | {text['title']} | {text['body']}" for tag, text in (found.content or {}).items()
+    )
+    audience = found.audience or {}
+    form.setlist("platforms", list(audience.get("platforms", [])))
+    for name in _AUDIENCE_LISTS:
+        form[name] = "\n".join(audience.get(name, []))
+    for name in ("min_os_version", "last_seen_within_days"):
+        if audience.get(name) is not None:
+            form[name] = str(audience[name])
+    return form
+
+
+def _edits(form: MultiDict[str, str], scheduled: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The editor's form as the body PATCH /v1/campaigns/{id} takes, and form-level errors."""
+    body, errors = campaign_request(form)
+    for name in _REQUIRED:
+        if name not in body:
+            errors[name] = ["Missing data for required field."]
+    body = {**_CLEARED, **body}
+    if scheduled:  # fixed once scheduled (the form shows them, not as fields)
+        for name in ("audience", "category", "category_key"):
+            body.pop(name, None)
+    return body, errors
+
+
+def _editable(campaign_id: str) -> Campaign:
+    found = campaign_service.get(db.session, campaign_id)
+    if found.status not in (CampaignStatus.DRAFT, CampaignStatus.SCHEDULED):
+        raise CampaignAlreadySent("This campaign has started sending; it can no longer be edited.")
+    return found
+
+
+@bp.route("/campaigns/<campaign_id>/edit", methods=["GET", "POST"])
+@requires(StaffRole.MARKETING)
+def edit_campaign(campaign_id: str) -> Any:
+    """Edit a draft, or a scheduled campaign before it starts, through the API's PATCH rules."""
+    found = _editable(campaign_id)
+    scheduled = found.status == CampaignStatus.SCHEDULED
+    if request.method == "GET":
+        return _composer(campaign_form(found), editing=found)
+    body, errors = _edits(request.form, scheduled)
+    data, refused = _validated(request.form, _UPDATE, body)
+    errors.update(refused)
+    if data is None or errors:
+        form: MultiDict[str, str] = request.form
+        if scheduled:  # what cannot change is shown as saved
+            form = MultiDict([*request.form.items(multi=True), *_fixed_fields(found)])
+        return _composer(form, 422, errors=errors, editing=found)
+    campaign_service.update(db.session, campaign_id, data, caller())
+    return redirect(url_for("console.campaign", campaign_id=campaign_id, done="saved"), 303)
+
+
+def _fixed_fields(found: Campaign) -> list[tuple[str, str]]:
+    saved = campaign_form(found)
+    names = ("category_key", "platforms", "min_os_version", "last_seen_within_days")
+    return [(k, v) for k, v in saved.items(multi=True) if k in (*names, *_AUDIENCE_LISTS)]
 
 
 @bp.route("/campaigns/<campaign_id>")

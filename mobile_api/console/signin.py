@@ -6,8 +6,10 @@ import math
 import time
 from typing import Any
 
+import segno
 from flask import current_app, g, redirect, render_template, request, url_for
 from limits import parse
+from markupsafe import Markup, escape
 
 from mobile_api.console import HOME, bp, requires, session_cookie_name, set_cookie
 from mobile_api.errors import EnrolmentRefused, SignInRefused
@@ -64,7 +66,15 @@ def sign_in() -> Any:
     """Email, password and the authenticator's current code."""
     next_page = _safe_next(request.values.get("next"))
     if request.method == "GET":
-        return render_template("console/sign_in.html", next=next_page, error=None)
+        notice = None
+        if request.args.get("ended") == "1":
+            idle = int(current_app.config["CONSOLE_IDLE_MINUTES"])
+            notice = (
+                f"Your session has ended: it was idle for more than {idle} minutes, signed out, "
+                "or your account was changed. Sign in again to carry on"
+                + (" where you were." if next_page else ".")
+            )
+        return render_template("console/sign_in.html", next=next_page, error=None, notice=notice)
     blocked = _seconds_blocked()
     if blocked:
         minutes = math.ceil(blocked / 60)
@@ -112,12 +122,27 @@ def index() -> Any:
     return redirect(url_for(HOME[StaffRole(g.staff.role)]), 303)
 
 
+QR_LABEL = "QR code to scan with your authenticator app; it holds the secret shown beside it"
+
+
+def qr_code_svg(uri: str) -> Markup:
+    """`uri` as a QR code: an inline SVG image (no script, no style attribute) with a label."""
+    svg = segno.make(uri, error="m").svg_inline(scale=5, dark="#000", light="#fff")
+    # segno writes only sizes, colours and path data (no text of the URI, as no title is
+    # asked for), so the markup is safe; the image's role and name are ours.
+    labelled = svg.replace("<svg ", f'<svg role="img" aria-label="{escape(QR_LABEL)}" ', 1)
+    return Markup(labelled)  # noqa: S704
+
+
 @bp.route("/enrol/<secret>", methods=["GET", "POST"])
 def enrol(secret: str) -> Any:
     """The one-time link: set a password and enrol the authenticator."""
     enrolment = staff_service.enrolment(db.session, secret)
+    qr_code = qr_code_svg(enrolment.otpauth_uri)
     if request.method == "GET":
-        return render_template("console/enrol.html", enrolment=enrolment, error=None)
+        return render_template(
+            "console/enrol.html", enrolment=enrolment, qr_code=qr_code, error=None
+        )
     try:
         email = staff_service.complete_enrolment(
             db.session,
@@ -129,7 +154,10 @@ def enrol(secret: str) -> Any:
     except EnrolmentRefused as refused:
         return (
             render_template(
-                "console/enrol.html", enrolment=enrolment, error=domain_error_message(refused)
+                "console/enrol.html",
+                enrolment=enrolment,
+                qr_code=qr_code,
+                error=domain_error_message(refused),
             ),
             422,
         )

@@ -87,6 +87,7 @@ def device(device_id: str, errors: Any = None, status: int = 200) -> Any:
         terminated=privacy.is_terminated(db.session, found.account_id),
         consents=support.consent_timeline(db.session, found.id),
         deliveries=support.recent_deliveries(db.session, found.id),
+        notifications=support.recent_notifications(db.session, found.id),
         done=request.args.get("done"),
         errors=errors or {},
     )

@@ -1,7 +1,8 @@
 """Staff people: accounts, one-time links, sign-in with password and TOTP, sessions.
 
 Passwords are stored as argon2id hashes; one-time link and session secrets only as
-SHA-256 (they are 256-bit random). Every change to an account is audited.
+SHA-256 (they are 256-bit random); TOTP secrets sealed (services/totp_secrets.py).
+Every change to an account is audited.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import pyotp
 import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from cryptography.fernet import Fernet
+from flask import current_app
 
 from mobile_api.errors import (
     EnrolmentRefused,
@@ -24,7 +27,7 @@ from mobile_api.errors import (
     StaffExists,
     StaffLinkInvalid,
 )
-from mobile_api.services import Db, audit
+from mobile_api.services import Db, audit, totp_secrets
 from mobile_api.services.caller import CLI, Caller
 from mobile_api.services.secrets import hash_secret, new_secret
 from models import StaffLink, StaffMember, StaffRole, StaffSession, utcnow
@@ -90,6 +93,10 @@ def _member(session: Db, email: str) -> StaffMember:
     return member
 
 
+def _cipher() -> Fernet:
+    return totp_secrets.fernet(current_app.config)
+
+
 def _new_link(session: Db, member: StaffMember, ttl: timedelta) -> str:
     """Replace any unused link of the member by a new one; returns its secret."""
     session.execute(
@@ -102,7 +109,7 @@ def _new_link(session: Db, member: StaffMember, ttl: timedelta) -> str:
         StaffLink(
             staff_id=member.id,
             token_hash=hash_secret(secret),
-            totp_secret=pyotp.random_base32(),
+            totp_secret=totp_secrets.seal(_cipher(), pyotp.random_base32()),
             expires_at=utcnow() + ttl,
         )
     )
@@ -212,8 +219,9 @@ def enrolment(session: Db, secret: str) -> Enrolment:
     """What a valid one-time link enrols (StaffLinkInvalid when used, expired or unknown)."""
     link, member = _usable_link(session, secret)
     session.rollback()
+    totp_secret = totp_secrets.unseal(_cipher(), link.totp_secret)
     return Enrolment(
-        member.email, member.role, link.totp_secret, _otpauth_uri(member.email, link.totp_secret)
+        member.email, member.role, totp_secret, _otpauth_uri(member.email, totp_secret)
     )
 
 
@@ -241,7 +249,7 @@ def complete_enrolment(session: Db, secret: str, password: str, confirm: str, co
         )
     if password != confirm:
         raise EnrolmentRefused("The two passwords differ.")
-    step = _matching_step(link.totp_secret, code, None, utcnow())
+    step = _matching_step(totp_secrets.unseal(_cipher(), link.totp_secret), code, None, utcnow())
     if step is None:
         raise EnrolmentRefused("That code is not the authenticator's current one; try again.")
     # Compare-and-set: of two submissions of one link, exactly one wins.
@@ -255,7 +263,7 @@ def complete_enrolment(session: Db, secret: str, password: str, confirm: str, co
         session.rollback()
         raise StaffLinkInvalid()
     member.password_hash = _hasher.hash(password)
-    member.totp_secret = link.totp_secret
+    member.totp_secret = link.totp_secret  # sealed as it is
     member.totp_last_step = step
     audit.record(session, _self(member), action="staff.enrolled", target=member.id)
     session.commit()
@@ -290,7 +298,8 @@ def sign_in(
         raise SignInRefused()
     assert member.totp_secret is not None  # a password is only ever set with it
     now = utcnow()
-    step = _matching_step(member.totp_secret, code, member.totp_last_step, now)
+    totp_secret = totp_secrets.unseal(_cipher(), member.totp_secret)
+    step = _matching_step(totp_secret, code, member.totp_last_step, now)
     if step is None:
         session.rollback()
         raise SignInRefused()

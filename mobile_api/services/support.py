@@ -13,7 +13,17 @@ from mobile_api.push import mask_token
 from mobile_api.services import Db, audit, consent, privacy
 from mobile_api.services.caller import Caller
 from mobile_api.services.privacy import subject
-from models import Campaign, ConsentRecord, ConsentSource, Delivery, Device, Purpose, utcnow
+from models import (
+    Campaign,
+    ConsentRecord,
+    ConsentSource,
+    Delivery,
+    Device,
+    Notification,
+    NotificationDelivery,
+    Purpose,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +127,44 @@ class RecentDelivery:
     status: str
     reason: str | None
     updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RecentNotification:
+    """One notification's outcome for a device, for the support view."""
+
+    notification_id: str
+    category_key: str
+    title: str
+    status: str
+    reason: str | None
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+
+
+def recent_notifications(session: Db, device_id: str, limit: int = 20) -> list[RecentNotification]:
+    """The device's latest notifications (sent to it, or to its account) and their outcome."""
+    rows = session.execute(
+        sa.select(NotificationDelivery, Notification)
+        .join(Notification, Notification.id == NotificationDelivery.notification_id)
+        .where(NotificationDelivery.device_id == device_id)
+        .order_by(NotificationDelivery.id.desc())
+        .limit(limit)
+    ).all()
+    return [
+        RecentNotification(
+            n.id,
+            n.category_key,
+            n.title,
+            d.status,
+            d.reason,
+            d.attempts,
+            n.created_at,
+            d.updated_at,
+        )
+        for d, n in rows
+    ]
 
 
 def consent_timeline(session: Db, device_id: str) -> Sequence[ConsentRecord]:
