@@ -2,7 +2,7 @@
 encrypted (decrypted again on downgrade) with the key of services/totp_secrets.py.
 
 Revision ID: 0014
-Revises: 0012
+Revises: 0013
 Create Date: 2026-12-04 20:00:00.000000
 
 """
@@ -16,7 +16,7 @@ from mobile_api.services import totp_secrets
 
 # revision identifiers, used by Alembic.
 revision = "0014"
-down_revision = "0012"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
