@@ -92,13 +92,19 @@ def paginate(
     cursor: str | None,
     *,
     descending: bool = False,
+    within: InstrumentedAttribute[Any] | None = None,
 ) -> tuple[Sequence[T], str | None]:
-    """One page of `stmt` ordered by the unique column `key`, and the next cursor."""
+    """One page of `stmt` ordered by the unique column `key`, and the next cursor.
+
+    `within`: a column `stmt` holds to one value, named first in the ORDER BY so that
+    an index on (within, key) can return the page in order (see deliveries_query).
+    """
     python_type = key.type.python_type
     if cursor is not None:
         last = decode_cursor(cursor, python_type)
         stmt = stmt.where(key < last if descending else key > last)
-    stmt = stmt.order_by(key.desc() if descending else key.asc()).limit(limit + 1)
+    order = key.desc() if descending else key.asc()
+    stmt = stmt.order_by(*([] if within is None else [within]), order).limit(limit + 1)
     rows = list(session.scalars(stmt).all())
     if len(rows) <= limit:
         return rows, None

@@ -122,6 +122,8 @@ class Delivery(Base):
     __table_args__ = (
         UniqueConstraint("campaign_id", "device_id"),
         Index("ix_campaign_deliveries_campaign_id_status_id", "campaign_id", "status", "id"),
+        # A campaign's deliveries page by page, in id order, whatever the other campaigns hold.
+        Index("ix_campaign_deliveries_campaign_id_id", "campaign_id", "id"),
         # Erasing a device sets device_id to NULL here: the index keeps that cheap.
         Index("ix_campaign_deliveries_device_id", "device_id"),
         # Only chunks being handed over have claimed_at set: finding dead claims is cheap.

@@ -7,10 +7,12 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 
-from models import utcnow
+from mobile_api.extensions import db
+from models import Delivery, utcnow
 from tests.campaign_fixtures import (
     Made,
     admin,
@@ -285,6 +287,47 @@ def test_cancel_before_dispatch_sends_nothing(
     drain(app)
     assert fcm.received == []
     assert client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing).status_code == 409
+
+
+def test_deliveries_of_one_campaign_page_in_order_beside_another(
+    app: Flask,
+    client: FlaskClient,
+    marketing: Headers,
+    create_campaign: Callable[..., str],
+    device: Callable[..., Made],
+) -> None:
+    """Without a status filter, pages hold this campaign's rows only, in targeting order."""
+    for _ in range(5):
+        device()
+    first, second = create_campaign(), create_campaign()
+    send_and_drain(client, app, marketing, first)
+    send_and_drain(client, app, marketing, second)
+
+    def all_pages(campaign_id: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        url = f"/v1/campaigns/{campaign_id}/deliveries?limit=2"
+        while True:
+            page = client.get(url, headers=marketing).get_json()
+            items += page["items"]
+            if page["next_cursor"] is None:
+                return items
+            url = f"/v1/campaigns/{campaign_id}/deliveries?limit=2&cursor={page['next_cursor']}"
+
+    with app.app_context():
+        expected = {
+            campaign_id: list(
+                db.session.scalars(
+                    sa.select(Delivery.device_id)
+                    .where(Delivery.campaign_id == campaign_id)
+                    .order_by(Delivery.id)
+                )
+            )
+            for campaign_id in (first, second)
+        }
+    for campaign_id in (first, second):
+        devices = [item["device_id"] for item in all_pages(campaign_id)]
+        assert len(devices) == 5
+        assert devices == expected[campaign_id]
 
 
 def test_deliveries_and_explain(

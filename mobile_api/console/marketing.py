@@ -311,6 +311,7 @@ def campaign(campaign_id: str, status: int = 200, **context: Any) -> Any:
         Delivery.id,
         PAGE,
         args["cursor"],
+        within=Delivery.campaign_id,
     )
     explain_id = request.args.get("explain", "").strip()
     explained = None

@@ -415,6 +415,7 @@ class CampaignDeliveries(MethodView):
             Delivery.id,
             args["limit"],
             args["cursor"],
+            within=Delivery.campaign_id,
         )
         return {"items": items, "next_cursor": next_cursor}
 

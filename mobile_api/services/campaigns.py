@@ -506,13 +506,22 @@ def store_all_final_counts(session: Db) -> int:
 
 
 def deliveries_query(campaign_id: str, status: str | None) -> sa.Select[tuple[Delivery]]:
-    """Per-device rows of a campaign (keyset-paginated on id), optionally by status."""
+    """Per-device rows of a campaign, optionally by status.
+
+    Paginated on id `within` campaign_id. Without a status, the campaign is asked for
+    as a one-value range rather than with `=`: PostgreSQL drops an equality-bound
+    column from the ORDER BY, then takes the half of the table that one campaign of two
+    holds to be spread evenly over the ids, and walks the primary key past the other
+    campaign's rows (a million of them: 200 ms and more). With the range, the index on
+    (campaign_id, id) returns the page in order. With a status, the equality uses the
+    index on (campaign_id, status, id).
+    """
+    if status is None:
+        return sa.select(Delivery).where(Delivery.campaign_id.between(campaign_id, campaign_id))
     stmt = sa.select(Delivery).where(Delivery.campaign_id == campaign_id)
     if status == DeliveryStatus.PENDING:
-        stmt = stmt.where(Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.SENDING]))
-    elif status is not None:
-        stmt = stmt.where(Delivery.status == status)
-    return stmt
+        return stmt.where(Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.SENDING]))
+    return stmt.where(Delivery.status == status)
 
 
 _EXPLANATIONS = {
