@@ -91,7 +91,9 @@ def test_only_deliverable_devices_reach_fcm(
     # One identity on both platforms, the same at every hand-off (API.md v1.1).
     assert message["android"]["notification"]["tag"] == "sale"
     assert message["apns"]["headers"]["apns-collapse-id"] == "sale"
-    assert message["android"]["ttl"] == "600s"
+    # The TTL counts from the send: what is left at the hand-off, a second or two less
+    # on a loaded machine.
+    assert 590 <= int(message["android"]["ttl"].removesuffix("s")) <= 600
 
     assert body["status"] == "completed"
     counts = body["counts"]

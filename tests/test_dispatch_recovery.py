@@ -316,9 +316,11 @@ def test_an_fcm_outage_loses_nothing_and_the_campaign_backs_off_as_a_whole(
     # retrying on its own.
     during = fcm.requests_between(started, started + outage)
     assert during <= 20 + 10 + outage / 0.3, during
-    # And it resumed on its own, within one breaker wait of the end of the outage.
+    # And it resumed on its own, within one breaker wait of the end of the outage
+    # (and a second's slack for a loaded machine: without the probe it would wait for
+    # the retry schedule, up to 12 s here).
     first_ok = min(m.at for m in fcm.received if m.answer == "ok")
-    assert first_ok - (started + outage) < 0.6 + 0.5
+    assert first_ok - (started + outage) < 0.6 + 1.0
 
 
 def test_the_breaker_waits_at_least_as_long_as_retry_after(
@@ -399,6 +401,9 @@ def test_a_send_rate_is_shared_by_every_dispatcher(
     assert_handed_over(fcm, tokens, in_flight=set())
     arrivals = sorted(m.at for m in fcm.received)
     # 50 messages at 50/s: about a second, whoever sent them (one slot of 10 is free).
-    assert arrivals[-1] - arrivals[0] >= (50 - 10) / 50 - 0.05
+    # The slots pace the hand-offs; arrivals are measured at the fake, which a loaded
+    # machine delays by up to a tenth of a second more for some messages than others.
+    jitter = 0.1
+    assert arrivals[-1] - arrivals[0] >= (50 - 10) / 50 - jitter
     for index in range(len(arrivals) - 20):
-        assert arrivals[index + 20] - arrivals[index] >= 10 / 50 - 0.05  # no burst above it
+        assert arrivals[index + 20] - arrivals[index] >= 10 / 50 - jitter  # no burst above it

@@ -146,7 +146,7 @@ def _outage_settings(fcm_settings: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     ("outage", "kind"),
-    [(0.6, "unavailable"), (0.6, "quota"), (6.0, "internal")],
+    [(1.5, "unavailable"), (1.5, "quota"), (6.0, "internal")],
     ids=["30s-unavailable", "30s-quota", "5min-internal"],
 )
 def test_an_fcm_outage_delays_a_notification_but_loses_nothing(
