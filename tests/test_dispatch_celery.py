@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -42,8 +42,37 @@ from tests.fakes.fcm_server import FakeFcmServer
 __all__ = ["app", "create_campaign", "device", "fcm", "fcm_settings", "marketing", "queue"]
 
 
+AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+@pytest.fixture(params=["redis", "amqp"])
+def broker(
+    request: pytest.FixtureRequest,
+    app: Flask,
+    postgres_url: str,
+    fcm_settings: dict[str, Any],
+    queue: str,
+) -> Iterator[tuple[str, Flask]]:
+    """The broker's URL and a web app sending through it: Redis, or RabbitMQ."""
+    if request.param == "redis":
+        yield REDIS_URL, app
+        return
+    with kombu.Connection(AMQP_URL, connect_timeout=3) as connection:
+        try:
+            connection.ensure_connection(max_retries=1)
+        except Exception as exc:
+            pytest.skip(f"RabbitMQ not reachable at {AMQP_URL}: {exc}")
+    rabbit = make_app(postgres_url, **fcm_settings, CELERY_BROKER_URL=AMQP_URL, CELERY_QUEUE=queue)
+    yield AMQP_URL, rabbit
+    with kombu.Connection(AMQP_URL) as connection:
+        for name in (queue, tasks.notification_queue(rabbit)):
+            connection.default_channel.queue_delete(name)
+    close_transport(rabbit)
+
+
 def test_two_celery_workers_process_one_campaign_without_duplicates(
     app: Flask,
+    broker: tuple[str, Flask],
     client: FlaskClient,
     postgres_url: str,
     fcm_settings: dict[str, Any],
@@ -54,13 +83,15 @@ def test_two_celery_workers_process_one_campaign_without_duplicates(
     fcm: FakeFcmServer,
     tmp_path: Path,
 ) -> None:
+    """On Redis and on RabbitMQ (CELERY_BROKER_URL=amqp://…) alike."""
+    broker_url, sender = broker
     tokens = {device().push_token for _ in range(60)}
     device(promotional=False)
     fcm.delay = 0.01  # long enough for both workers to get chunks
     env = subprocess_env(
         postgres_url,
         fcm_settings,
-        CELERY_BROKER_URL=REDIS_URL,
+        CELERY_BROKER_URL=broker_url,
         CELERY_QUEUE=queue,
         DISPATCH_CHUNK_SIZE="5",
         DISPATCH_ENUMERATE_BATCH="20",
@@ -69,7 +100,7 @@ def test_two_celery_workers_process_one_campaign_without_duplicates(
     workers = [start_worker(f"w{i}", env, queue, log) for i, log in enumerate(logs, 1)]
     try:
         campaign_id = create_campaign()
-        response = client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
+        response = sender.test_client().post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
         assert response.status_code == 202
         wait_for(lambda: campaign_status(app, campaign_id) == "completed", 60, 0.1)
     finally:
@@ -77,6 +108,8 @@ def test_two_celery_workers_process_one_campaign_without_duplicates(
             stop(worker)
     output = [log.read_text() for log in logs]
     assert campaign_status(app, campaign_id) == "completed", output
+    scheme = broker_url.split(":", 1)[0]
+    assert all(f"{scheme}://" in text for text in output), "the workers were on another broker"
     assert collections.Counter(m.token for m in fcm.received) == collections.Counter(
         dict.fromkeys(tokens, 1)
     )
@@ -277,58 +310,3 @@ def test_a_campaign_worker_yields_the_cpu_and_a_notification_worker_does_not(
         for worker, _ in started.values():
             worker.wait(timeout=10)
     assert nice == {"campaigns": max(ours, 7), "notifications": ours, "both": ours}
-
-
-AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
-
-
-def test_workers_on_rabbitmq_send_a_campaign_once_per_device(
-    app: Flask,
-    postgres_url: str,
-    fcm_settings: dict[str, Any],
-    queue: str,
-    marketing: dict[str, str],
-    create_campaign: Callable[..., str],
-    device: Callable[..., Made],
-    fcm: FakeFcmServer,
-    tmp_path: Path,
-) -> None:
-    """CELERY_BROKER_URL=amqp://…: the same guarantees as on Redis, two workers, no duplicate."""
-    with kombu.Connection(AMQP_URL, connect_timeout=3) as connection:
-        try:
-            connection.ensure_connection(max_retries=1)
-        except Exception as exc:
-            pytest.skip(f"RabbitMQ not reachable at {AMQP_URL}: {exc}")
-    rabbit = make_app(postgres_url, **fcm_settings, CELERY_BROKER_URL=AMQP_URL, CELERY_QUEUE=queue)
-    tokens = {device().push_token for _ in range(30)}
-    fcm.delay = 0.01  # long enough for both workers to get chunks
-    env = subprocess_env(
-        postgres_url,
-        fcm_settings,
-        CELERY_BROKER_URL=AMQP_URL,
-        CELERY_QUEUE=queue,
-        DISPATCH_CHUNK_SIZE="5",
-        DISPATCH_ENUMERATE_BATCH="10",
-    )
-    logs = [tmp_path / "r1.log", tmp_path / "r2.log"]
-    workers = [start_worker(f"r{i}", env, queue, log) for i, log in enumerate(logs, 1)]
-    try:
-        campaign_id = create_campaign()
-        response = rabbit.test_client().post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
-        assert response.status_code == 202
-        wait_for(lambda: campaign_status(app, campaign_id) == "completed", 60, 0.1)
-    finally:
-        for worker in workers:
-            stop(worker)
-        with kombu.Connection(AMQP_URL) as connection:
-            for name in (queue, tasks.notification_queue(rabbit)):
-                connection.default_channel.queue_delete(name)
-        close_transport(rabbit)
-    output = [log.read_text() for log in logs]
-    assert campaign_status(app, campaign_id) == "completed", output
-    assert all("amqp://" in text for text in output), "the workers were not on RabbitMQ"
-    assert collections.Counter(m.token for m in fcm.received) == collections.Counter(
-        dict.fromkeys(tokens, 1)
-    )
-    chunk_tasks = [text.count("mobile_api.dispatch.chunk[") for text in output]
-    assert all(chunk_tasks), f"both workers should have processed chunks: {chunk_tasks}"
