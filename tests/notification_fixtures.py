@@ -104,9 +104,13 @@ class LiveServer(NamedTuple):
     url: str
     access_log: Path
 
-    def pids(self, method: str) -> set[str]:
-        """The worker processes that answered requests of `method`."""
-        lines = self.access_log.read_text().splitlines()
+    def answered(self) -> int:
+        """How many requests have been answered (a mark for `pids(after=…)`)."""
+        return len(self.access_log.read_text().splitlines())
+
+    def pids(self, method: str, after: int = 0) -> set[str]:
+        """The worker processes that answered requests of `method` (those after the mark)."""
+        lines = self.access_log.read_text().splitlines()[after:]
         return {line.split()[0] for line in lines if line.split()[1:2] == [method]}
 
 
