@@ -917,8 +917,11 @@ def _campaign_row(on: Flask, campaign_id: str) -> Campaign:
 def test_marketing_edits_a_draft_in_the_composer_through_the_apis_rules(
     app: Flask,  # noqa: F811
     staff_client: Clients,  # noqa: F811
+    device: Callable[..., Any],  # noqa: F811
 ) -> None:
     from mobile_api.console.marketing import campaign_form
+
+    device(platform="ios")  # outside the draft's audience until it is widened
 
     client = staff_client("marketing")
     created = _compose(
@@ -956,6 +959,17 @@ def test_marketing_edits_a_draft_in_the_composer_through_the_apis_rules(
     after = _campaign_row(app, campaign_id)
     fields = ("title", "data", "content", "audience", "image_url", "link", "send_at", "badge")
     assert [getattr(after, f) for f in fields] == [getattr(before, f) for f in fields]
+
+    # Previewing the edited audience counts it and saves nothing.
+    widened = [(k, v) for k, v in saved if k not in {"platforms", "locales"}]
+    previewed = client.post(
+        f"{page}/edit",
+        data=MultiDict([("csrf_token", token), ("action", "preview"), *widened]),
+    )
+    assert previewed.status_code == 200
+    assert "Preview: 1 eligible device now" in _text(previewed)
+    assert "Save changes" in _text(previewed)
+    assert _campaign_row(app, campaign_id).audience == before.audience
 
     # The API's validation messages, at their fields; nothing saved.
     bad = [(k, v) for k, v in saved if k not in {"image_url", "title"}]
@@ -1003,6 +1017,13 @@ def test_a_scheduled_campaign_keeps_its_audience_and_a_sending_one_is_not_editab
         saved = campaign_form(_campaign_row(app, page.rsplit("/", 1)[-1]))
     # A browser does not send disabled fields: the rest is saved.
     kept = [(k, v) for k, v in saved.items(multi=True) if k not in {"category_key", "platforms"}]
+    # The preview counts the saved audience (one android device), not an empty one.
+    device(platform="ios")
+    previewed = client.post(
+        f"{page}/edit",
+        data=MultiDict([("csrf_token", csrf_of(editor)), ("action", "preview"), *kept]),
+    )
+    assert "Preview: 1 eligible device now" in _text(previewed), _text(previewed)
     moved = [(k, "2030-02-01T10:00" if k == "send_at" else v) for k, v in kept]
     done = client.post(f"{page}/edit", data=MultiDict([("csrf_token", csrf_of(editor)), *moved]))
     assert done.status_code == 303, _text(done)

@@ -277,6 +277,8 @@ def edit_campaign(campaign_id: str) -> Any:
     scheduled = found.status == CampaignStatus.SCHEDULED
     if request.method == "GET":
         return _composer(campaign_form(found), editing=found)
+    if request.form.get("action") == "preview":
+        return _preview_edit(found, scheduled)
     body, errors = _edits(request.form, scheduled)
     data, refused = _validated(request.form, _UPDATE, body)
     errors.update(refused)
@@ -287,6 +289,18 @@ def edit_campaign(campaign_id: str) -> Any:
         return _composer(form, 422, errors=errors, editing=found)
     campaign_service.update(db.session, campaign_id, data, caller())
     return redirect(url_for("console.campaign", campaign_id=campaign_id, done="saved"), 303)
+
+
+def _preview_edit(found: Campaign, scheduled: bool) -> Any:
+    """Count the audience of the campaign as edited, without saving it."""
+    form: MultiDict[str, str] = request.form
+    if scheduled:  # its audience and category are the saved ones
+        form = MultiDict([*request.form.items(multi=True), *_fixed_fields(found)])
+    data, errors = _validated(form)
+    if data is None:
+        return _composer(form, 422, errors=errors, editing=found)
+    preview = campaign_service.preview_unsaved(db.session, data, _caps())
+    return _composer(form, preview=preview, editing=found)
 
 
 def _fixed_fields(found: Campaign) -> list[tuple[str, str]]:
