@@ -1,4 +1,4 @@
-"""No analytics without analytics consent: the OS/app version history follows the preference."""
+"""No analytics without analytics consent: app events and the OS/app version history follow it."""
 
 from __future__ import annotations
 
@@ -28,11 +28,23 @@ def _upgrade(client: FlaskClient, token: str, os_version: str, app_version: str)
     assert response.status_code == 200, response.get_json()
 
 
-def _history(client: FlaskClient, token: str) -> list[dict[str, Any]]:
+def _telemetry(client: FlaskClient, token: str) -> dict[str, list[dict[str, Any]]]:
     response = client.get("/v1/devices/me/export", headers=bearer(token))
     assert response.status_code == 200
-    history: list[dict[str, Any]] = response.get_json()["telemetry"]["version_history"]
-    return history
+    section: dict[str, list[dict[str, Any]]] = response.get_json()["telemetry"]
+    return section
+
+
+def _history(client: FlaskClient, token: str) -> list[dict[str, Any]]:
+    return _telemetry(client, token)["version_history"]
+
+
+def _send_event(client: FlaskClient, token: str, event_id: str) -> dict[str, Any]:
+    event = {"event_id": event_id, "name": "app_open", "occurred_at": "2026-12-01T10:00:00Z"}
+    response = client.post("/v1/telemetry/events", json={"events": [event]}, headers=bearer(token))
+    assert response.status_code == 202, response.get_json()
+    answer: dict[str, Any] = response.get_json()
+    return answer
 
 
 def _version_changes(client: FlaskClient, make_key: Callable[[str], str]) -> dict[str, Any]:
@@ -72,6 +84,26 @@ def test_with_analytics_consent_the_history_is_kept_and_withdrawal_erases_it(
     assert _history(client, token) == []
     device = client.get("/v1/devices/me", headers=bearer(token)).get_json()
     assert (device["os_version"], device["app_version"]) == ("15", "1.2.0")
+
+
+def test_withdrawing_analytics_consent_erases_the_events_sent_under_it(
+    client: FlaskClient, register: Register
+) -> None:
+    _, token = register()
+    _, other = register()
+    for device_token in (token, other):
+        _set_analytics(client, device_token, True)
+        assert _send_event(client, device_token, "e-1")["accepted"] == 1
+    assert [e["event_id"] for e in _telemetry(client, token)["events"]] == ["e-1"]
+
+    _set_analytics(client, token, False)
+
+    assert _telemetry(client, token)["events"] == []
+    assert _send_event(client, token, "e-2")["reason"] == "analytics_consent_off"
+    assert [e["event_id"] for e in _telemetry(client, other)["events"]] == ["e-1"]
+    # Consent given again: collection starts afresh, the erased event can come again.
+    _set_analytics(client, token, True)
+    assert _send_event(client, token, "e-1")["accepted"] == 1
 
 
 def test_insights_count_version_changes_of_consenting_devices_and_say_how_many(

@@ -318,7 +318,7 @@ def update_preferences(
         consent.record(session, device.id, purpose.value, wanted, source, policy_version)
         if purpose is Purpose.ANALYTICS and not wanted:
             # Withdrawn: what was collected under the consent goes with it, in the same commit.
-            telemetry.forget_version_history(session, device.id)
+            telemetry.forget(session, device.id)
     if quiet_hours is not _KEEP:
         device.quiet_hours_start = quiet_hours["start"] if quiet_hours else None
         device.quiet_hours_end = quiet_hours["end"] if quiet_hours else None

@@ -151,8 +151,9 @@ def record_version_change(
         session.execute(_VERSION_CHANGE_INSERT, rows)
 
 
-def forget_version_history(session: Db, device_id: str) -> None:
-    """Delete the device's version history (analytics consent was withdrawn); not committed."""
+def forget(session: Db, device_id: str) -> None:
+    """Delete what analytics consent collected: app events and version history; not committed."""
+    session.execute(sa.delete(TelemetryEvent).where(TelemetryEvent.device_id == device_id))
     session.execute(
         sa.delete(DeviceVersionChange).where(DeviceVersionChange.device_id == device_id)
     )
