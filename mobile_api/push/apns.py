@@ -177,86 +177,6 @@ def headers(message: PushMessage, topic: str, now: float) -> dict[str, str]:
     return result
 
 
-class _CoalescingStream(httpcore.AsyncNetworkStream):
-    """A network stream whose writes join into one socket write per turn of the loop.
-
-    httpcore writes each stream's HEADERS, DATA and WINDOW_UPDATE frames as soon as
-    h2 makes them: several TLS records and socket writes per message, each of which
-    also wakes the server. Here a write only queues its bytes; one task sends what
-    every stream queued meanwhile as a single write. A failed send fails the next
-    write and the connection's reads, so the streams on it end as they would.
-    """
-
-    def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
-        self._stream = stream
-        self._pending = bytearray()
-        self._flushing: asyncio.Task[None] | None = None
-        self._error: BaseException | None = None
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return await self._stream.read(max_bytes, timeout)
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        if self._error is not None:
-            raise self._error
-        if not buffer:  # its frames went out with an earlier write
-            return
-        self._pending += buffer
-        if self._flushing is None:
-            self._flushing = asyncio.get_running_loop().create_task(self._flush(timeout))
-
-    async def _flush(self, timeout: float | None) -> None:
-        try:
-            while self._pending:
-                await asyncio.sleep(0)  # let the other ready streams queue their frames
-                data = bytes(self._pending)
-                self._pending.clear()
-                await self._stream.write(data, timeout)
-        except Exception as error:
-            self._error = error
-            await self._stream.aclose()
-        finally:
-            self._flushing = None
-
-    async def aclose(self) -> None:
-        if self._flushing is not None:
-            await asyncio.wait([self._flushing])
-        await self._stream.aclose()
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        tls = await self._stream.start_tls(ssl_context, server_hostname, timeout)
-        return _CoalescingStream(tls)
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._stream.get_extra_info(info)
-
-
-class _CoalescingBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's own network backend, its streams wrapped in _CoalescingStream."""
-
-    def __init__(self) -> None:
-        self._backend = httpcore.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Any = None,
-    ) -> httpcore.AsyncNetworkStream:
-        stream = await self._backend.connect_tcp(host, port, timeout, local_address, socket_options)
-        return _CoalescingStream(stream)
-
-    async def sleep(self, seconds: float) -> None:
-        await self._backend.sleep(seconds)
-
-
 def _ssl_context(ca_file: str | None) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=ca_file)
     context.set_alpn_protocols(["h2"])
@@ -301,14 +221,9 @@ class ApnsTransport:
 
     async def _make_pool(self, context: ssl.SSLContext) -> httpcore.AsyncConnectionPool:
         # Built on the transport's loop: the connection belongs to it.
-        pool = httpcore.AsyncConnectionPool(
-            ssl_context=context,
-            http1=False,
-            http2=True,
-            max_connections=1,
-            network_backend=_CoalescingBackend(),
+        return httpcore.AsyncConnectionPool(
+            ssl_context=context, http1=False, http2=True, max_connections=1
         )
-        return pool
 
     def _call(self, coroutine: Any, timeout: float) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
