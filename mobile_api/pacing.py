@@ -23,8 +23,6 @@ from mobile_api.shared_redis import connect
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LIMITER_KEY = "mobile_api:geo:provider-slot"
-
 
 class NoSlot(Exception):
     """No slot can be had: the next one is too far away, or the shared store is unreachable."""
@@ -178,7 +176,7 @@ class RedisLimiter:
     def __init__(
         self,
         redis_client: redis.Redis,
-        key: str = DEFAULT_LIMITER_KEY,
+        key: str,
         min_interval: float = 1.0,
         *,
         sleep: Callable[[float], None] = time.sleep,
@@ -214,7 +212,7 @@ def make_limiter(
     redis_url: str | None,
     min_interval: float = 1.0,
     *,
-    key: str = DEFAULT_LIMITER_KEY,
+    key: str,
     slot_file: str | None = None,
     max_ahead: float = 60.0,
 ) -> Limiter:

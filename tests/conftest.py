@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
@@ -22,6 +23,7 @@ from mobile_api.services import keys as key_service
 
 POSTGRES_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 REDIS_DEFAULT = "redis://127.0.0.1:6379/0"
+REDIS_URL = os.environ.get("TEST_REDIS_URL", REDIS_DEFAULT)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -207,3 +209,19 @@ def register(client: FlaskClient, app_key: str) -> Callable[..., tuple[dict[str,
 
 # The browser fixtures (headless Chromium, a live server) for every test module.
 from tests.browser import browser, live_server  # noqa: E402, F401
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[tuple[redis.Redis, str]]:
+    """A Redis client and a key prefix of this test's own, deleted afterwards."""
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.skip(f"no Redis server at {REDIS_URL}")
+    prefix = f"test:mobile_api:{uuid.uuid4().hex}:"
+    yield client, prefix
+    keys = list(client.scan_iter(match=prefix + "*"))
+    if keys:
+        client.delete(*keys)
+    client.close()

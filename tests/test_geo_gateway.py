@@ -14,7 +14,6 @@ import statistics
 import threading
 import time
 import traceback
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,19 +39,16 @@ from mobile_api.geo.gateway import _distance_m
 from mobile_api.geo.records import Place
 from mobile_api.geo.transport import MinimalRequestsAdapter
 from mobile_api.pacing import (
-    FileLimiter,
     InProcessLimiter,
     Limiter,
-    NoSlot,
     RedisLimiter,
-    make_limiter,
 )
+from tests.conftest import REDIS_URL
 from tests.fakes.nominatim_server import FakeNominatim, RecordedRequest
 
 USER_AGENT = "mobile_api/1.0.0 (helpdesk app; ops@example.invalid)"
 EXACT_LAT, EXACT_LON = 52.520008, 13.404954  # rounds to the cell (52.52, 13.40)
 EXACT_STRINGS = ("52.520008", "13.404954", "52.5200", "13.4049", "520008", "404954")
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 UNREACHABLE_REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
 # Header names a request to the provider may carry; anything else is a leak.
@@ -89,22 +85,6 @@ def gateways() -> Iterator[Callable[..., PlacesGateway]]:
     yield build
     for gateway in made:
         gateway.close()
-
-
-@pytest.fixture
-def redis_prefix() -> Iterator[tuple[redis.Redis, str]]:
-    """A Redis client and a key prefix of this test's own, deleted afterwards."""
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        pytest.skip(f"no Redis server at {REDIS_URL}")
-    prefix = f"test:mobile_api:geo:{uuid.uuid4().hex}:"
-    yield client, prefix
-    keys = list(client.scan_iter(match=prefix + "*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 def numbers_in(text: str) -> set[str]:
@@ -540,73 +520,6 @@ def _spacing_run(
     return [b - a for a, b in itertools.pairwise(arrivals)]
 
 
-def _reserved_waits(make: Callable[[Callable[[float], None]], list[Limiter]]) -> list[float]:
-    """Six back-to-back reservations alternating over the limiters; the waits they were given.
-
-    The sleep is recorded instead of taken, so the assertion is about the slots the
-    limiters hand out, not about how late a loaded machine wakes a thread.
-    """
-    waits: list[float] = []
-    limiters = make(waits.append)
-    for i in range(6):
-        limiters[i % 2].acquire(max_wait=5.0)
-    return waits
-
-
-def _assert_spaced(waits: list[float]) -> None:
-    # The first caller goes at once (no sleep); each later one waits one interval more
-    # than the one before, less the few milliseconds between the calls.
-    assert len(waits) == 5, waits
-    steps = [b - a for a, b in itertools.pairwise([0.0, *waits])]
-    assert all(0.15 <= step <= 0.2 + 1e-3 for step in steps), waits
-
-
-def test_in_process_limiter_spaces_requests_across_gateways() -> None:
-    def make(sleep: Callable[[float], None]) -> list[Limiter]:
-        shared = InProcessLimiter(0.2, sleep=sleep)
-        return [shared, shared]
-
-    _assert_spaced(_reserved_waits(make))
-
-
-def test_redis_limiter_spaces_requests_across_processes(
-    redis_prefix: tuple[redis.Redis, str],
-) -> None:
-    client, prefix = redis_prefix
-
-    # Two limiters on two connections, as two worker processes would have, sharing one key.
-    def make(sleep: Callable[[float], None]) -> list[Limiter]:
-        return [
-            RedisLimiter(client, prefix + "slot", 0.2, sleep=sleep),
-            RedisLimiter(redis.Redis.from_url(REDIS_URL), prefix + "slot", 0.2, sleep=sleep),
-        ]
-
-    _assert_spaced(_reserved_waits(make))
-
-
-def test_file_limiter_spaces_requests_across_limiters_of_one_file(tmp_path: Path) -> None:
-    # Two limiters on one file, as two worker processes of a host would have.
-    def make(sleep: Callable[[float], None]) -> list[Limiter]:
-        return [FileLimiter(tmp_path / "slot", 0.2, sleep=sleep) for _ in range(2)]
-
-    _assert_spaced(_reserved_waits(make))
-
-
-def test_file_limiter_disregards_a_slot_the_clock_has_stepped_back_from(tmp_path: Path) -> None:
-    slot = tmp_path / "slot"
-    FileLimiter(slot, 1.0, clock=lambda: time.time() + 3600).acquire(max_wait=1.0)
-    # An hour back, that slot is further away than any lookup could have reserved.
-    assert FileLimiter(slot, 1.0, max_ahead=6.0).acquire(max_wait=1.0) == 0.0
-
-
-def test_file_limiter_refuses_rather_than_running_unthrottled(tmp_path: Path) -> None:
-    (tmp_path / "a-file").write_text("")
-    limiter = make_limiter(None, 1.0, slot_file=str(tmp_path / "a-file" / "slot"))
-    with pytest.raises(NoSlot) as info:
-        limiter.acquire(max_wait=1.0)
-    assert info.value.retry_after is None
-
-
 def _search_from_a_worker(settings: dict[str, Any], lats: list[float], start: Any) -> None:
     """One web worker of a host (a process of its own): its app searches cells nobody has."""
     from mobile_api import create_app, geo
@@ -697,13 +610,6 @@ def test_limiter_refuses_when_the_next_slot_is_beyond_the_deadline(
         ("search", "miss", "unavailable"),
         ("search", "hit", "ok"),
     ]
-
-
-def test_redis_limiter_refuses_rather_than_running_unthrottled() -> None:
-    limiter = make_limiter(UNREACHABLE_REDIS_URL)
-    with pytest.raises(NoSlot) as info:
-        limiter.acquire(max_wait=1.0)
-    assert info.value.retry_after is None
 
 
 # --- logging --------------------------------------------------------------------------
@@ -809,13 +715,11 @@ def test_redis_cache_degrades_to_misses_when_redis_is_down() -> None:
     assert time.monotonic() - started < 1.0  # no retries with backoff inside a lookup
 
 
-def test_factories_pick_redis_only_when_configured(
+def test_the_cache_factory_picks_redis_only_when_configured(
     redis_prefix: tuple[redis.Redis, str],
 ) -> None:
     assert isinstance(make_cache(None), MemoryCache)
-    assert isinstance(make_limiter(None), InProcessLimiter)
     assert isinstance(make_cache(REDIS_URL), RedisCache)
-    assert isinstance(make_limiter(REDIS_URL, 0.5), RedisLimiter)
 
 
 class _InstantProvider:
