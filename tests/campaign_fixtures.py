@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -73,6 +73,40 @@ def app(app_factory: Callable[..., Flask], fcm_settings: dict[str, Any]) -> Iter
     built = app_factory(**fcm_settings)
     yield built
     close_transport(built)
+
+
+# The retry and breaker defaults scaled by a fiftieth (base 2 s, breaker up to 30 s, retries
+# for up to 600 s), for the outage tests, whose outages are scaled alike.
+SCALED_OUTAGE_TIMINGS = {
+    "PUSH_RETRY_BASE_SECONDS": 0.04,
+    "PUSH_RETRY_MAX_SECONDS": 12.0,
+    "PUSH_BREAKER_MAX_SECONDS": 0.6,
+    "PUSH_RETRY_WINDOW_SECONDS": 60.0,
+}
+
+
+@pytest.fixture
+def dispatcher_app(
+    app_factory: Callable[..., Flask], fcm_settings: dict[str, Any]
+) -> Iterator[Callable[..., Flask]]:
+    """Build another dispatcher's app on the test database, sending to the loopback servers.
+
+    The settings are fcm_settings, then each mapping given, then the keywords (the later
+    wins). Every app built is closed at teardown.
+    """
+    built: list[Flask] = []
+
+    def build(*layers: Mapping[str, Any], **overrides: Any) -> Flask:
+        settings = dict(fcm_settings)
+        for layer in (*layers, overrides):
+            settings.update(layer)
+        one = app_factory(**settings)
+        built.append(one)
+        return one
+
+    yield build
+    for one in built:
+        close_transport(one)
 
 
 def close_transport(app: Flask) -> None:
@@ -137,7 +171,7 @@ def device(
 ) -> Callable[..., Made]:
     """Register a device with a push token (opted in unless told)."""
 
-    def make(promotional: bool = True, prefix: str = "tok-", **overrides: Any) -> tuple[str, str]:
+    def make(promotional: bool = True, prefix: str = "tok-", **overrides: Any) -> Made:
         overrides.setdefault("push_token", f"{prefix}{uuid.uuid4().hex}")
         overrides.setdefault("push_permission", "granted")
         body, device_token = register(**overrides)
@@ -151,6 +185,50 @@ def device(
         return Made(body["id"], device_token, body["push_token"])
 
     return make
+
+
+class Sent(NamedTuple):
+    """A campaign sent, and the devices registered for it."""
+
+    id: str
+    devices: list[Made]
+
+    @property
+    def tokens(self) -> set[str | None]:
+        """The push tokens of the devices registered for it."""
+        return {made.push_token for made in self.devices}
+
+
+@pytest.fixture
+def sent_campaign(
+    client: FlaskClient,
+    marketing: dict[str, str],
+    create_campaign: Callable[..., str],
+    device: Callable[..., Made],
+) -> Callable[..., Sent]:
+    """Register `devices` more opted-in devices, then create a campaign and send it.
+
+    `chunk_size` sets the app's DISPATCH_CHUNK_SIZE; other keywords go to the campaign's
+    body. Devices registered before are in its audience too.
+    """
+
+    def send(devices: int = 0, *, chunk_size: int | None = None, **overrides: Any) -> Sent:
+        if chunk_size is not None:
+            client.application.config["DISPATCH_CHUNK_SIZE"] = chunk_size
+        made = [device() for _ in range(devices)]
+        campaign_id = create_campaign(**overrides)
+        post_send(client, marketing, campaign_id)
+        return Sent(campaign_id, made)
+
+    return send
+
+
+def post_send(client: FlaskClient, headers: dict[str, str], campaign_id: str) -> dict[str, Any]:
+    """POST /v1/campaigns/{id}/send, which must be accepted; returns the campaign's JSON."""
+    response = client.post(f"/v1/campaigns/{campaign_id}/send", headers=headers)
+    assert response.status_code == 202, response.get_json()
+    body: dict[str, Any] = response.get_json()
+    return body
 
 
 def update_device(app: Flask, device_id: str, **values: Any) -> None:
@@ -195,8 +273,7 @@ def send_and_drain(
     client: FlaskClient, app: Flask, headers: dict[str, str], campaign_id: str
 ) -> dict[str, Any]:
     """Send a campaign, run the dispatcher to the end, return the campaign's JSON."""
-    response = client.post(f"/v1/campaigns/{campaign_id}/send", headers=headers)
-    assert response.status_code == 202, response.get_json()
+    post_send(client, headers, campaign_id)
     drain(app)
     body: dict[str, Any] = client.get(f"/v1/campaigns/{campaign_id}", headers=headers).get_json()
     assert_counts_match_rows(app, campaign_id)

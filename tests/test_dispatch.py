@@ -22,9 +22,10 @@ from mobile_api.extensions import db
 from mobile_api.push import LogTransport, Outcome, Router, SendResult
 from mobile_api.services import dispatch
 from mobile_api.worker import Worker
-from models import Campaign, Delivery, Device, utcnow
+from models import Campaign, Delivery, utcnow
 from tests.campaign_fixtures import (
     Made,
+    Sent,
     admin,
     app,
     assert_balanced,
@@ -33,21 +34,34 @@ from tests.campaign_fixtures import (
     create_campaign,
     deliveries,
     device,
+    dispatcher_app,
     drain,
     fcm,
     fcm_settings,
     marketing,
     send_and_drain,
+    sent_campaign,
     terminate_account,
     update_device,
 )
 from tests.conftest import bearer
 from tests.fakes.fcm_server import FakeFcmServer
 
-__all__ = ["admin", "app", "create_campaign", "device", "fcm", "fcm_settings", "marketing"]
+__all__ = [
+    "admin",
+    "app",
+    "create_campaign",
+    "device",
+    "dispatcher_app",
+    "fcm",
+    "fcm_settings",
+    "marketing",
+    "sent_campaign",
+]
 
 Headers = dict[str, str]
 Make = Callable[..., Made]
+Send = Callable[..., Sent]
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -251,18 +265,12 @@ def _step(app: Flask, campaign_id: str, chunks: int) -> None:
 
 
 def test_a_chunk_whose_lease_lapsed_mid_hand_off_is_counted_by_its_last_hand_off(
-    client: FlaskClient,
-    marketing: Headers,
-    create_campaign: Callable[..., str],
-    device: Make,
-    fcm: FakeFcmServer,
+    client: FlaskClient, marketing: Headers, sent_campaign: Send, fcm: FakeFcmServer
 ) -> None:
     """Taken over while in flight: handed over once more, same identity; late answers ignored."""
     app = client.application
-    delivered = [device().id for _ in range(3)]
-    opted_out = device()  # withdraws consent while the first hand-off is in flight
-    campaign_id = create_campaign(collapse_key="spring")
-    client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
+    campaign_id, made = sent_campaign(devices=4, collapse_key="spring")
+    *delivered, opted_out = made  # the last withdraws consent while the first is in flight
     settings = dispatch.Settings.from_config(app.config)
     with app.app_context():
         push = dispatch.transport(app)
@@ -296,10 +304,10 @@ def test_a_chunk_whose_lease_lapsed_mid_hand_off_is_counted_by_its_last_hand_off
 
     assert result.claimed == 4
     rows = deliveries(app, campaign_id)
-    assert {rows[d] for d in delivered} == {("sent", None)}  # not the late "unavailable"
+    assert {rows[d.id] for d in delivered} == {("sent", None)}  # not the late "unavailable"
     assert rows[opted_out.id] == ("suppressed", "promotional_opt_out")
-    for made in delivered:
-        copies = fcm.messages_for(str(_push_token(app, made)))
+    for one in delivered:
+        copies = fcm.messages_for(str(one.push_token))
         assert len(copies) == 2
         assert {m.identity for m in copies} == {("spring", "spring", "spring")}
     assert len(fcm.messages_for(str(opted_out.push_token))) == 1  # not handed over again
@@ -311,27 +319,12 @@ def test_a_chunk_whose_lease_lapsed_mid_hand_off_is_counted_by_its_last_hand_off
     assert_counts_match_rows(app, campaign_id)
 
 
-def _push_token(app: Flask, device_id: str) -> str | None:
-    with app.app_context():
-        token = db.session.scalar(sa.select(Device.push_token).where(Device.id == device_id))
-        db.session.remove()
-    return token
-
-
 def test_state_changes_mid_campaign_suppress_the_rest(
-    app_factory: Callable[..., Flask],
-    fcm_settings: dict[str, Any],
-    client: FlaskClient,
-    marketing: Headers,
-    create_campaign: Callable[..., str],
-    device: Make,
-    fcm: FakeFcmServer,
+    client: FlaskClient, marketing: Headers, sent_campaign: Send, device: Make, fcm: FakeFcmServer
 ) -> None:
     app = client.application
-    app.config["DISPATCH_CHUNK_SIZE"] = 2
     made = [device(account_id=f"acct-{i}") for i in range(10)]
-    campaign_id = create_campaign()
-    assert client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing).status_code == 202
+    campaign_id = sent_campaign(chunk_size=2).id
     _step(app, campaign_id, chunks=1)
     assert len(fcm.received) == 2
 
@@ -365,18 +358,10 @@ def test_state_changes_mid_campaign_suppress_the_rest(
 
 
 def test_cancel_stops_every_chunk_not_yet_handed_over(
-    client: FlaskClient,
-    marketing: Headers,
-    create_campaign: Callable[..., str],
-    device: Make,
-    fcm: FakeFcmServer,
+    client: FlaskClient, marketing: Headers, sent_campaign: Send, fcm: FakeFcmServer
 ) -> None:
     app = client.application
-    app.config["DISPATCH_CHUNK_SIZE"] = 3
-    for _ in range(10):
-        device()
-    campaign_id = create_campaign()
-    client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
+    campaign_id = sent_campaign(devices=10, chunk_size=3).id
     _step(app, campaign_id, chunks=1)
     response = client.post(f"/v1/campaigns/{campaign_id}/cancel", headers=marketing)
     assert response.get_json()["status"] == "cancelled"
@@ -390,47 +375,35 @@ def test_cancel_stops_every_chunk_not_yet_handed_over(
 
 
 def test_crash_between_chunks_resumes_exactly_once(
-    app_factory: Callable[..., Flask],
-    fcm_settings: dict[str, Any],
+    dispatcher_app: Callable[..., Flask],
     client: FlaskClient,
     marketing: Headers,
-    create_campaign: Callable[..., str],
-    device: Make,
+    sent_campaign: Send,
     fcm: FakeFcmServer,
 ) -> None:
     app = client.application
-    app.config.update(DISPATCH_CHUNK_SIZE=4, DISPATCH_ENUMERATE_BATCH=6)
-    tokens = {device().push_token for _ in range(15)}
-    campaign_id = create_campaign()
-    client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
+    batches = {"DISPATCH_CHUNK_SIZE": 4, "DISPATCH_ENUMERATE_BATCH": 6}
+    app.config.update(batches)
+    campaign_id, made = sent_campaign(devices=15)
     _step(app, campaign_id, chunks=1)  # then the process "dies": nothing else survives
     close_transport(app)
 
-    restarted = app_factory(**fcm_settings, DISPATCH_CHUNK_SIZE=4, DISPATCH_ENUMERATE_BATCH=6)
-    try:
-        drain(restarted)
-    finally:
-        close_transport(restarted)
-    assert _tokens(fcm) == collections.Counter(dict.fromkeys(tokens, 1))
+    drain(dispatcher_app(batches))  # restarted
+    assert _tokens(fcm) == collections.Counter(d.push_token for d in made)
     counts = client.get(f"/v1/campaigns/{campaign_id}", headers=marketing).get_json()["counts"]
     assert (counts["targeted"], counts["sent"]) == (15, 15)
     assert_counts_match_rows(app, campaign_id)
 
 
 def test_two_dispatchers_at_once_never_double_send(
-    app_factory: Callable[..., Flask],
-    fcm_settings: dict[str, Any],
+    dispatcher_app: Callable[..., Flask],
     client: FlaskClient,
     marketing: Headers,
-    create_campaign: Callable[..., str],
-    device: Make,
+    sent_campaign: Send,
     fcm: FakeFcmServer,
 ) -> None:
-    tokens = {device().push_token for _ in range(40)}
-    campaign_id = create_campaign()
-    client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
-    settings = {**fcm_settings, "DISPATCH_CHUNK_SIZE": 3, "DISPATCH_ENUMERATE_BATCH": 7}
-    apps = [app_factory(**settings), app_factory(**settings)]
+    campaign_id, made = sent_campaign(devices=40)
+    apps = [dispatcher_app(DISPATCH_CHUNK_SIZE=3, DISPATCH_ENUMERATE_BATCH=7) for _ in range(2)]
     fcm.delay = 0.005
     errors: list[BaseException] = []
 
@@ -448,10 +421,8 @@ def test_two_dispatchers_at_once_never_double_send(
         seen.append(assert_counts_match_rows(client.application, campaign_id))
     for thread in threads:
         thread.join()
-    for one in apps:
-        close_transport(one)
     assert not errors
-    assert _tokens(fcm) == collections.Counter(dict.fromkeys(tokens, 1))
+    assert _tokens(fcm) == collections.Counter(d.push_token for d in made)
     body = client.get(f"/v1/campaigns/{campaign_id}", headers=marketing).get_json()
     assert body["status"] == "completed"
     assert body["counts"]["sent"] == 40
@@ -544,20 +515,13 @@ def test_celery_tasks_run_the_same_units(
 
 
 def test_drain_command_sends_queued_campaigns(
-    app: Flask,
-    client: FlaskClient,
-    marketing: Headers,
-    create_campaign: Callable[..., str],
-    device: Make,
-    fcm: FakeFcmServer,
+    app: Flask, sent_campaign: Send, fcm: FakeFcmServer
 ) -> None:
-    token = device().push_token
-    campaign_id = create_campaign()
-    client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
+    sent = sent_campaign(devices=1)
     result = app.test_cli_runner().invoke(args=["dispatch", "drain", "--timeout", "20"])
     assert result.exit_code == 0, result.output
     assert "drained in" in result.output
-    assert set(_tokens(fcm)) == {token}
+    assert set(_tokens(fcm)) == sent.tokens
 
 
 def test_the_privacy_purge_is_a_registered_periodic_job(app, register) -> None:
@@ -605,17 +569,13 @@ def test_idle_polls_of_the_embedded_worker_write_nothing(
     app: Flask,
     client: FlaskClient,
     marketing: Headers,
-    create_campaign: Callable[..., str],
-    device: Make,
+    sent_campaign: Send,
     fcm: FakeFcmServer,
 ) -> None:
     """SQLite has one writer: a worker waiting for a retry must leave it to the web workers."""
     app.config.update(PUSH_RETRY_BASE_SECONDS=3600.0, PUSH_RETRY_MAX_SECONDS=3600.0)
-    waiting = device()
+    campaign_id, (waiting, _) = sent_campaign(devices=2)
     fcm.fail_times(str(waiting.push_token), 1, "unavailable")  # retried in about an hour
-    device()
-    campaign_id = create_campaign()
-    client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
     worker = Worker(app)
     assert worker.run_pass() == (1, 1)  # sent one, the other waits for its retry
     writes: list[str] = []
@@ -671,18 +631,10 @@ def test_a_campaign_is_stalled_only_without_progress_and_with_work_overdue(
 
 
 def test_the_sweep_recovers_lost_chunks_once(
-    app: Flask,
-    client: FlaskClient,
-    marketing: Headers,
-    create_campaign: Callable[..., str],
-    device: Make,
-    fcm: FakeFcmServer,
+    app: Flask, sent_campaign: Send, fcm: FakeFcmServer
 ) -> None:
-    app.config["DISPATCH_CHUNK_SIZE"] = 2
     app.extensions["celery"].conf.task_always_eager = True  # the sweep's tasks run in-process
-    tokens = {device().push_token for _ in range(5)}
-    campaign_id = create_campaign()
-    client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
+    campaign_id, made = sent_campaign(devices=5, chunk_size=2)
     long_ago = utcnow() - timedelta(hours=1)
     with app.app_context():
         # Enumerated, then its chunk tasks were lost with the broker.
@@ -703,22 +655,20 @@ def test_the_sweep_recovers_lost_chunks_once(
         assert (campaign.status, campaign.recovery_queued_at) == ("completed", None)
         assert campaign.progress_at is not None and campaign.progress_at > long_ago
         db.session.remove()
-    assert _tokens(fcm) == collections.Counter(dict.fromkeys(tokens, 1))
+    assert _tokens(fcm) == collections.Counter(d.push_token for d in made)
 
 
 def test_devices_registered_after_sending_started_are_not_targeted(
     client: FlaskClient,
     marketing: Headers,
-    create_campaign: Callable[..., str],
+    sent_campaign: Send,
     device: Make,
     fcm: FakeFcmServer,
 ) -> None:
     """API.md: `targeted` counts the devices matching the audience when sending started."""
     app = client.application
     app.config["DISPATCH_ENUMERATE_BATCH"] = 1  # enumeration is still under way below
-    early = [device() for _ in range(3)]
-    campaign_id = create_campaign()
-    assert client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing).status_code == 202
+    campaign_id, early = sent_campaign(devices=3)
     _step(app, campaign_id, chunks=1)
     late = device()  # matches the audience, but only after sending started
 

@@ -9,6 +9,7 @@ in bench/dispatch_outage.py.
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import os
 import threading
@@ -28,20 +29,23 @@ from mobile_api.push import PushMessage
 from mobile_api.services import dispatch
 from models import Delivery, DeliveryStatus, Device
 from tests.campaign_fixtures import (
+    SCALED_OUTAGE_TIMINGS,
     Made,
+    Sent,
     app,
     assert_balanced,
     assert_counts_match_rows,
     assert_handed_over,
     campaign_status,
-    close_transport,
     create_campaign,
     device,
+    dispatcher_app,
     drain,
     fcm,
     fcm_settings,
     kill_hard,
     marketing,
+    sent_campaign,
     start_dispatcher,
     stop,
     subprocess_env,
@@ -49,11 +53,22 @@ from tests.campaign_fixtures import (
 )
 from tests.conftest import REDIS_DEFAULT
 from tests.fakes.fcm_server import FakeFcmServer
+from tests.messaging_fixtures import race
 
-__all__ = ["app", "create_campaign", "device", "fcm", "fcm_settings", "marketing"]
+__all__ = [
+    "app",
+    "create_campaign",
+    "device",
+    "dispatcher_app",
+    "fcm",
+    "fcm_settings",
+    "marketing",
+    "sent_campaign",
+]
 
 Headers = dict[str, str]
 Make = Callable[..., Made]
+Send = Callable[..., Sent]
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", REDIS_DEFAULT)
 LEASE = 1.0  # seconds; DISPATCH_CLAIM_LEASE_SECONDS in production: 30
@@ -82,7 +97,7 @@ def test_a_killed_dispatchers_chunk_is_sent_by_another_within_the_lease(
     fcm_settings: dict[str, Any],
     client: FlaskClient,
     marketing: Headers,
-    create_campaign: Callable[..., str],
+    sent_campaign: Send,
     device: Make,
     fcm: FakeFcmServer,
     tmp_path: Path,
@@ -94,10 +109,8 @@ def test_a_killed_dispatchers_chunk_is_sent_by_another_within_the_lease(
     it holds rows it claimed but never handed over: those are sent exactly once.
     """
     app = client.application
-    tokens = {device().push_token for _ in range(40)}
     opted_out = device(promotional=False)
-    campaign_id = create_campaign()
-    client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
+    campaign_id, made = sent_campaign(devices=40)
     fcm.delay = 0.2  # a chunk is in flight for most of its cycle
     extra = {"DISPATCH_CHUNK_SIZE": "10", "DISPATCH_CLAIM_LEASE_SECONDS": str(LEASE)}
     if rate:
@@ -130,7 +143,7 @@ def test_a_killed_dispatchers_chunk_is_sent_by_another_within_the_lease(
     # Once the other dispatcher is up, within the lease and a few polls (scaled: as
     # 60 s is for the default lease of 30 s), however long its start-up took.
     assert done_at - max(ready_at, killed_at + LEASE) < LEASE + 3
-    assert_handed_over(fcm, tokens, in_flight=handed)
+    assert_handed_over(fcm, {d.push_token for d in made}, in_flight=handed)
     assert opted_out.push_token not in {m.token for m in fcm.received}
     counts = client.get(f"/v1/campaigns/{campaign_id}", headers=marketing).get_json()["counts"]
     assert (counts["targeted"], counts["sent"], counts["failed"]) == (41, 40, 0)
@@ -140,18 +153,11 @@ def test_a_killed_dispatchers_chunk_is_sent_by_another_within_the_lease(
 
 
 def test_consent_withdrawn_after_a_crash_is_honoured_at_the_second_hand_off(
-    client: FlaskClient,
-    marketing: Headers,
-    create_campaign: Callable[..., str],
-    device: Make,
-    fcm: FakeFcmServer,
+    client: FlaskClient, marketing: Headers, sent_campaign: Send, fcm: FakeFcmServer
 ) -> None:
     """A chunk in flight when its dispatcher died: the opt-out in between is read again."""
     app = client.application
-    stays = device()
-    leaves = device()
-    campaign_id = create_campaign()
-    client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
+    campaign_id, (stays, leaves) = sent_campaign(devices=2)
     _die_mid_hand_off(app, campaign_id)
     client.put(
         "/v1/devices/me/preferences",
@@ -193,18 +199,10 @@ def _die_mid_hand_off(app: Flask, campaign_id: str) -> None:
 
 
 def test_a_cancelled_campaign_sends_nothing_again_after_a_crash(
-    client: FlaskClient,
-    marketing: Headers,
-    create_campaign: Callable[..., str],
-    device: Make,
-    fcm: FakeFcmServer,
+    client: FlaskClient, marketing: Headers, sent_campaign: Send, fcm: FakeFcmServer
 ) -> None:
     app = client.application
-    app.config["DISPATCH_CHUNK_SIZE"] = 2
-    for _ in range(5):
-        device()
-    campaign_id = create_campaign()
-    client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
+    campaign_id = sent_campaign(devices=5, chunk_size=2).id
     _die_mid_hand_off(app, campaign_id)
     assert client.post(f"/v1/campaigns/{campaign_id}/cancel", headers=marketing).status_code == 200
     assert_counts_match_rows(app, campaign_id)
@@ -226,20 +224,15 @@ def test_a_cancelled_campaign_sends_nothing_again_after_a_crash(
 
 
 def test_a_live_dispatchers_lease_is_renewed_during_a_long_hand_off(
-    app_factory: Callable[..., Flask],
-    fcm_settings: dict[str, Any],
+    dispatcher_app: Callable[..., Flask],
     client: FlaskClient,
     marketing: Headers,
-    create_campaign: Callable[..., str],
-    device: Make,
+    sent_campaign: Send,
     fcm: FakeFcmServer,
 ) -> None:
     """A hand-off slower than the lease is not taken over by a second dispatcher."""
-    tokens = {device().push_token for _ in range(4)}
-    campaign_id = create_campaign()
-    client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
-    settings = {**fcm_settings, "DISPATCH_CLAIM_LEASE_SECONDS": 0.3}
-    slow, other = app_factory(**settings), app_factory(**settings)
+    sent = sent_campaign(devices=4)
+    slow, other = (dispatcher_app(DISPATCH_CLAIM_LEASE_SECONDS=0.3) for _ in range(2))
     fcm.delay = 1.0  # FCM answers after three leases
     thread = threading.Thread(target=drain, args=(slow,))
     thread.start()
@@ -248,35 +241,24 @@ def test_a_live_dispatchers_lease_is_renewed_during_a_long_hand_off(
         drain(other)  # polls while the first hand-off is still waiting for FCM
     finally:
         thread.join()
-        close_transport(slow)
-        close_transport(other)
-    assert_handed_over(fcm, tokens, in_flight=set())
-    counts = client.get(f"/v1/campaigns/{campaign_id}", headers=marketing).get_json()["counts"]
+    assert_handed_over(fcm, sent.tokens, in_flight=set())
+    counts = client.get(f"/v1/campaigns/{sent.id}", headers=marketing).get_json()["counts"]
     assert (counts["sent"], counts["failed"]) == (4, 0)
 
 
-def _warmed_up(app: Flask, fcm: FakeFcmServer) -> Flask:
-    """The app with its transport built and its access token fetched, the fake reset.
+@pytest.fixture
+def outage_sender(dispatcher_app: Callable[..., Flask], fcm: FakeFcmServer) -> Flask:
+    """A dispatcher with the outage timings, its transport built and its access token
+    fetched, the fake reset.
 
     So a scripted outage starts when the campaign's first request is made, not
     while firebase-admin is still starting (slow on a loaded machine).
     """
+    app = dispatcher_app(SCALED_OUTAGE_TIMINGS, DISPATCH_CHUNK_SIZE=20)
     with app.app_context():
         dispatch.transport(app).send([PushMessage(token="warm-up", title="t", body="b")])
     fcm.reset()
     return app
-
-
-def _outage_settings(fcm_settings: dict[str, Any]) -> dict[str, Any]:
-    # The defaults scaled by a fiftieth: base 2 s, breaker up to 30 s, retries up to 600 s.
-    return {
-        **fcm_settings,
-        "PUSH_RETRY_BASE_SECONDS": 0.04,
-        "PUSH_RETRY_MAX_SECONDS": 12.0,
-        "PUSH_BREAKER_MAX_SECONDS": 0.6,
-        "PUSH_RETRY_WINDOW_SECONDS": 60.0,
-        "DISPATCH_CHUNK_SIZE": 20,
-    }
 
 
 @pytest.mark.parametrize(
@@ -285,30 +267,22 @@ def _outage_settings(fcm_settings: dict[str, Any]) -> dict[str, Any]:
     ids=["30s-unavailable", "30s-internal", "30s-quota", "5min-unavailable"],
 )
 def test_an_fcm_outage_loses_nothing_and_the_campaign_backs_off_as_a_whole(
-    app_factory: Callable[..., Flask],
-    fcm_settings: dict[str, Any],
     client: FlaskClient,
     marketing: Headers,
-    create_campaign: Callable[..., str],
-    device: Make,
+    sent_campaign: Send,
+    outage_sender: Flask,
     fcm: FakeFcmServer,
     outage: float,
     kind: str,
 ) -> None:
-    tokens = {device().push_token for _ in range(60)}
-    campaign_id = create_campaign()
-    client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
-    sender = _warmed_up(app_factory(**_outage_settings(fcm_settings)), fcm)
+    sent = sent_campaign(devices=60)
     started = fcm.clock()
     fcm.outage(outage, kind)
-    try:
-        drain(sender, timeout=outage + 30)
-    finally:
-        close_transport(sender)
+    drain(outage_sender, timeout=outage + 30)
 
     accepted = collections.Counter(m.token for m in fcm.received if m.answer == "ok")
-    assert accepted == collections.Counter(dict.fromkeys(tokens, 1))
-    counts = client.get(f"/v1/campaigns/{campaign_id}", headers=marketing).get_json()["counts"]
+    assert accepted == collections.Counter(dict.fromkeys(sent.tokens, 1))
+    counts = client.get(f"/v1/campaigns/{sent.id}", headers=marketing).get_json()["counts"]
     assert (counts["sent"], counts["failed"]) == (60, 0)
     assert_balanced(counts)
     # Backing off as a whole: the first chunk, then single probes at a widening
@@ -324,25 +298,12 @@ def test_an_fcm_outage_loses_nothing_and_the_campaign_backs_off_as_a_whole(
 
 
 def test_the_breaker_waits_at_least_as_long_as_retry_after(
-    app_factory: Callable[..., Flask],
-    fcm_settings: dict[str, Any],
-    client: FlaskClient,
-    marketing: Headers,
-    create_campaign: Callable[..., str],
-    device: Make,
-    fcm: FakeFcmServer,
+    sent_campaign: Send, outage_sender: Flask, fcm: FakeFcmServer
 ) -> None:
-    for _ in range(5):
-        device()
-    campaign_id = create_campaign()
-    client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
-    sender = _warmed_up(app_factory(**_outage_settings(fcm_settings)), fcm)
+    sent_campaign(devices=5)
     fcm.outage_retry_after = "1"
     fcm.outage(2.5, "unavailable")
-    try:
-        drain(sender)
-    finally:
-        close_transport(sender)
+    drain(outage_sender)
     # Rounds of hand-offs, each FCM's Retry-After after the one before: the chunk
     # of five, failing; single probes, failing while the outage lasts; then one
     # that gets through, and the other four right behind it.
@@ -362,22 +323,15 @@ def test_the_breaker_waits_at_least_as_long_as_retry_after(
 
 @pytest.mark.parametrize("shared_through", ["file", "redis"])
 def test_a_send_rate_is_shared_by_every_dispatcher(
-    app_factory: Callable[..., Flask],
-    fcm_settings: dict[str, Any],
-    client: FlaskClient,
-    marketing: Headers,
-    create_campaign: Callable[..., str],
-    device: Make,
+    dispatcher_app: Callable[..., Flask],
+    sent_campaign: Send,
     fcm: FakeFcmServer,
     tmp_path: Path,
     shared_through: str,
 ) -> None:
     """FCM_MAX_MESSAGES_PER_SECOND holds for two dispatchers together (slot file or Redis)."""
-    tokens = {device().push_token for _ in range(50)}
-    campaign_id = create_campaign()
-    client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
+    sent = sent_campaign(devices=50)
     settings = {
-        **fcm_settings,
         "DISPATCH_CHUNK_SIZE": 10,
         "FCM_MAX_MESSAGES_PER_SECOND": 50,
         "FCM_LIMITER_FILE": str(tmp_path / "fcm-slot"),
@@ -386,19 +340,13 @@ def test_a_send_rate_is_shared_by_every_dispatcher(
         # Each its own slot file: only Redis can hold them to one rate.
         settings.update(REDIS_URL=REDIS_URL, CELERY_QUEUE=f"test-{uuid.uuid4().hex[:12]}")
     apps = [
-        app_factory(**{**settings, "FCM_LIMITER_FILE": str(tmp_path / f"fcm-slot-{i}")})
+        dispatcher_app(settings, FCM_LIMITER_FILE=str(tmp_path / f"fcm-slot-{i}"))
         if shared_through == "redis"
-        else app_factory(**settings)
+        else dispatcher_app(settings)
         for i in range(2)
     ]
-    threads = [threading.Thread(target=drain, args=(one,)) for one in apps]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for one in apps:
-        close_transport(one)
-    assert_handed_over(fcm, tokens, in_flight=set())
+    race(*(functools.partial(drain, one) for one in apps))
+    assert_handed_over(fcm, sent.tokens, in_flight=set())
     arrivals = sorted(m.at for m in fcm.received)
     # 50 messages at 50/s: about a second, whoever sent them (one slot of 10 is free).
     # The slots pace the hand-offs; arrivals are measured at the fake, which a loaded
