@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -12,9 +12,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from mobile_api.extensions import db
-from models import Delivery, utcnow
+from mobile_api.services import dispatch
+from models import Delivery, DeliveryStatus, utcnow
 from tests.campaign_fixtures import (
     Made,
+    Sent,
     admin,
     app,
     assert_balanced,
@@ -22,18 +24,30 @@ from tests.campaign_fixtures import (
     campaign_body,
     create_campaign,
     device,
+    drain,
     fcm,
     fcm_settings,
     marketing,
     send_and_drain,
+    sent_campaign,
     terminate_account,
     update_device,
 )
 from tests.conftest import bearer, device_body
 
-__all__ = ["admin", "app", "create_campaign", "device", "fcm", "fcm_settings", "marketing"]
+__all__ = [
+    "admin",
+    "app",
+    "create_campaign",
+    "device",
+    "fcm",
+    "fcm_settings",
+    "marketing",
+    "sent_campaign",
+]
 
 Headers = dict[str, str]
+Send = Callable[..., Sent]
 
 
 def test_create_returns_a_draft(client: FlaskClient, marketing: Headers) -> None:
@@ -267,23 +281,14 @@ def test_send_twice_is_refused(
 
 
 def test_cancel_before_dispatch_sends_nothing(
-    app: Flask,
-    client: FlaskClient,
-    marketing: Headers,
-    create_campaign: Callable[..., str],
-    device: Callable[..., Made],
-    fcm: Any,
+    app: Flask, client: FlaskClient, marketing: Headers, sent_campaign: Send, fcm: Any
 ) -> None:
-    device()
-    campaign_id = create_campaign()
-    client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
+    campaign_id = sent_campaign(devices=1).id
     cancelled = client.post(f"/v1/campaigns/{campaign_id}/cancel", headers=marketing)
     assert cancelled.status_code == 200
     assert cancelled.get_json()["status"] == "cancelled"
     again = client.post(f"/v1/campaigns/{campaign_id}/cancel", headers=marketing)
     assert again.status_code == 200
-    from tests.campaign_fixtures import drain
-
     drain(app)
     assert fcm.received == []
     assert client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing).status_code == 409
@@ -392,20 +397,24 @@ def test_deliveries_and_explain(
     assert late.get_json()["error"] == "campaign_finished"
 
 
-def _purge_after_delivery_retention(app: Flask) -> None:
-    """Age every delivery row a day past its retention, then run the purge."""
-    import sqlalchemy as sa
-
-    from mobile_api.extensions import db
-    from models import Delivery
-
-    aged = utcnow() - timedelta(days=app.config["DELIVERY_RETENTION_DAYS"] + 1)
-    with app.app_context():
-        db.session.execute(sa.update(Delivery).values(updated_at=aged))
-        db.session.commit()
-        db.session.remove()
+def _purge(app: Flask) -> None:
+    """Run the privacy purge, which deletes the delivery rows past their retention."""
     result = app.test_cli_runner().invoke(args=["privacy", "purge"])
     assert result.exit_code == 0, result.output
+
+
+def _past_retention(app: Flask) -> datetime:
+    """A moment a day before the delivery retention began."""
+    return utcnow() - timedelta(days=app.config["DELIVERY_RETENTION_DAYS"] + 1)
+
+
+def _purge_after_delivery_retention(app: Flask) -> None:
+    """Age every delivery row a day past its retention, then run the purge."""
+    with app.app_context():
+        db.session.execute(sa.update(Delivery).values(updated_at=_past_retention(app)))
+        db.session.commit()
+        db.session.remove()
+    _purge(app)
 
 
 def _deliveries(client: FlaskClient, headers: Headers, campaign_id: str) -> list[Any]:
@@ -456,27 +465,11 @@ def test_counts_outlive_erasure_and_delivery_retention(
 
 
 def test_rows_of_a_campaign_still_sending_deleted_by_retention_leave_its_counts_true(
-    app: Flask,
-    client: FlaskClient,
-    marketing: Headers,
-    create_campaign: Callable[..., str],
-    device: Callable[..., Made],
+    app: Flask, client: FlaskClient, marketing: Headers, sent_campaign: Send
 ) -> None:
     """Counts follow the rows the purge deletes, so nothing stays pending forever."""
-    import sqlalchemy as sa
-
-    from mobile_api.extensions import db
-    from mobile_api.services import dispatch
-    from models import Delivery, DeliveryStatus
-    from tests.campaign_fixtures import drain
-
-    app.config["DISPATCH_CHUNK_SIZE"] = 2
-    for _ in range(5):
-        device()
-    campaign_id = create_campaign()
-    client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
+    campaign_id = sent_campaign(devices=5, chunk_size=2).id
     settings = dispatch.Settings.from_config(app.config)
-    aged = utcnow() - timedelta(days=app.config["DELIVERY_RETENTION_DAYS"] + 1)
     with app.app_context():
         dispatch.enumerate_batch(db.session, campaign_id, settings)
         dispatch.process_chunk(db.session, dispatch.transport(app), campaign_id, settings)
@@ -484,12 +477,11 @@ def test_rows_of_a_campaign_still_sending_deleted_by_retention_leave_its_counts_
         db.session.execute(
             sa.update(Delivery)
             .where(Delivery.status == DeliveryStatus.PENDING, Delivery.id.in_(last_two))
-            .values(updated_at=aged)
+            .values(updated_at=_past_retention(app))
         )
         db.session.commit()
         db.session.remove()
-    result = app.test_cli_runner().invoke(args=["privacy", "purge"])
-    assert result.exit_code == 0, result.output
+    _purge(app)
     assert assert_counts_match_rows(app, campaign_id)["pending"] == 1
     drain(app)
     body = client.get(f"/v1/campaigns/{campaign_id}", headers=marketing).get_json()
@@ -533,19 +525,11 @@ def test_a_cancelled_campaign_keeps_its_counts_once_its_chunk_in_flight_is_decid
     app: Flask,
     client: FlaskClient,
     marketing: Headers,
-    create_campaign: Callable[..., str],
-    device: Callable[..., Made],
+    sent_campaign: Send,
     crash: bool,
     expected: dict[str, Any],
 ) -> None:
-    from mobile_api.services import dispatch
-    from tests.campaign_fixtures import drain
-
-    app.config["DISPATCH_CHUNK_SIZE"] = 3
-    for _ in range(10):
-        device()
-    campaign_id = create_campaign()
-    client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
+    campaign_id = sent_campaign(devices=10, chunk_size=3).id
     in_flight: list[dict[str, Any]] = []
 
     def cancel() -> None:

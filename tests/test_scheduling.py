@@ -22,26 +22,42 @@ from mobile_api.extensions import db
 from mobile_api.services import dispatch
 from tests.campaign_fixtures import (
     Made,
+    Sent,
     admin,
     app,
     assert_counts_match_rows,
-    close_transport,
     create_campaign,
     deliveries,
     device,
+    dispatcher_app,
     drain,
     fcm,
     fcm_settings,
     marketing,
+    post_send,
+    sent_campaign,
 )
 from tests.conftest import bearer
 from tests.fakes.fcm_server import FakeFcmServer
 from tests.messaging_fixtures import Clock, clock, race, run_passes
 
-__all__ = ["admin", "app", "clock", "create_campaign", "device", "fcm", "fcm_settings", "marketing"]
+__all__ = [
+    "admin",
+    "app",
+    "clock",
+    "create_campaign",
+    "device",
+    "dispatcher_app",
+    "fcm",
+    "fcm_settings",
+    "marketing",
+    "sent_campaign",
+]
 
 Headers = dict[str, str]
 Make = Callable[..., Made]
+Send = Callable[..., Sent]
+LocalTimeCampaign = Callable[[], tuple[str, dict[str | None, Made]]]
 
 
 def at(text: str) -> datetime:
@@ -64,30 +80,40 @@ ZONES = {
 }
 
 
-def _local_time_campaign(
-    client: FlaskClient, marketing: Headers, create_campaign: Callable[..., str], device: Make
-) -> tuple[str, dict[str | None, Made]]:
-    made = {zone: device(timezone=zone) for zone in ZONES}
-    campaign_id = create_campaign(
-        local_time="09:00", send_at="2027-03-14T00:00:00Z", fallback_timezone="Australia/Sydney"
-    )
-    sent = client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
-    assert sent.status_code == 202
-    assert sent.get_json()["status"] == "scheduled"
-    return campaign_id, made
+@pytest.fixture
+def local_time_campaign(
+    client: FlaskClient,
+    marketing: Headers,
+    create_campaign: Callable[..., str],
+    device: Make,
+    clock: Clock,
+) -> LocalTimeCampaign:
+    """At 20:00 UTC on 13 March: a device in each zone, and "09:00 local" on the 14th sent.
+
+    Returns the campaign's id and the devices by zone.
+    """
+
+    def send() -> tuple[str, dict[str | None, Made]]:
+        clock(at("2027-03-13T20:00"))
+        made = {zone: device(timezone=zone) for zone in ZONES}
+        campaign_id = create_campaign(
+            local_time="09:00", send_at="2027-03-14T00:00:00Z", fallback_timezone="Australia/Sydney"
+        )
+        assert post_send(client, marketing, campaign_id)["status"] == "scheduled"
+        return campaign_id, made
+
+    return send
 
 
 def test_a_local_time_campaign_reaches_each_zone_at_its_nine_oclock(
     app: Flask,
     client: FlaskClient,
     marketing: Headers,
-    create_campaign: Callable[..., str],
-    device: Make,
+    local_time_campaign: LocalTimeCampaign,
     fcm: FakeFcmServer,
     clock: Clock,
 ) -> None:
-    clock(at("2027-03-13T20:00"))
-    campaign_id, made = _local_time_campaign(client, marketing, create_campaign, device)
+    campaign_id, made = local_time_campaign()
     run_passes(app)  # enumerates: targeted is fixed now, nothing is due
     body = client.get(f"/v1/campaigns/{campaign_id}", headers=marketing).get_json()
     assert (body["status"], body["counts"]["targeted"], body["counts"]["pending"]) == (
@@ -114,13 +140,11 @@ def test_new_york_is_not_sent_at_the_winter_offset(
     app: Flask,
     client: FlaskClient,
     marketing: Headers,
-    create_campaign: Callable[..., str],
-    device: Make,
+    local_time_campaign: LocalTimeCampaign,
     fcm: FakeFcmServer,
     clock: Clock,
 ) -> None:
-    clock(at("2027-03-13T20:00"))
-    _, made = _local_time_campaign(client, marketing, create_campaign, device)
+    _, made = local_time_campaign()
     clock(at("2027-03-14T12:59"))  # 08:59 EDT
     run_passes(app)
     assert fcm.messages_for(made["America/New_York"].push_token) == []
@@ -133,8 +157,7 @@ def test_celery_finds_waves_through_the_sweep_not_hours_long_countdowns(
     app: Flask,
     client: FlaskClient,
     marketing: Headers,
-    create_campaign: Callable[..., str],
-    device: Make,
+    local_time_campaign: LocalTimeCampaign,
     fcm: FakeFcmServer,
     clock: Clock,
     monkeypatch: pytest.MonkeyPatch,
@@ -151,8 +174,7 @@ def test_celery_finds_waves_through_the_sweep_not_hours_long_countdowns(
         return original(self, args, kwargs, **options)
 
     monkeypatch.setattr(celery.Task, "apply_async", spy)
-    clock(at("2027-03-13T20:00"))
-    campaign_id, made = _local_time_campaign(client, marketing, create_campaign, device)
+    campaign_id, made = local_time_campaign()
     assert fcm.received == []  # enumerated by the tasks during send; nothing due
     with app.app_context():
         clock(at("2027-03-14T03:30:10"))
@@ -173,13 +195,11 @@ def test_cancel_works_until_the_last_wave(
     app: Flask,
     client: FlaskClient,
     marketing: Headers,
-    create_campaign: Callable[..., str],
-    device: Make,
+    local_time_campaign: LocalTimeCampaign,
     fcm: FakeFcmServer,
     clock: Clock,
 ) -> None:
-    clock(at("2027-03-13T20:00"))
-    campaign_id, _ = _local_time_campaign(client, marketing, create_campaign, device)
+    campaign_id, _ = local_time_campaign()
     clock(at("2027-03-14T09:00:10"))
     run_passes(app)
     assert len(fcm.received) == 3
@@ -194,10 +214,8 @@ def test_cancel_works_until_the_last_wave(
 
 
 @pytest.fixture
-def quiet_app(app_factory: Callable[..., Flask], fcm_settings: dict[str, Any]) -> Flask:
-    built = app_factory(**fcm_settings, QUIET_HOURS="21:00-08:00")
-    yield built
-    close_transport(built)
+def quiet_app(dispatcher_app: Callable[..., Flask]) -> Flask:
+    return dispatcher_app(QUIET_HOURS="21:00-08:00")
 
 
 def test_quiet_hours_defer_then_consent_is_checked_again_at_the_hand_off(
@@ -274,8 +292,7 @@ def test_without_quiet_hours_or_caps_sending_is_as_in_v1(
 
 @pytest.mark.parametrize("dispatchers", [2])
 def test_caps_hold_with_two_dispatchers_racing(
-    app_factory: Callable[..., Flask],
-    fcm_settings: dict[str, Any],
+    dispatcher_app: Callable[..., Flask],
     client: FlaskClient,
     marketing: Headers,
     create_campaign: Callable[..., str],
@@ -288,18 +305,13 @@ def test_caps_hold_with_two_dispatchers_racing(
     for cid in ids:
         client.post(f"/v1/campaigns/{cid}/send", headers=marketing)
     settings = {
-        **fcm_settings,
         "PROMO_FREQUENCY_CAP": "2/1d",
         "DISPATCH_CHUNK_SIZE": 2,
         "DISPATCH_ENUMERATE_BATCH": 5,
     }
-    apps = [app_factory(**settings) for _ in range(dispatchers)]
+    apps = [dispatcher_app(settings) for _ in range(dispatchers)]
     fcm.delay = 0.005
-    try:
-        race(*(functools.partial(drain, one) for one in apps))
-    finally:
-        for one in apps:
-            close_transport(one)
+    race(*(functools.partial(drain, one) for one in apps))
     assert collections.Counter(m.token for m in fcm.received) == {m.push_token: 2 for m in made}
     capped = 0
     for cid in ids:
@@ -322,8 +334,7 @@ def test_caps_hold_with_two_dispatchers_racing(
 
 
 def test_two_claims_at_the_same_moment_cannot_both_pass_a_cap(
-    app_factory: Callable[..., Flask],
-    fcm_settings: dict[str, Any],
+    dispatcher_app: Callable[..., Flask],
     client: FlaskClient,
     marketing: Headers,
     create_campaign: Callable[..., str],
@@ -335,8 +346,7 @@ def test_two_claims_at_the_same_moment_cannot_both_pass_a_cap(
     ids = [create_campaign(name=f"offer {i}") for i in range(2)]
     for cid in ids:
         client.post(f"/v1/campaigns/{cid}/send", headers=marketing)
-    settings = {**fcm_settings, "PROMO_FREQUENCY_CAP": "1/1d", "DISPATCH_CHUNK_SIZE": 30}
-    apps = [app_factory(**settings) for _ in ids]
+    apps = [dispatcher_app(PROMO_FREQUENCY_CAP="1/1d", DISPATCH_CHUNK_SIZE=30) for _ in ids]
     for one, cid in zip(apps, ids, strict=True):
         with one.app_context():
             dispatch.enumerate_batch(db.session, cid, dispatch.Settings.from_config(one.config))
@@ -351,11 +361,7 @@ def test_two_claims_at_the_same_moment_cannot_both_pass_a_cap(
             dispatch.process_chunk(db.session, push, cid, settings)
             db.session.remove()
 
-    try:
-        race(*(functools.partial(claim, one, cid) for one, cid in zip(apps, ids, strict=True)))
-    finally:
-        for one in apps:
-            close_transport(one)
+    race(*(functools.partial(claim, one, cid) for one, cid in zip(apps, ids, strict=True)))
     assert collections.Counter(m.token for m in fcm.received) == {m.push_token: 1 for m in made}
 
 
@@ -397,34 +403,22 @@ def test_a_new_schedule_replans_the_waiting_deliveries(
 
 @pytest.fixture
 def send_at_nine_and_retry_at_two_past(
-    app_factory: Callable[..., Flask],
-    fcm_settings: dict[str, Any],
-    client: FlaskClient,
-    marketing: Headers,
-    create_campaign: Callable[..., str],
-    clock: Clock,
+    dispatcher_app: Callable[..., Flask], sent_campaign: Send, clock: Clock
 ) -> Callable[[int], str]:
     """Send a campaign with this TTL at 09:00, then run the dispatcher again at 09:02,
     when a delivery FCM refused as retryable is due again (back-off: 60 s)."""
 
     def send(ttl_seconds: int) -> str:
-        settings = {
-            **fcm_settings,
-            "PUSH_RETRY_BASE_SECONDS": 60.0,
-            "PUSH_RETRY_MAX_SECONDS": 60.0,
-            "PUSH_RETRY_WINDOW_SECONDS": 86400.0,
-        }
-        sender = app_factory(**settings)
+        sender = dispatcher_app(
+            PUSH_RETRY_BASE_SECONDS=60.0,
+            PUSH_RETRY_MAX_SECONDS=60.0,
+            PUSH_RETRY_WINDOW_SECONDS=86400.0,
+        )
         clock(at("2027-01-11T09:00"))
-        campaign_id = create_campaign(ttl_seconds=ttl_seconds)
-        sent = client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
-        assert sent.status_code == 202
-        try:
-            run_passes(sender)
-            clock(at("2027-01-11T09:02"))
-            run_passes(sender)
-        finally:
-            close_transport(sender)
+        campaign_id = sent_campaign(ttl_seconds=ttl_seconds).id
+        run_passes(sender)
+        clock(at("2027-01-11T09:02"))
+        run_passes(sender)
         assert_counts_match_rows(sender, campaign_id)
         return campaign_id
 
