@@ -23,17 +23,20 @@ from mobile_api.services import keys as key_service
 from tests.apns_fixtures import apns, apns_sandbox, apns_settings, ios_device
 from tests.campaign_fixtures import (
     Made,
+    Sent,
     assert_balanced,
     campaign_status,
     close_transport,
     create_campaign,
     deliveries,
     device,
+    dispatcher_app,
     drain,
     fcm,
     fcm_settings,
     marketing,
     send_and_drain,
+    sent_campaign,
     stop,
     subprocess_env,
     wait_for,
@@ -49,12 +52,16 @@ __all__ = [
     "apns_settings",
     "create_campaign",
     "device",
+    "dispatcher_app",
     "fcm",
     "fcm_settings",
     "ios_device",
     "marketing",
     "queue",
+    "sent_campaign",
 ]
+
+Send = Callable[..., Sent]
 
 
 @pytest.fixture
@@ -467,14 +474,12 @@ def test_a_mixed_campaign_reaches_each_device_once_through_its_transport(
 def test_consent_is_read_at_hand_off_for_apns_devices(
     app: Flask,
     client: FlaskClient,
-    marketing: dict[str, str],
-    create_campaign: Callable[..., str],
+    sent_campaign: Send,
     ios_device: Callable[..., Made],
     apns: FakeApnsServer,
 ) -> None:
     stays, leaves = ios_device(), ios_device()
-    campaign_id = create_campaign()
-    assert client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing).status_code == 202
+    campaign_id = sent_campaign().id
     with app.app_context():
         dispatch.enumerate_batch(db.session, campaign_id, dispatch.Settings.from_config(app.config))
         db.session.remove()
@@ -491,24 +496,19 @@ def test_consent_is_read_at_hand_off_for_apns_devices(
 
 
 def test_a_chunks_fcm_and_apns_groups_go_out_at_the_same_time(
-    app_factory: Callable[..., Flask],
-    fcm_settings: dict[str, Any],
+    dispatcher_app: Callable[..., Flask],
     apns_settings: dict[str, Any],
-    client: FlaskClient,
-    marketing: dict[str, str],
-    create_campaign: Callable[..., str],
-    device: Callable[..., Made],
+    sent_campaign: Send,
     ios_device: Callable[..., Made],
     fcm: FakeFcmServer,
     apns: FakeApnsServer,
 ) -> None:
     # APNs devices first: a router sending the groups in turn would start with theirs.
     ios = {ios_device().push_token for _ in range(3)}
-    android = {device().push_token for _ in range(3)}
-    campaign_id = create_campaign()
-    assert client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing).status_code == 202
+    campaign_id, made = sent_campaign(devices=3)
+    android = {d.push_token for d in made}
     # The APNs transport waits for Apple's answers longer than the test waits for FCM.
-    app = app_factory(**fcm_settings, **{**apns_settings, "APNS_TIMEOUT": 60.0})
+    app = dispatcher_app(apns_settings, APNS_TIMEOUT=60.0)
     apns.hold()  # Apple receives the chunk's APNs group and does not answer yet
     dispatcher = threading.Thread(target=drain, args=(app,))
     dispatcher.start()
@@ -520,7 +520,6 @@ def test_a_chunks_fcm_and_apns_groups_go_out_at_the_same_time(
     finally:
         apns.release()
         dispatcher.join()
-        close_transport(app)
     assert collections.Counter(m.token for m in fcm.received) == collections.Counter(
         dict.fromkeys(android, 1)
     )
@@ -532,31 +531,17 @@ def test_a_chunks_fcm_and_apns_groups_go_out_at_the_same_time(
 
 
 def test_apns_is_paced_by_its_own_rate_and_fcm_by_its_own(
-    app_factory: Callable[..., Flask],
-    fcm_settings: dict[str, Any],
+    dispatcher_app: Callable[..., Flask],
     apns_settings: dict[str, Any],
-    client: FlaskClient,
-    marketing: dict[str, str],
-    create_campaign: Callable[..., str],
-    device: Callable[..., Made],
+    sent_campaign: Send,
     ios_device: Callable[..., Made],
     fcm: FakeFcmServer,
     apns: FakeApnsServer,
 ) -> None:
     ios = {ios_device().push_token for _ in range(20)}
-    android = {device().push_token for _ in range(20)}
-    campaign_id = create_campaign()
-    assert client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing).status_code == 202
+    android = sent_campaign(devices=20).tokens
     # APNs at 20 messages/s (slots of 4); FCM unpaced, as APNS_... does not pace it.
-    app = app_factory(
-        **fcm_settings,
-        **apns_settings,
-        APNS_MAX_MESSAGES_PER_SECOND=20,
-    )
-    try:
-        drain(app)
-    finally:
-        close_transport(app)
+    drain(dispatcher_app(apns_settings, APNS_MAX_MESSAGES_PER_SECOND=20))
     assert {m.token for m in fcm.received} == android
     assert {m.token for m in apns.received} == ios
     arrivals = sorted(m.at for m in apns.received)

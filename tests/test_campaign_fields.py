@@ -19,6 +19,7 @@ from tests.campaign_fixtures import (
     fcm,
     fcm_settings,
     marketing,
+    post_send,
     send_and_drain,
 )
 from tests.fakes.fcm_server import FakeFcmServer
@@ -192,10 +193,7 @@ def test_patch_edits_drafts_and_scheduled_campaigns_only(
     assert patched.get_json()["data"]["link"] == "myapp://x"
 
     scheduled = create_campaign(send_at="2099-01-01T09:00:00Z")
-    assert (
-        client.post(f"/v1/campaigns/{scheduled}/send", headers=marketing).get_json()["status"]
-        == "scheduled"
-    )
+    assert post_send(client, marketing, scheduled)["status"] == "scheduled"
     assert (
         client.patch(
             f"/v1/campaigns/{scheduled}", json={"body": "New text"}, headers=marketing
@@ -209,7 +207,7 @@ def test_patch_edits_drafts_and_scheduled_campaigns_only(
     assert fixed.get_json()["error"] == "campaign_already_scheduled"
 
     sent = create_campaign()
-    client.post(f"/v1/campaigns/{sent}/send", headers=marketing)
+    post_send(client, marketing, sent)
     run_passes(app)
     assert (
         client.get(f"/v1/campaigns/{sent}", headers=marketing).get_json()["status"] == "completed"

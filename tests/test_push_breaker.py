@@ -6,9 +6,11 @@ Windows scaled down as in test_dispatch_recovery.py (breaker up to 0.6 s for 30 
 from __future__ import annotations
 
 import collections
+import functools
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
@@ -19,15 +21,18 @@ from mobile_api.services import dispatch, notify_dispatch
 from models import NotificationDelivery, PushBreaker
 from tests.apns_fixtures import apns, apns_sandbox, apns_settings, ios_device
 from tests.campaign_fixtures import (
+    SCALED_OUTAGE_TIMINGS,
     Made,
+    Sent,
     assert_balanced,
-    close_transport,
     create_campaign,
     device,
+    dispatcher_app,
     drain,
     fcm,
     fcm_settings,
     marketing,
+    sent_campaign,
     wait_for,
 )
 from tests.fakes.apns_server import FakeApnsServer
@@ -40,34 +45,30 @@ __all__ = [
     "apns_settings",
     "create_campaign",
     "device",
+    "dispatcher_app",
     "fcm",
     "fcm_settings",
     "ios_device",
     "marketing",
     "notify",
     "post_notification",
+    "sent_campaign",
     "ticket_reply",
 ]
 
 Headers = dict[str, str]
 Make = Callable[..., Made]
+Send = Callable[..., Sent]
 
 
-def _sender(
-    app_factory: Callable[..., Flask],
-    fcm_settings: dict[str, Any],
-    apns_settings: dict[str, Any],
-    **overrides: Any,
-) -> Flask:
-    """A dispatcher's app with the outage timings scaled by a fiftieth."""
-    scaled = {
-        "PUSH_RETRY_BASE_SECONDS": 0.04,
-        "PUSH_RETRY_MAX_SECONDS": 12.0,
-        "PUSH_BREAKER_MAX_SECONDS": 0.6,
-        "PUSH_RETRY_WINDOW_SECONDS": 60.0,
-        "DISPATCH_CHUNK_SIZE": 5,
-    }
-    return app_factory(**{**fcm_settings, **apns_settings, **scaled, **overrides})
+@pytest.fixture
+def build_sender(
+    dispatcher_app: Callable[..., Flask], apns_settings: dict[str, Any]
+) -> Callable[..., Flask]:
+    """Build a dispatcher's app for both providers, the outage timings scaled by a fiftieth."""
+    return functools.partial(
+        dispatcher_app, apns_settings, SCALED_OUTAGE_TIMINGS, DISPATCH_CHUNK_SIZE=5
+    )
 
 
 def _accepted_once(tokens: set[str | None], accepted: list[str]) -> None:
@@ -75,30 +76,22 @@ def _accepted_once(tokens: set[str | None], accepted: list[str]) -> None:
 
 
 def test_an_apns_outage_holds_apns_devices_while_fcm_ones_receive(
-    app_factory: Callable[..., Flask],
-    fcm_settings: dict[str, Any],
-    apns_settings: dict[str, Any],
+    build_sender: Callable[..., Flask],
     client: FlaskClient,
     marketing: Headers,
-    create_campaign: Callable[..., str],
-    device: Make,
+    sent_campaign: Send,
     ios_device: Make,
     fcm: FakeFcmServer,
     apns: FakeApnsServer,
 ) -> None:
     # APNs devices first: the first chunks are all APNs, and trip its breaker.
     ios = {ios_device().push_token for _ in range(10)}
-    android = {device().push_token for _ in range(10)}
-    campaign_id = create_campaign()
-    assert client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing).status_code == 202
-    sender = _sender(app_factory, fcm_settings, apns_settings)
+    campaign_id, made = sent_campaign(devices=10)
+    android = {d.push_token for d in made}
     outage = 4.0
     started = apns.clock()
     apns.outage(outage, "unavailable")
-    try:
-        drain(sender, timeout=outage + 30)
-    finally:
-        close_transport(sender)
+    drain(build_sender(), timeout=outage + 30)
 
     fcm_ok = [m for m in fcm.received if m.answer == "ok"]
     _accepted_once(android, [m.token for m in fcm_ok])
@@ -134,14 +127,10 @@ def _apns_breaker_open(app: Flask) -> bool:
 
 
 def test_a_notification_waits_for_the_breaker_a_campaign_opened(
-    app_factory: Callable[..., Flask],
-    fcm_settings: dict[str, Any],
-    apns_settings: dict[str, Any],
-    client: FlaskClient,
-    marketing: Headers,
+    build_sender: Callable[..., Flask],
     notify: Headers,
     post_notification: Callable[..., TestResponse],
-    create_campaign: Callable[..., str],
+    sent_campaign: Send,
     device: Make,
     ios_device: Make,
     fcm: FakeFcmServer,
@@ -149,16 +138,9 @@ def test_a_notification_waits_for_the_breaker_a_campaign_opened(
 ) -> None:
     for _ in range(5):
         ios_device()
-    campaign_id = create_campaign()
-    assert client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing).status_code == 202
+    campaign_id = sent_campaign().id
     # A breaker wait of 2-4 s: long enough to look at a notification held by it.
-    sender = _sender(
-        app_factory,
-        fcm_settings,
-        apns_settings,
-        PUSH_RETRY_BASE_SECONDS=4.0,
-        PUSH_BREAKER_MAX_SECONDS=4.0,
-    )
+    sender = build_sender(PUSH_RETRY_BASE_SECONDS=4.0, PUSH_BREAKER_MAX_SECONDS=4.0)
     apns.outage(3.0, "unavailable")
     with sender.app_context():
         settings = dispatch.Settings.from_config(sender.config)
@@ -182,10 +164,7 @@ def test_a_notification_waits_for_the_breaker_a_campaign_opened(
     assert len(apns.received) == received  # nothing more went to Apple
     assert ("pending", "breaker_open") in _held(sender)
 
-    try:
-        drain(sender, timeout=40)
-    finally:
-        close_transport(sender)
+    drain(sender, timeout=40)
     assert sorted(_held(sender)) == [("sent", None)] * 2
     assert [m.token for m in apns.received if m.status == 200].count(iphone.push_token) == 1
     assert [m.token for m in fcm.received].count(pixel.push_token) == 1
