@@ -273,19 +273,12 @@ def test_quiet_hours_defer_then_consent_is_checked_again_at_the_hand_off(
 
 
 def test_without_quiet_hours_or_caps_sending_is_as_in_v1(
-    app: Flask,
-    client: FlaskClient,
-    marketing: Headers,
-    create_campaign: Callable[..., str],
-    device: Make,
-    fcm: FakeFcmServer,
-    clock: Clock,
+    app: Flask, sent_campaign: Send, device: Make, fcm: FakeFcmServer, clock: Clock
 ) -> None:
     clock(at("2027-01-10T23:30"))
     made = [device(timezone="Europe/Berlin") for _ in range(3)]
     for _ in range(4):
-        cid = create_campaign()
-        client.post(f"/v1/campaigns/{cid}/send", headers=marketing)
+        sent_campaign()
     run_passes(app)
     assert collections.Counter(m.token for m in fcm.received) == {m.push_token: 4 for m in made}
 
@@ -296,14 +289,13 @@ def test_caps_hold_with_two_dispatchers_racing(
     client: FlaskClient,
     marketing: Headers,
     create_campaign: Callable[..., str],
+    sent_campaign: Send,
     device: Make,
     fcm: FakeFcmServer,
     dispatchers: int,
 ) -> None:
     made = [device() for _ in range(12)]
-    ids = [create_campaign(name=f"offer {i}") for i in range(3)]
-    for cid in ids:
-        client.post(f"/v1/campaigns/{cid}/send", headers=marketing)
+    ids = [sent_campaign(name=f"offer {i}").id for i in range(3)]
     settings = {
         "PROMO_FREQUENCY_CAP": "2/1d",
         "DISPATCH_CHUNK_SIZE": 2,
@@ -334,18 +326,11 @@ def test_caps_hold_with_two_dispatchers_racing(
 
 
 def test_two_claims_at_the_same_moment_cannot_both_pass_a_cap(
-    dispatcher_app: Callable[..., Flask],
-    client: FlaskClient,
-    marketing: Headers,
-    create_campaign: Callable[..., str],
-    device: Make,
-    fcm: FakeFcmServer,
+    dispatcher_app: Callable[..., Flask], sent_campaign: Send, device: Make, fcm: FakeFcmServer
 ) -> None:
     """Two dispatchers claim two campaigns for the same devices at once: one wins each device."""
     made = [device() for _ in range(30)]
-    ids = [create_campaign(name=f"offer {i}") for i in range(2)]
-    for cid in ids:
-        client.post(f"/v1/campaigns/{cid}/send", headers=marketing)
+    ids = [sent_campaign(name=f"offer {i}").id for i in range(2)]
     apps = [dispatcher_app(PROMO_FREQUENCY_CAP="1/1d", DISPATCH_CHUNK_SIZE=30) for _ in ids]
     for one, cid in zip(apps, ids, strict=True):
         with one.app_context():
