@@ -137,12 +137,7 @@ def test_a_local_time_campaign_reaches_each_zone_at_its_nine_oclock(
 
 
 def test_new_york_is_not_sent_at_the_winter_offset(
-    app: Flask,
-    client: FlaskClient,
-    marketing: Headers,
-    local_time_campaign: LocalTimeCampaign,
-    fcm: FakeFcmServer,
-    clock: Clock,
+    app: Flask, local_time_campaign: LocalTimeCampaign, fcm: FakeFcmServer, clock: Clock
 ) -> None:
     _, made = local_time_campaign()
     clock(at("2027-03-14T12:59"))  # 08:59 EDT
