@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,13 @@ import pytest
 import redis
 from flask import Flask
 
-from tests.campaign_fixtures import close_transport
+from tests.campaign_fixtures import close_transport, stop, subprocess_env
 from tests.conftest import REDIS_DEFAULT, make_app, migrate_once, wipe
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("TEST_REDIS_URL", REDIS_DEFAULT)
+
+WorkerEnv = Callable[..., dict[str, str]]
 
 
 @pytest.fixture
@@ -52,6 +55,23 @@ def app(postgres_url: str, fcm_settings: dict[str, Any], queue: str) -> Iterator
     wipe(built)
 
 
+@pytest.fixture
+def worker_env(postgres_url: str, fcm_settings: dict[str, Any], queue: str) -> WorkerEnv:
+    """`worker_env(**extra)`: a worker's environment on the app's database, broker and queue.
+
+    `extra` adds settings or overrides these (CELERY_BROKER_URL=amqp://… for RabbitMQ).
+    """
+
+    def env(**extra: str) -> dict[str, str]:
+        return subprocess_env(
+            postgres_url,
+            fcm_settings,
+            **{"CELERY_BROKER_URL": REDIS_URL, "CELERY_QUEUE": queue, **extra},
+        )
+
+    return env
+
+
 def start_worker(
     name: str, env: dict[str, str], queue: str | None, log: Path, celery_app: str = "wsgi.celery"
 ) -> subprocess.Popen[Any]:
@@ -81,6 +101,23 @@ def start_worker(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+
+
+@contextlib.contextmanager
+def running_worker(
+    name: str, env: dict[str, str], queue: str | None, log: Path, celery_app: str = "wsgi.celery"
+) -> Iterator[subprocess.Popen[Any]]:
+    """start_worker for the `with` block; stopped as it ends (SIGTERM, kill -9 if it hangs)."""
+    worker = start_worker(name, env, queue, log, celery_app)
+    try:
+        yield worker
+    finally:
+        stop(worker)
+
+
+def ready(*logs: Path) -> bool:
+    """Whether the worker of every log has said it is ready (its consumer is running)."""
+    return all(" ready." in log.read_text() for log in logs)
 
 
 def waiting_messages(queue: str, name: str | None = None) -> int:

@@ -33,17 +33,16 @@ from tests.campaign_fixtures import (
     kill_hard,
     marketing,
     stop,
-    subprocess_env,
     wait_for,
 )
-from tests.celery_fixtures import REDIS_URL, ROOT, app, queue, start_worker
+from tests.celery_fixtures import ROOT, WorkerEnv, app, queue, start_worker, worker_env
 from tests.conftest import bearer
 from tests.fakes.fcm_server import FakeFcmServer
 from tests.messaging_fixtures import SharedClock, shared_clock
 from tests.test_scheduling import ZONES, at
 
 __all__ = ["app", "create_campaign", "device", "fcm", "fcm_settings", "marketing", "queue"]
-__all__ += ["shared_clock"]
+__all__ += ["shared_clock", "worker_env"]
 
 Headers = dict[str, str]
 SWEEP_SECONDS = "0.5"  # beat's sweep; 30 s in production
@@ -75,18 +74,12 @@ def _start_beat(env: dict[str, str], tmp_path: Path) -> subprocess.Popen[Any]:
 @pytest.fixture
 def clocked_celery(
     app: Flask,
-    postgres_url: str,
-    fcm_settings: dict[str, Any],
-    queue: str,
+    worker_env: WorkerEnv,
     shared_clock: SharedClock,
     tmp_path: Path,
 ) -> Iterator[Callable[[int], None]]:
     """A worker and beat on the test's clock; yields `sweeps(n)`: wait for n more sweeps."""
-    env = subprocess_env(
-        postgres_url,
-        fcm_settings,
-        CELERY_BROKER_URL=REDIS_URL,
-        CELERY_QUEUE=queue,
+    env = worker_env(
         DISPATCH_CHUNK_SIZE="5",
         TEST_CLOCK_FILE=str(shared_clock.path),
         TEST_SWEEP_SECONDS=SWEEP_SECONDS,

@@ -32,14 +32,24 @@ from tests.campaign_fixtures import (
     kill_hard,
     marketing,
     stop,
-    subprocess_env,
     wait_for,
 )
-from tests.celery_fixtures import REDIS_URL, app, queue, start_worker, waiting_messages
+from tests.celery_fixtures import (
+    REDIS_URL,
+    WorkerEnv,
+    app,
+    queue,
+    ready,
+    running_worker,
+    start_worker,
+    waiting_messages,
+    worker_env,
+)
 from tests.conftest import make_app
 from tests.fakes.fcm_server import FakeFcmServer
 
 __all__ = ["app", "create_campaign", "device", "fcm", "fcm_settings", "marketing", "queue"]
+__all__ += ["worker_env"]
 
 
 AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -74,8 +84,7 @@ def test_two_celery_workers_process_one_campaign_without_duplicates(
     app: Flask,
     broker: tuple[str, Flask],
     client: FlaskClient,
-    postgres_url: str,
-    fcm_settings: dict[str, Any],
+    worker_env: WorkerEnv,
     queue: str,
     marketing: dict[str, str],
     create_campaign: Callable[..., str],
@@ -88,24 +97,15 @@ def test_two_celery_workers_process_one_campaign_without_duplicates(
     tokens = {device().push_token for _ in range(60)}
     device(promotional=False)
     fcm.delay = 0.01  # long enough for both workers to get chunks
-    env = subprocess_env(
-        postgres_url,
-        fcm_settings,
-        CELERY_BROKER_URL=broker_url,
-        CELERY_QUEUE=queue,
-        DISPATCH_CHUNK_SIZE="5",
-        DISPATCH_ENUMERATE_BATCH="20",
+    env = worker_env(
+        CELERY_BROKER_URL=broker_url, DISPATCH_CHUNK_SIZE="5", DISPATCH_ENUMERATE_BATCH="20"
     )
     logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
-    workers = [start_worker(f"w{i}", env, queue, log) for i, log in enumerate(logs, 1)]
-    try:
+    with running_worker("w1", env, queue, logs[0]), running_worker("w2", env, queue, logs[1]):
         campaign_id = create_campaign()
         response = sender.test_client().post(f"/v1/campaigns/{campaign_id}/send", headers=marketing)
         assert response.status_code == 202
         wait_for(lambda: campaign_status(app, campaign_id) == "completed", 60, 0.1)
-    finally:
-        for worker in workers:
-            stop(worker)
     output = [log.read_text() for log in logs]
     assert campaign_status(app, campaign_id) == "completed", output
     scheme = broker_url.split(":", 1)[0]
@@ -124,8 +124,7 @@ def test_two_celery_workers_process_one_campaign_without_duplicates(
 def test_a_campaign_waiting_in_a_long_queue_gets_one_recovery_not_one_per_sweep(
     app: Flask,
     client: FlaskClient,
-    postgres_url: str,
-    fcm_settings: dict[str, Any],
+    worker_env: WorkerEnv,
     queue: str,
     marketing: dict[str, str],
     create_campaign: Callable[..., str],
@@ -153,15 +152,9 @@ def test_a_campaign_waiting_in_a_long_queue_gets_one_recovery_not_one_per_sweep(
         db.session.remove()
     assert waiting_messages(queue) == 2  # the task, and one recovery behind it
 
-    env = subprocess_env(
-        postgres_url, fcm_settings, CELERY_BROKER_URL=REDIS_URL, CELERY_QUEUE=queue
-    )
     log = tmp_path / "worker.log"
-    worker = start_worker("w1", env, queue, log)
-    try:
+    with running_worker("w1", worker_env(), queue, log):
         wait_for(lambda: campaign_status(app, campaign_id) == "completed", 60, 0.1)
-    finally:
-        stop(worker)
     output = log.read_text()
     assert campaign_status(app, campaign_id) == "completed", output
     assert "mobile_api.dispatch.recover[" in output
@@ -177,7 +170,7 @@ def test_a_campaign_waiting_in_a_long_queue_gets_one_recovery_not_one_per_sweep(
 
 def test_a_celery_worker_builds_its_push_transport_as_it_starts(
     app: Flask,
-    postgres_url: str,
+    worker_env: WorkerEnv,
     fcm_settings: dict[str, Any],
     queue: str,
     tmp_path: Path,
@@ -185,11 +178,8 @@ def test_a_celery_worker_builds_its_push_transport_as_it_starts(
     """A bad FCM_CREDENTIALS stops the worker at once, not at its first chunk."""
     bad = tmp_path / "not-a-service-account.json"
     bad.write_text('{"type": "service_account"}')
-    env = subprocess_env(
-        postgres_url, {**fcm_settings, "FCM_CREDENTIALS": str(bad)}, CELERY_BROKER_URL=REDIS_URL
-    )
     log = tmp_path / "bad.log"
-    worker = start_worker("bad", env, queue, log)
+    worker = start_worker("bad", worker_env(FCM_CREDENTIALS=str(bad)), queue, log)
     try:
         code = worker.wait(timeout=60)
     finally:
@@ -197,13 +187,9 @@ def test_a_celery_worker_builds_its_push_transport_as_it_starts(
     assert code != 0
     assert f"FCM_CREDENTIALS '{bad}' is not a usable service-account file" in log.read_text()
 
-    env = subprocess_env(postgres_url, fcm_settings, CELERY_BROKER_URL=REDIS_URL)
     log = tmp_path / "good.log"
-    worker = start_worker("good", env, queue, log)
-    try:
-        wait_for(lambda: " ready." in log.read_text(), 60, 0.1)
-    finally:
-        stop(worker)
+    with running_worker("good", worker_env(), queue, log):
+        wait_for(lambda: ready(log), 60, 0.1)
     output = log.read_text()
     assert " ready." in output, output
     # Built in the worker and again in its pool process, before any task arrived.
@@ -223,8 +209,7 @@ def _running_chunks(log: Path) -> int:
 def test_a_killed_celery_workers_chunk_is_taken_over_within_the_lease(
     app: Flask,
     client: FlaskClient,
-    postgres_url: str,
-    fcm_settings: dict[str, Any],
+    worker_env: WorkerEnv,
     queue: str,
     marketing: dict[str, str],
     create_campaign: Callable[..., str],
@@ -239,11 +224,7 @@ def test_a_killed_celery_workers_chunk_is_taken_over_within_the_lease(
     """
     tokens = {device().push_token for _ in range(40)}
     fcm.delay = 0.2  # a chunk is in flight for most of its task
-    env = subprocess_env(
-        postgres_url,
-        fcm_settings,
-        CELERY_BROKER_URL=REDIS_URL,
-        CELERY_QUEUE=queue,
+    env = worker_env(
         DISPATCH_CHUNK_SIZE="5",
         DISPATCH_ENUMERATE_BATCH="40",
         DISPATCH_CLAIM_LEASE_SECONDS="1",
@@ -252,7 +233,7 @@ def test_a_killed_celery_workers_chunk_is_taken_over_within_the_lease(
     logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
     doomed, survivor = (start_worker(f"w{i}", env, queue, log) for i, log in enumerate(logs, 1))
     try:
-        assert wait_for(lambda: all(" ready." in log.read_text() for log in logs), 60)
+        assert wait_for(lambda: ready(*logs), 60)
         campaign_id = create_campaign()
         assert (
             client.post(f"/v1/campaigns/{campaign_id}/send", headers=marketing).status_code == 202
@@ -280,16 +261,10 @@ def _nice(pid: int) -> int:
 
 
 def test_a_campaign_worker_yields_the_cpu_and_a_notification_worker_does_not(
-    app: Flask, postgres_url: str, fcm_settings: dict[str, Any], queue: str, tmp_path: Path
+    app: Flask, worker_env: WorkerEnv, queue: str, tmp_path: Path
 ) -> None:
     """DISPATCH_CAMPAIGN_NICE: campaigns-only workers run niced; one taking notifications not."""
-    env = subprocess_env(
-        postgres_url,
-        fcm_settings,
-        CELERY_BROKER_URL=REDIS_URL,
-        CELERY_QUEUE=queue,
-        DISPATCH_CAMPAIGN_NICE="7",
-    )
+    env = worker_env(DISPATCH_CAMPAIGN_NICE="7")
     ours = os.getpriority(os.PRIO_PROCESS, 0)
     started = {
         name: (start_worker(name, env, only, tmp_path / f"{name}.log"), tmp_path / f"{name}.log")
@@ -300,9 +275,7 @@ def test_a_campaign_worker_yields_the_cpu_and_a_notification_worker_does_not(
         )
     }
     try:
-        wait_for(
-            lambda: all(" ready." in log.read_text() for _, log in started.values()), timeout=60
-        )
+        wait_for(lambda: ready(*(log for _, log in started.values())), timeout=60)
         nice = {name: _nice(worker.pid) for name, (worker, _) in started.items()}
     finally:
         for worker, _ in started.values():

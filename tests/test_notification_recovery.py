@@ -25,7 +25,6 @@ from tests.campaign_fixtures import (
     Made,
     app,
     assert_handed_over,
-    close_transport,
     device,
     drain,
     fcm,
@@ -42,8 +41,10 @@ from tests.messaging_fixtures import Clock, clock
 from tests.notification_fixtures import (
     claimed_deliveries,
     notification_body,
+    notification_status,
     notify,
     post_notification,
+    sender_factory,
     ticket_reply,
 )
 
@@ -59,6 +60,7 @@ __all__ = [
     "ios_device",
     "notify",
     "post_notification",
+    "sender_factory",
     "ticket_reply",
 ]
 
@@ -67,13 +69,6 @@ Post = Callable[..., TestResponse]
 Make = Callable[..., Made]
 
 LEASE = 1.0  # seconds; DISPATCH_CLAIM_LEASE_SECONDS in production: 30
-
-
-def _status(client: FlaskClient, notify: Headers, notification_id: str) -> dict[str, Any]:
-    response = client.get(f"/v1/notifications/{notification_id}", headers=notify)
-    assert response.status_code == 200, response.get_json()
-    body: dict[str, Any] = response.get_json()
-    return body
 
 
 def test_a_killed_dispatchers_notification_is_handed_over_again_with_the_same_tag(
@@ -106,7 +101,8 @@ def test_a_killed_dispatchers_notification_is_handed_over_again_with_the_same_ta
     second = start_dispatcher(env, log)
     try:
         done = wait_for(
-            lambda: _status(client, notify, notification_id)["status"] == "completed", 60
+            lambda: notification_status(client, notify, notification_id)["status"] == "completed",
+            60,
         )
     finally:
         stop(second)
@@ -116,7 +112,7 @@ def test_a_killed_dispatchers_notification_is_handed_over_again_with_the_same_ta
     assert_handed_over(fcm, tokens, in_flight=tokens)
     assert all(m.identity[0] == notification_id for m in fcm.received)
     assert any(len(fcm.messages_for(str(token))) == 2 for token in tokens)
-    counts = _status(client, notify, notification_id)["counts"]
+    counts = notification_status(client, notify, notification_id)["counts"]
     assert (counts["sent"], counts["failed"], counts["pending"]) == (3, 0, 0)
 
 
@@ -150,7 +146,7 @@ def _outage_settings(fcm_settings: dict[str, Any]) -> dict[str, Any]:
     ids=["30s-unavailable", "30s-quota", "5min-internal"],
 )
 def test_an_fcm_outage_delays_a_notification_but_loses_nothing(
-    app_factory: Callable[..., Flask],
+    sender_factory: Callable[..., Flask],
     fcm_settings: dict[str, Any],
     client: FlaskClient,
     notify: Headers,
@@ -161,26 +157,23 @@ def test_an_fcm_outage_delays_a_notification_but_loses_nothing(
     kind: str,
 ) -> None:
     tokens = {device(promotional=False, account_id="acct-1").push_token for _ in range(4)}
-    sender = _warmed_up(app_factory(**_outage_settings(fcm_settings)), fcm)
+    sender = _warmed_up(sender_factory(**_outage_settings(fcm_settings)), fcm)
     assert sender.config["PUSH_MAX_ATTEMPTS"] == 0  # retries bounded by time alone
     response = post_notification(notify, notification_body())
     notification_id = response.get_json()["id"]
     started = fcm.clock()
     fcm.outage(outage, kind)
-    try:
-        drain(sender, timeout=outage + 30)
-    finally:
-        close_transport(sender)
+    drain(sender, timeout=outage + 30)
     accepted = [m for m in fcm.received if m.answer == "ok"]
     assert sorted(m.token for m in accepted) == sorted(tokens)  # each once, after the outage
     assert min(m.at for m in accepted) >= started + outage
     assert len(fcm.received) > len(tokens), "FCM refused nothing: no outage was seen"
-    counts = _status(client, notify, notification_id)["counts"]
+    counts = notification_status(client, notify, notification_id)["counts"]
     assert (counts["sent"], counts["failed"]) == (4, 0)
 
 
 def test_retries_end_with_the_notifications_ttl(
-    app_factory: Callable[..., Flask],
+    sender_factory: Callable[..., Flask],
     fcm_settings: dict[str, Any],
     client: FlaskClient,
     notify: Headers,
@@ -191,16 +184,13 @@ def test_retries_end_with_the_notifications_ttl(
     """FCM failing for longer than the message may live: retried, then given up, never sent."""
     device(promotional=False, account_id="acct-1")
     # Warmed up: a TTL this short could run out before a cold first hand-off.
-    sender = _warmed_up(app_factory(**_outage_settings(fcm_settings)), fcm)
+    sender = _warmed_up(sender_factory(**_outage_settings(fcm_settings)), fcm)
     response = post_notification(notify, notification_body(ttl_seconds=2))
     notification_id = response.get_json()["id"]
     fcm.outage(30.0, "unavailable")
-    try:
-        drain(sender, timeout=20)
-    finally:
-        close_transport(sender)
+    drain(sender, timeout=20)
     assert len(fcm.received) > 1  # retried, then given up
-    (delivery,) = _status(client, notify, notification_id)["deliveries"]
+    (delivery,) = notification_status(client, notify, notification_id)["deliveries"]
     # The last answer came after the TTL ended (failed, with FCM's reason), or the
     # TTL ended before the next retry (not handed over again: expired).
     assert (delivery["status"], delivery["reason"]) in {
@@ -209,9 +199,9 @@ def test_retries_end_with_the_notifications_ttl(
     }
 
 
-def _retrying_sender(app_factory: Callable[..., Flask], settings: dict[str, Any]) -> Flask:
+def _retrying_sender(sender_factory: Callable[..., Flask], settings: dict[str, Any]) -> Flask:
     """A dispatcher whose retries come 30-60 s after a retryable answer, for a day."""
-    return app_factory(
+    return sender_factory(
         **{
             **settings,
             "PUSH_RETRY_BASE_SECONDS": 60.0,
@@ -222,7 +212,7 @@ def _retrying_sender(app_factory: Callable[..., Flask], settings: dict[str, Any]
 
 
 def test_a_retried_notification_carries_what_is_left_of_its_ttl(
-    app_factory: Callable[..., Flask],
+    sender_factory: Callable[..., Flask],
     fcm_settings: dict[str, Any],
     apns_settings: dict[str, Any],
     client: FlaskClient,
@@ -239,20 +229,17 @@ def test_a_retried_notification_carries_what_is_left_of_its_ttl(
     iphone = ios_device(promotional=False, account_id="acct-1")
     fcm.fail_times(str(android.push_token), 1, "unavailable")
     apns.fail_times(str(iphone.push_token), 1, "too_many_requests")
-    sender = _retrying_sender(app_factory, {**fcm_settings, **apns_settings})
+    sender = _retrying_sender(sender_factory, {**fcm_settings, **apns_settings})
     accepted = datetime(2027, 1, 11, 9, 0, tzinfo=UTC)
     clock(accepted)
     notification_id = post_notification(notify, notification_body(ttl_seconds=600)).get_json()["id"]
-    try:
-        Worker(sender).run_notifications()  # both refused, retryable: pending again
-        (first,) = fcm.messages_for(str(android.push_token))
-        assert first.body["message"]["android"]["ttl"] == "600s"
-        assert len(apns.messages_for(str(iphone.push_token))) == 1
+    Worker(sender).run_notifications()  # both refused, retryable: pending again
+    (first,) = fcm.messages_for(str(android.push_token))
+    assert first.body["message"]["android"]["ttl"] == "600s"
+    assert len(apns.messages_for(str(iphone.push_token))) == 1
 
-        clock(accepted + timedelta(seconds=120))
-        Worker(sender).run_notifications()
-    finally:
-        close_transport(sender)
+    clock(accepted + timedelta(seconds=120))
+    Worker(sender).run_notifications()
     _, retried = fcm.messages_for(str(android.push_token))
     assert retried.answer == "ok"
     # Accepted a moment after 09:00: less than 120 s of its TTL spent by 09:02.
@@ -261,12 +248,12 @@ def test_a_retried_notification_carries_what_is_left_of_its_ttl(
     assert again.status == 200
     # An absolute expiry: the remaining 480 s from the moment it was handed over.
     assert abs(int(again.headers["apns-expiration"]) - (time.time() + 480)) <= 5
-    counts = _status(client, notify, notification_id)["counts"]
+    counts = notification_status(client, notify, notification_id)["counts"]
     assert (counts["sent"], counts["failed"], counts["pending"]) == (2, 0, 0)
 
 
 def test_a_notification_whose_ttl_ran_out_before_its_retry_is_not_sent(
-    app_factory: Callable[..., Flask],
+    sender_factory: Callable[..., Flask],
     fcm_settings: dict[str, Any],
     client: FlaskClient,
     notify: Headers,
@@ -278,24 +265,21 @@ def test_a_notification_whose_ttl_ran_out_before_its_retry_is_not_sent(
     """Its retry comes after the TTL: nothing handed over again, the delivery ends expired."""
     android = device(promotional=False, account_id="acct-1")
     fcm.fail_times(str(android.push_token), 1, "unavailable")
-    sender = _retrying_sender(app_factory, fcm_settings)
+    sender = _retrying_sender(sender_factory, fcm_settings)
     accepted = datetime(2027, 1, 11, 9, 0, tzinfo=UTC)
     clock(accepted)
     notification_id = post_notification(notify, notification_body(ttl_seconds=60)).get_json()["id"]
-    try:
-        Worker(sender).run_notifications()
-        clock(accepted + timedelta(seconds=61))
-        Worker(sender).run_notifications()
-    finally:
-        close_transport(sender)
+    Worker(sender).run_notifications()
+    clock(accepted + timedelta(seconds=61))
+    Worker(sender).run_notifications()
     assert [m.answer for m in fcm.messages_for(str(android.push_token))] == ["unavailable"]
-    got = _status(client, notify, notification_id)
+    got = notification_status(client, notify, notification_id)
     assert [(d["status"], d["reason"]) for d in got["deliveries"]] == [("suppressed", "expired")]
     assert got["counts"]["suppressed"] == {"expired": 1}
 
 
 def test_the_send_rate_holds_for_notifications(
-    app_factory: Callable[..., Flask],
+    sender_factory: Callable[..., Flask],
     fcm_settings: dict[str, Any],
     client: FlaskClient,
     notify: Headers,
@@ -307,7 +291,7 @@ def test_the_send_rate_holds_for_notifications(
     """FCM_MAX_MESSAGES_PER_SECOND is the deployment's: notifications wait for slots too."""
     tokens = {device(promotional=False, account_id="acct-1").push_token for _ in range(20)}
     sender = _warmed_up(
-        app_factory(
+        sender_factory(
             **fcm_settings,
             FCM_MAX_MESSAGES_PER_SECOND=25,
             FCM_LIMITER_FILE=str(tmp_path / "fcm-slot"),
@@ -316,10 +300,7 @@ def test_the_send_rate_holds_for_notifications(
     )
     post_notification(notify, notification_body())
     begun = time.monotonic()
-    try:
-        drain(sender)
-    finally:
-        close_transport(sender)
+    drain(sender)
     assert_handed_over(fcm, tokens, in_flight=set())
     arrivals = sorted(m.at for m in fcm.received)
     # 20 messages at 25/s in slices of 5: the last slice waits 0.6 s for its slot.

@@ -47,14 +47,16 @@ from tests.notification_fixtures import (
     idempotency_key,
     live_server,
     notification_body,
+    notification_status,
     notify,
     post_notification,
     put_category,
+    sender_factory,
     ticket_reply,
 )
 
 __all__ = ["admin", "app", "device", "fcm", "fcm_settings", "marketing", "notify"]
-__all__ += ["live_server", "post_notification", "ticket_reply"]
+__all__ += ["live_server", "post_notification", "sender_factory", "ticket_reply"]
 
 Headers = dict[str, str]
 Post = Callable[..., TestResponse]
@@ -96,7 +98,7 @@ def test_an_accounts_devices_get_the_notification_with_its_outcomes(
     assert message["android"]["collapse_key"] == "ticket-42"
     assert message["android"]["ttl"] == "600s"
 
-    got = client.get(f"/v1/notifications/{accepted['id']}", headers=notify).get_json()
+    got = notification_status(client, notify, accepted["id"])
     assert got["status"] == "completed"
     assert got["counts"]["sent"] == 2 and got["counts"]["pending"] == 0
     assert {(d["device_id"], d["status"]) for d in got["deliveries"]} == {
@@ -124,7 +126,7 @@ def test_undeliverable_devices_are_suppressed_with_their_reason(
     assert response.get_json()["devices"] == 4
     drain(app)
     assert _tokens(fcm) == {ok.push_token: 1}
-    got = client.get(f"/v1/notifications/{response.get_json()['id']}", headers=notify).get_json()
+    got = notification_status(client, notify, response.get_json()["id"])
     outcomes = {d["device_id"]: (d["status"], d["reason"]) for d in got["deliveries"]}
     assert outcomes == {
         ok.id: ("sent", None),
@@ -418,7 +420,7 @@ def test_consent_withdrawn_before_hand_off_suppresses_and_nothing_reaches_fcm(
     _choose(client, withdraws, ticket_reply=False)
     drain(app)
     assert _tokens(fcm) == {keeps.push_token: 1}
-    got = client.get(f"/v1/notifications/{accepted['id']}", headers=notify).get_json()
+    got = notification_status(client, notify, accepted["id"])
     outcomes = {d["device_id"]: (d["status"], d["reason"]) for d in got["deliveries"]}
     assert outcomes == {
         keeps.id: ("sent", None),
@@ -442,12 +444,12 @@ def test_a_category_off_by_default_needs_the_users_choice_and_service_needs_none
     survey = post_notification(notify, notification_body(category_key="survey")).get_json()
     service = post_notification(admin, notification_body(category_key="service")).get_json()
     drain(app)
-    got = client.get(f"/v1/notifications/{survey['id']}", headers=notify).get_json()
+    got = notification_status(client, notify, survey["id"])
     assert {d["device_id"]: d["status"] for d in got["deliveries"]} == {
         chose.id: "sent",
         never_chose.id: "suppressed",
     }
-    got = client.get(f"/v1/notifications/{service['id']}", headers=admin).get_json()
+    got = notification_status(client, admin, service["id"])
     assert got["counts"]["sent"] == 2
     assert _tokens(fcm) == {chose.push_token: 2, never_chose.push_token: 1}
 
@@ -553,10 +555,10 @@ def test_each_device_gets_its_language_and_the_categorys_channel(
 
 
 def test_campaigns_run_at_a_lower_cpu_priority_than_notifications(
-    app_factory: Callable[..., Flask], fcm_settings: dict[str, Any]
+    sender_factory: Callable[..., Flask], fcm_settings: dict[str, Any]
 ) -> None:
     """DISPATCH_CAMPAIGN_NICE: a campaign pass yields the CPU, the notification lane does not."""
-    sender = app_factory(**fcm_settings, DISPATCH_CAMPAIGN_NICE=7)
+    sender = sender_factory(**fcm_settings, DISPATCH_CAMPAIGN_NICE=7)
     worker = Worker(sender)
     seen: dict[str, int] = {}
 
@@ -570,10 +572,7 @@ def test_campaigns_run_at_a_lower_cpu_priority_than_notifications(
     worker.run_pass = noting("campaigns", worker.run_pass)  # type: ignore[method-assign]
     worker.run_notifications = noting("notifications", worker.run_notifications)  # type: ignore[method-assign]
     ours = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    try:
-        worker.run(drain=True)
-    finally:
-        close_transport(sender)
+    worker.run(drain=True)
     assert seen == {"campaigns": max(ours, 7), "notifications": ours}
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == ours  # the caller's own
 

@@ -20,29 +20,36 @@ from tests.campaign_fixtures import (
     fcm_settings,
     kill_hard,
     marketing,
-    stop,
-    subprocess_env,
     wait_for,
 )
-from tests.celery_fixtures import REDIS_URL, app, queue, start_worker, waiting_messages
+from tests.celery_fixtures import (
+    WorkerEnv,
+    app,
+    queue,
+    ready,
+    running_worker,
+    start_worker,
+    waiting_messages,
+    worker_env,
+)
 from tests.fakes.fcm_server import FakeFcmServer
 from tests.notification_fixtures import (
     claimed_deliveries,
     notification_body,
+    notification_status,
     notify,
     post_notification,
     ticket_reply,
 )
 
 __all__ = ["app", "create_campaign", "device", "fcm", "fcm_settings", "marketing", "notify"]
-__all__ += ["post_notification", "queue", "ticket_reply"]
+__all__ += ["post_notification", "queue", "ticket_reply", "worker_env"]
 
 
 def test_a_notification_is_sent_while_a_campaign_waits_in_its_queue(
     app: Flask,
     client: FlaskClient,
-    postgres_url: str,
-    fcm_settings: dict[str, Any],
+    worker_env: WorkerEnv,
     queue: str,
     marketing: dict[str, str],
     notify: dict[str, str],
@@ -64,29 +71,19 @@ def test_a_notification_is_sent_while_a_campaign_waits_in_its_queue(
     assert waiting_messages(queue, notifications) == 1  # the notification's, in its own queue
 
     # A worker of the notification lane only: the campaign's task stays where it is.
-    env = subprocess_env(
-        postgres_url, fcm_settings, CELERY_BROKER_URL=REDIS_URL, CELERY_QUEUE=queue
-    )
     log = tmp_path / "notifications.log"
-    worker = start_worker("n1", env, notifications, log)
-    try:
+    with running_worker("n1", worker_env(), notifications, log):
         wait_for(lambda: bool(fcm.received), 60, 0.05)
-    finally:
-        stop(worker)
     assert collections.Counter(m.token for m in fcm.received) == {helpdesk_user.push_token: 1}, (
         log.read_text()
     )
     assert waiting_messages(queue) == 1
-    got = client.get(f"/v1/notifications/{accepted['id']}", headers=notify).get_json()
-    assert got["status"] == "completed"
+    assert notification_status(client, notify, accepted["id"])["status"] == "completed"
 
 
 def test_a_worker_started_without_queues_sends_notifications_too(
     app: Flask,
-    client: FlaskClient,
-    postgres_url: str,
-    fcm_settings: dict[str, Any],
-    queue: str,
+    worker_env: WorkerEnv,
     notify: dict[str, str],
     post_notification: Callable[..., Any],
     device: Callable[..., Made],
@@ -95,23 +92,16 @@ def test_a_worker_started_without_queues_sends_notifications_too(
 ) -> None:
     helpdesk_user = device(promotional=False, account_id="acct-1")
     post_notification(notify, notification_body())
-    env = subprocess_env(
-        postgres_url, fcm_settings, CELERY_BROKER_URL=REDIS_URL, CELERY_QUEUE=queue
-    )
     log = tmp_path / "worker.log"
-    worker = start_worker("all", env, None, log)
-    try:
+    with running_worker("all", worker_env(), None, log):
         wait_for(lambda: bool(fcm.received), 60, 0.05)
-    finally:
-        stop(worker)
     assert [m.token for m in fcm.received] == [helpdesk_user.push_token], log.read_text()
 
 
 def test_a_notification_a_killed_celery_worker_was_handing_over_arrives_after_a_restart(
     app: Flask,
     client: FlaskClient,
-    postgres_url: str,
-    fcm_settings: dict[str, Any],
+    worker_env: WorkerEnv,
     queue: str,
     notify: dict[str, str],
     post_notification: Callable[..., Any],
@@ -126,19 +116,12 @@ def test_a_notification_a_killed_celery_worker_was_handing_over_arrives_after_a_
     """
     tokens = {device(promotional=False, account_id="acct-1").push_token for _ in range(3)}
     fcm.delay = 3.0  # the answer comes long after the kill
-    env = subprocess_env(
-        postgres_url,
-        fcm_settings,
-        CELERY_BROKER_URL=REDIS_URL,
-        CELERY_QUEUE=queue,
-        DISPATCH_CLAIM_LEASE_SECONDS="1",
-        CELERY_VISIBILITY_TIMEOUT="2",
-    )
+    env = worker_env(DISPATCH_CLAIM_LEASE_SECONDS="1", CELERY_VISIBILITY_TIMEOUT="2")
     lane = tasks.notification_queue(app)
     logs = [tmp_path / "doomed.log", tmp_path / "restarted.log"]
     doomed = start_worker("doomed", env, lane, logs[0])
     try:
-        assert wait_for(lambda: " ready." in logs[0].read_text(), 60), logs[0].read_text()
+        assert wait_for(lambda: ready(logs[0]), 60), logs[0].read_text()
         accepted = post_notification(notify, notification_body())
         assert accepted.status_code == 202, accepted.get_json()
         notification_id = accepted.get_json()["id"]
@@ -149,24 +132,16 @@ def test_a_notification_a_killed_celery_worker_was_handing_over_arrives_after_a_
     assert waiting_messages(queue, lane) == 0  # taken, unacknowledged: not lost either
     fcm.delay = 0.0
 
-    restarted = start_worker("restarted", env, lane, logs[1])
-    try:
+    with running_worker("restarted", env, lane, logs[1]):
         done = wait_for(
-            lambda: (
-                client.get(f"/v1/notifications/{notification_id}", headers=notify).get_json()[
-                    "status"
-                ]
-                == "completed"
-            ),
+            lambda: notification_status(client, notify, notification_id)["status"] == "completed",
             60,
             0.1,
         )
-    finally:
-        stop(restarted)
     assert done, logs[1].read_text()
     # Handed over again by the task Redis gave back (acks_late), same identity.
     assert f"{tasks.SEND_NOTIFICATIONS}[" in logs[1].read_text()
     assert_handed_over(fcm, tokens, in_flight=tokens)
     assert all(m.identity[0] == notification_id for m in fcm.received)
-    counts = client.get(f"/v1/notifications/{notification_id}", headers=notify).get_json()["counts"]
+    counts = notification_status(client, notify, notification_id)["counts"]
     assert (counts["sent"], counts["failed"], counts["pending"]) == (3, 0, 0)
