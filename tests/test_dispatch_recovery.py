@@ -306,18 +306,22 @@ def test_the_breaker_waits_at_least_as_long_as_retry_after(
     drain(outage_sender)
     # Rounds of hand-offs, each FCM's Retry-After after the one before: the chunk
     # of five, failing; single probes, failing while the outage lasts; then one
-    # that gets through, and the other four right behind it.
+    # that gets through, and the other four behind it (how soon behind is up to
+    # the machine's load, so the successes are not grouped by time).
+    received = sorted(fcm.received, key=lambda m: m.at)
+    accepted = [m for m in received if m.answer == "ok"]
+    refused = [m for m in received if m.answer != "ok"]
+    assert len(accepted) == 5 and accepted[0].at > refused[-1].at
     rounds: list[list[Any]] = []
-    for message in sorted(fcm.received, key=lambda m: m.at):
+    for message in refused:
         if not rounds or message.at - rounds[-1][-1].at > 0.5:
             rounds.append([])
         rounds[-1].append(message)
     assert [m.answer for m in rounds[0]] == ["unavailable"] * 5
-    assert len(rounds) >= 3
-    for probe in rounds[1:-1]:
+    assert len(rounds) >= 2
+    for probe in rounds[1:]:
         assert [m.answer for m in probe] == ["unavailable"]
-    assert [m.answer for m in rounds[-1]] == ["ok"] * 5
-    for before, after in itertools.pairwise(rounds):
+    for before, after in itertools.pairwise([*rounds, accepted[:1]]):
         assert after[0].at - before[-1].at >= 1.0 - 0.05
 
 
