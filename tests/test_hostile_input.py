@@ -162,6 +162,15 @@ def test_numbers_with_a_fraction_are_not_truncated_into_integers(world: World) -
         assert assert_refused_in_shape(response, 422)["errors"]["json"], body
 
 
+def test_an_image_url_that_does_not_parse_is_refused(world: World) -> None:
+    # urlsplit() raises on an IPv6 host whose bracket is left open; that was a 500.
+    for url in ("https://[", "https://[::1/a.png", "https://]"):
+        response = world.client.post(
+            "/v1/campaigns", json=campaign_body(image_url=url), headers=world.headers["marketing"]
+        )
+        assert assert_refused_in_shape(response, 422)["errors"]["json"]["image_url"], url
+
+
 def test_out_of_range_cursors_are_invalid_cursors(world: World) -> None:
     lists = [
         ("/v1/devices/me/consents", "device"),

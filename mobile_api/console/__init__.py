@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from flask import (
     Blueprint,
@@ -30,9 +30,10 @@ from flask import (
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
-from mobile_api.errors import DomainError
+from mobile_api.errors import DomainError, NotFound
 from mobile_api.extensions import api, db
 from mobile_api.http_errors import domain_error_message, domain_error_row
+from mobile_api.routes.fields import UNSTORABLE_TEXT
 from mobile_api.services import staff as staff_service
 from mobile_api.services.caller import Caller
 from models import StaffRole
@@ -121,8 +122,16 @@ def _same_origin() -> bool:
         # Browsers send Origin on every form post; a client that sends neither is
         # not a browser someone was tricked into using.
         return True
-    parts = urlsplit(origin)
-    return f"{parts.scheme}://{parts.netloc}" == request.host_url.rstrip("/")
+    parts = _split(origin)
+    return parts is not None and f"{parts.scheme}://{parts.netloc}" == request.host_url.rstrip("/")
+
+
+def _split(url: str) -> SplitResult | None:
+    """`url`'s parts; None if it cannot be parsed (an IPv6 host's bracket left open)."""
+    try:
+        return urlsplit(url)
+    except ValueError:
+        return None
 
 
 def _signed_in(cookie: str | None) -> staff_service.SignedIn | None:
@@ -140,9 +149,9 @@ def _signed_in(cookie: str | None) -> staff_service.SignedIn | None:
 
 def _own_page(url: str | None) -> str | None:
     """The path of `url` if it is a console page of this host (a safe link back)."""
-    if not url:
+    parts = _split(url) if url else None
+    if parts is None:
         return None
-    parts = urlsplit(url)
     if parts.netloc and f"{parts.scheme}://{parts.netloc}" != request.host_url.rstrip("/"):
         return None
     if not parts.path.startswith(f"{bp.url_prefix}/") or parts.path.startswith("//"):
@@ -177,6 +186,24 @@ def _authenticate() -> Any:
             )
     if roles is not None and g.staff.role not in roles:
         return error_page(403, "Not for your role", "Your role may not open this page.")
+    return _refuse_unstorable_text()
+
+
+def _refuse_unstorable_text() -> Response | None:
+    """Refuse a NUL character or an unpaired surrogate before any page reads it: no
+    database stores them (the API refuses them in JSON, query and path alike)."""
+    for value in (request.view_args or {}).values():
+        if isinstance(value, str) and UNSTORABLE_TEXT.search(value):
+            raise NotFound("There is no console page at this address.")
+    sent = [*request.args.items(multi=True), *request.form.items(multi=True)]
+    if any(UNSTORABLE_TEXT.search(name + value) for name, value in sent):
+        return error_page(
+            422,
+            "Characters that cannot be kept",
+            "What was sent holds a NUL character or broken text, which cannot be stored, so "
+            "nothing was changed. Go back, remove it, and send it again.",
+            back=_own_page(request.referrer),
+        )
     return None
 
 

@@ -57,6 +57,9 @@ _TEXT_FIELDS = (
 )
 _AUDIENCE_LISTS = ("app_versions", "locales", "account_ids", "device_ids")
 _INTEGERS = {"ttl_seconds": None, "badge": None, "last_seen_within_days": "audience"}
+# ASCII digits only (str.isdigit() also takes "²", which int() refuses), and not so many
+# that int() refuses to convert them (past 4300); none of these fields goes near 18.
+_MAX_DIGITS = 18
 
 
 def _words(text: str) -> list[str]:
@@ -85,8 +88,11 @@ def campaign_request(form: MultiDict[str, str]) -> tuple[dict[str, Any], dict[st
         raw = form.get(name, "").strip()
         if not raw:
             continue
-        if not raw.isdigit():
+        if not (raw.isascii() and raw.isdigit()):
             errors[name] = ["A whole number."]
+            continue
+        if len(raw.lstrip("0")) > _MAX_DIGITS:
+            errors[name] = ["Too large a number."]
             continue
         (audience if where == "audience" else body)[name] = int(raw)
     data: dict[str, str] = {}

@@ -29,8 +29,11 @@ def validate_data(data: dict[str, str]) -> None:
 
 def https_url(value: str) -> None:
     """An absolute https:// URL (images, deep links on the web)."""
-    parsed = urlsplit(value)
-    if parsed.scheme != "https" or not parsed.netloc:
+    try:
+        parsed = urlsplit(value)
+    except ValueError:  # an IPv6 host's bracket left open, "https://["
+        parsed = None
+    if parsed is None or parsed.scheme != "https" or not parsed.netloc:
         raise ma.ValidationError("An https:// URL.")
 
 
