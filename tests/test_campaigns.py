@@ -166,6 +166,7 @@ def test_unknown_campaign_is_404(client: FlaskClient, marketing: Headers) -> Non
         response = getattr(client, method)(path, headers=marketing)
         assert response.status_code == 404, path
         assert response.get_json()["error"] == "not_found"
+        assert response.get_json()["message"] == "No such campaign.", path
 
 
 def test_preview_counts_exclusions_by_reason(

@@ -164,6 +164,10 @@ def test_a_notify_key_reads_only_what_notify_keys_made(
     assert client.get(f"/v1/notifications/{by_notify}", headers=admin).status_code == 200
     hidden = client.get(f"/v1/notifications/{by_admin}", headers=notify)
     assert hidden.status_code == 404 and hidden.get_json()["error"] == "not_found"
+    # Told apart from a notification that does not exist by nothing, not even the message.
+    missing = client.get("/v1/notifications/01J0000000000000000000NONE", headers=notify)
+    assert hidden.get_json() == missing.get_json()
+    assert hidden.get_json()["message"] == "No such notification."
     marketing = bearer(make_key("marketing"))
     assert client.get(f"/v1/notifications/{by_notify}", headers=marketing).status_code == 403
 

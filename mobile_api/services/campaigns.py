@@ -185,7 +185,7 @@ def update(session: Db, campaign_id: str, data: Mapping[str, Any], caller: Calle
     campaign = session.get(Campaign, campaign_id, with_for_update=True, populate_existing=True)
     if campaign is None:
         session.rollback()
-        raise NotFound()
+        raise NotFound("No such campaign.")
     _require_role(campaign.category, caller)
     if campaign.status not in (CampaignStatus.DRAFT, CampaignStatus.SCHEDULED):
         session.rollback()
@@ -245,7 +245,7 @@ def get(session: Db, campaign_id: str) -> Campaign:
     """The campaign, or 404."""
     campaign = session.get(Campaign, campaign_id)
     if campaign is None:
-        raise NotFound()
+        raise NotFound("No such campaign.")
     return campaign
 
 
@@ -553,7 +553,7 @@ def explain(
     )
     row = session.execute(stmt).first()
     if row is None and delivery is None:
-        raise NotFound()
+        raise NotFound("No such device, and no delivery of this campaign to it.")
     unmatched = [name for name in conditions if row is not None and not getattr(row, name)]
     now_reason = row.reason if row is not None else aud.ERASED
     if delivery is not None:

@@ -291,10 +291,9 @@ def accept(
 def get(session: Db, notification_id: str, caller: Caller) -> Notification:
     """The notification, or 404; a notify key sees only what notify keys made."""
     notification = session.get(Notification, notification_id)
-    if notification is None:
-        raise NotFound()
-    if not caller.is_admin and notification.created_role != caller.role:
-        raise NotFound()
+    # Another role's notification is answered as if it did not exist.
+    if notification is None or (not caller.is_admin and notification.created_role != caller.role):
+        raise NotFound("No such notification.")
     return notification
 
 
