@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import os
 import re
 import urllib.parse
 from collections.abc import Iterator
@@ -267,19 +268,19 @@ def _discover(world: World) -> list[Form]:
     return list(found.values())
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module")
 def world(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[World]:
-    """The console under fuzzing, on SQLite, then on PostgreSQL.
+    """The console under fuzzing, on the suite's database (SQLite, or DATABASE_URL's).
 
     One per module: signing in four people takes seconds. Each test checks its requests
     against the data as it finds it, so what an earlier test changed does not matter.
     """
-    if request.param == "sqlite":
+    if os.environ.get("DATABASE_URL", "").startswith("postgresql"):
+        url = request.getfixturevalue("database_url")
+    else:  # a file of its own: the module keeps its data between tests
         url = f"sqlite:///{tmp_path_factory.mktemp('console-hostile') / 'db.sqlite3'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
     app = make_app(url, RATELIMIT_ENABLED=False)
     migrate_once(app)
     with app.app_context():
