@@ -14,7 +14,6 @@ import logging
 import re
 import urllib.parse
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
@@ -47,14 +46,10 @@ class World(NamedTuple):
     campaign_id: str
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
-    """The hostile-input target on SQLite, then on PostgreSQL."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'hostile.sqlite3'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    app = make_app(url, RATELIMIT_ENABLED=False, GEOCODER_TIMEOUT=0.5)
+@pytest.fixture
+def world(database_url: str) -> Iterator[World]:
+    """The hostile-input target on the suite's database (SQLite, or DATABASE_URL's)."""
+    app = make_app(database_url, RATELIMIT_ENABLED=False, GEOCODER_TIMEOUT=0.5)
     migrate_once(app)
     account_id = "acct-hostile-7f3a9c"
     with app.app_context():
