@@ -21,7 +21,7 @@ from werkzeug.test import TestResponse
 
 from mobile_api.extensions import db
 from models import DeliveryStatus, NotificationDelivery
-from tests.campaign_fixtures import close_transport, subprocess_env
+from tests.campaign_fixtures import subprocess_env
 from tests.conftest import bearer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,21 +96,6 @@ def notification_status(
     assert response.status_code == 200, response.get_json()
     body: dict[str, Any] = response.get_json()
     return body
-
-
-@pytest.fixture
-def sender_factory(app_factory: Callable[..., Flask]) -> Iterator[Callable[..., Flask]]:
-    """Build dispatcher apps with extra settings (app_factory); their transports closed after."""
-    built: list[Flask] = []
-
-    def build(**settings: Any) -> Flask:
-        sender = app_factory(**settings)
-        built.append(sender)
-        return sender
-
-    yield build
-    for sender in built:
-        close_transport(sender)
 
 
 def claimed_deliveries(app: Flask) -> int:

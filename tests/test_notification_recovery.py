@@ -26,6 +26,7 @@ from tests.campaign_fixtures import (
     app,
     assert_handed_over,
     device,
+    dispatcher_app,
     drain,
     fcm,
     fcm_settings,
@@ -44,7 +45,6 @@ from tests.notification_fixtures import (
     notification_status,
     notify,
     post_notification,
-    sender_factory,
     ticket_reply,
 )
 
@@ -55,12 +55,12 @@ __all__ = [
     "app",
     "clock",
     "device",
+    "dispatcher_app",
     "fcm",
     "fcm_settings",
     "ios_device",
     "notify",
     "post_notification",
-    "sender_factory",
     "ticket_reply",
 ]
 
@@ -146,7 +146,7 @@ def _outage_settings(fcm_settings: dict[str, Any]) -> dict[str, Any]:
     ids=["30s-unavailable", "30s-quota", "5min-internal"],
 )
 def test_an_fcm_outage_delays_a_notification_but_loses_nothing(
-    sender_factory: Callable[..., Flask],
+    dispatcher_app: Callable[..., Flask],
     fcm_settings: dict[str, Any],
     client: FlaskClient,
     notify: Headers,
@@ -157,7 +157,7 @@ def test_an_fcm_outage_delays_a_notification_but_loses_nothing(
     kind: str,
 ) -> None:
     tokens = {device(promotional=False, account_id="acct-1").push_token for _ in range(4)}
-    sender = _warmed_up(sender_factory(**_outage_settings(fcm_settings)), fcm)
+    sender = _warmed_up(dispatcher_app(**_outage_settings(fcm_settings)), fcm)
     assert sender.config["PUSH_MAX_ATTEMPTS"] == 0  # retries bounded by time alone
     response = post_notification(notify, notification_body())
     notification_id = response.get_json()["id"]
@@ -173,7 +173,7 @@ def test_an_fcm_outage_delays_a_notification_but_loses_nothing(
 
 
 def test_retries_end_with_the_notifications_ttl(
-    sender_factory: Callable[..., Flask],
+    dispatcher_app: Callable[..., Flask],
     fcm_settings: dict[str, Any],
     client: FlaskClient,
     notify: Headers,
@@ -184,7 +184,7 @@ def test_retries_end_with_the_notifications_ttl(
     """FCM failing for longer than the message may live: retried, then given up, never sent."""
     device(promotional=False, account_id="acct-1")
     # Warmed up: a TTL this short could run out before a cold first hand-off.
-    sender = _warmed_up(sender_factory(**_outage_settings(fcm_settings)), fcm)
+    sender = _warmed_up(dispatcher_app(**_outage_settings(fcm_settings)), fcm)
     response = post_notification(notify, notification_body(ttl_seconds=2))
     notification_id = response.get_json()["id"]
     fcm.outage(30.0, "unavailable")
@@ -199,9 +199,9 @@ def test_retries_end_with_the_notifications_ttl(
     }
 
 
-def _retrying_sender(sender_factory: Callable[..., Flask], settings: dict[str, Any]) -> Flask:
+def _retrying_sender(dispatcher_app: Callable[..., Flask], settings: dict[str, Any]) -> Flask:
     """A dispatcher whose retries come 30-60 s after a retryable answer, for a day."""
-    return sender_factory(
+    return dispatcher_app(
         **{
             **settings,
             "PUSH_RETRY_BASE_SECONDS": 60.0,
@@ -212,7 +212,7 @@ def _retrying_sender(sender_factory: Callable[..., Flask], settings: dict[str, A
 
 
 def test_a_retried_notification_carries_what_is_left_of_its_ttl(
-    sender_factory: Callable[..., Flask],
+    dispatcher_app: Callable[..., Flask],
     fcm_settings: dict[str, Any],
     apns_settings: dict[str, Any],
     client: FlaskClient,
@@ -229,7 +229,7 @@ def test_a_retried_notification_carries_what_is_left_of_its_ttl(
     iphone = ios_device(promotional=False, account_id="acct-1")
     fcm.fail_times(str(android.push_token), 1, "unavailable")
     apns.fail_times(str(iphone.push_token), 1, "too_many_requests")
-    sender = _retrying_sender(sender_factory, {**fcm_settings, **apns_settings})
+    sender = _retrying_sender(dispatcher_app, {**fcm_settings, **apns_settings})
     accepted = datetime(2027, 1, 11, 9, 0, tzinfo=UTC)
     clock(accepted)
     notification_id = post_notification(notify, notification_body(ttl_seconds=600)).get_json()["id"]
@@ -253,7 +253,7 @@ def test_a_retried_notification_carries_what_is_left_of_its_ttl(
 
 
 def test_a_notification_whose_ttl_ran_out_before_its_retry_is_not_sent(
-    sender_factory: Callable[..., Flask],
+    dispatcher_app: Callable[..., Flask],
     fcm_settings: dict[str, Any],
     client: FlaskClient,
     notify: Headers,
@@ -265,7 +265,7 @@ def test_a_notification_whose_ttl_ran_out_before_its_retry_is_not_sent(
     """Its retry comes after the TTL: nothing handed over again, the delivery ends expired."""
     android = device(promotional=False, account_id="acct-1")
     fcm.fail_times(str(android.push_token), 1, "unavailable")
-    sender = _retrying_sender(sender_factory, fcm_settings)
+    sender = _retrying_sender(dispatcher_app, fcm_settings)
     accepted = datetime(2027, 1, 11, 9, 0, tzinfo=UTC)
     clock(accepted)
     notification_id = post_notification(notify, notification_body(ttl_seconds=60)).get_json()["id"]
@@ -279,7 +279,7 @@ def test_a_notification_whose_ttl_ran_out_before_its_retry_is_not_sent(
 
 
 def test_the_send_rate_holds_for_notifications(
-    sender_factory: Callable[..., Flask],
+    dispatcher_app: Callable[..., Flask],
     fcm_settings: dict[str, Any],
     client: FlaskClient,
     notify: Headers,
@@ -291,7 +291,7 @@ def test_the_send_rate_holds_for_notifications(
     """FCM_MAX_MESSAGES_PER_SECOND is the deployment's: notifications wait for slots too."""
     tokens = {device(promotional=False, account_id="acct-1").push_token for _ in range(20)}
     sender = _warmed_up(
-        sender_factory(
+        dispatcher_app(
             **fcm_settings,
             FCM_MAX_MESSAGES_PER_SECOND=25,
             FCM_LIMITER_FILE=str(tmp_path / "fcm-slot"),

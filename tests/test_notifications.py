@@ -31,6 +31,7 @@ from tests.campaign_fixtures import (
     campaign_body,
     close_transport,
     device,
+    dispatcher_app,
     drain,
     fcm,
     fcm_settings,
@@ -51,12 +52,11 @@ from tests.notification_fixtures import (
     notify,
     post_notification,
     put_category,
-    sender_factory,
     ticket_reply,
 )
 
 __all__ = ["admin", "app", "device", "fcm", "fcm_settings", "marketing", "notify"]
-__all__ += ["live_server", "post_notification", "sender_factory", "ticket_reply"]
+__all__ += ["dispatcher_app", "live_server", "post_notification", "ticket_reply"]
 
 Headers = dict[str, str]
 Post = Callable[..., TestResponse]
@@ -559,10 +559,10 @@ def test_each_device_gets_its_language_and_the_categorys_channel(
 
 
 def test_campaigns_run_at_a_lower_cpu_priority_than_notifications(
-    sender_factory: Callable[..., Flask], fcm_settings: dict[str, Any]
+    dispatcher_app: Callable[..., Flask], fcm_settings: dict[str, Any]
 ) -> None:
     """DISPATCH_CAMPAIGN_NICE: a campaign pass yields the CPU, the notification lane does not."""
-    sender = sender_factory(**fcm_settings, DISPATCH_CAMPAIGN_NICE=7)
+    sender = dispatcher_app(**fcm_settings, DISPATCH_CAMPAIGN_NICE=7)
     worker = Worker(sender)
     seen: dict[str, int] = {}
 
