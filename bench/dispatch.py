@@ -78,7 +78,8 @@ def seed(engine: sa.Engine, devices: int) -> None:
 def as_apns(engine: sa.Engine) -> None:
     """Make every seeded device an iOS one with an APNs token (the 1% dead ones start "dead")."""
     if engine.dialect.name == "postgresql":
-        hexed = "md5(push_token) || md5('a' || push_token)"
+        # Live tokens start "0", so none begins with a prefix the fake server scripts.
+        hexed = "'0' || substr(md5(push_token) || md5('a' || push_token), 2)"
         dead = "'dead' || substr(md5(push_token) || md5('a' || push_token), 5)"
     else:
         number = "CAST(id AS INTEGER)"

@@ -354,8 +354,15 @@ class FakeApnsServer(ScriptedAnswers, LoopbackFake):
 
 
 def apns_token(prefix: str = "") -> str:
-    """A fresh 64-hex-character APNs device token starting with `prefix` (hex)."""
-    return (prefix + uuid.uuid4().hex + uuid.uuid4().hex)[:64]
+    """A fresh 64-hex-character APNs device token starting with `prefix` (hex).
+
+    Without a prefix the token never starts with one the fake scripts: a random token
+    beginning `badd` (4 in 65,536) would be answered BadDeviceToken.
+    """
+    while True:
+        token = (prefix + uuid.uuid4().hex + uuid.uuid4().hex)[:64]
+        if prefix or not any(token.startswith(scripted) for scripted, _ in PREFIXES):
+            return token
 
 
 def write_key(path: Path) -> tuple[Path, ec.EllipticCurvePublicKey]:
