@@ -807,6 +807,13 @@ def test_console_forms_refuse_bad_input_as_html(
     assert support.get("/console/audit", query_string={"actor": "x" * 100}).status_code == 422
     bad_cursor = support.get("/console/devices", query_string={"platform": "ios", "cursor": "!!"})
     assert bad_cursor.status_code == 422 and bad_cursor.mimetype == "text/html"
+    for page, filters in (("/console/devices", {"platform": "ios"}), ("/console/audit", {})):
+        # An edited "next page" link: no field holds the cursor, so the summary offers
+        # the first page instead of a link to a field that is not there.
+        edited = support.get(page, query_string={**filters, "cursor": "A" * 201})
+        assert edited.status_code == 422
+        assert 'href="#f-cursor"' not in _text(edited)
+        assert f'<a href="{page}">Start again from the first page</a>' in _text(edited)
     too_big = support.post("/console/sign-out", data={"csrf_token": "x" * (2 * 1024 * 1024)})
     assert too_big.status_code == 413 and too_big.mimetype == "text/html"
     assert (
