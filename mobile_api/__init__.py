@@ -13,6 +13,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from mobile_api import config, observability, push
 from mobile_api.extensions import api, db, limiter, migrate
+from mobile_api.services import totp_secrets
 from mobile_api.services.audience import register_sqlite_functions
 
 MIGRATIONS = str(Path(__file__).resolve().parent.parent / "migrations")
@@ -34,6 +35,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         if not (app.debug or app.testing):
             raise RuntimeError("SECRET_KEY must be set (see README: Configuration)")
         app.config["SECRET_KEY"] = "insecure-development-key"  # noqa: S105 - debug/testing only
+    if app.config.get("CONSOLE_TOTP_KEY"):
+        totp_secrets.check_key(app.config["CONSOLE_TOTP_KEY"])
     if not app.config["SQLALCHEMY_DATABASE_URI"]:
         os.makedirs(app.instance_path, exist_ok=True)
         app.config["SQLALCHEMY_DATABASE_URI"] = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from datetime import timedelta
@@ -235,6 +236,47 @@ def test_failed_sign_ins_are_rate_limited_with_a_clear_message(
     assert "Too many failed sign-in attempts" in _text(blocked)
     assert "try again in 15 minutes" in _text(blocked)
     assert 0 < int(blocked.headers["Retry-After"]) <= 900
+
+
+def test_after_a_totp_key_change_sign_in_is_refused_like_any_other_and_reset_mends_it(
+    app_factory: Callable[..., Flask], caplog: pytest.LogCaptureFixture
+) -> None:
+    from cryptography.fernet import Fernet
+
+    limited = app_factory(RATELIMIT_ENABLED=True, CONSOLE_SIGN_IN_LIMIT_EMAIL="1 per 15 minutes")
+    someone = enrol(limited, "eve@example.com", "support")
+    pending = _link_path(limited, "fay@example.com", "privacy")
+    limited.config["CONSOLE_TOTP_KEY"] = Fernet.generate_key().decode()  # the operator's change
+    client = limited.test_client()
+    token = csrf_of(_text(client.get("/console/sign-in")))
+    form = {"csrf_token": token, "email": someone.email, "password": PASSWORD}
+    # Watched on its own logger: the migrations that app_factory ran in this test
+    # (Alembic's fileConfig) replaced the root handlers pytest watches.
+    staff_log = logging.getLogger("mobile_api.services.staff")
+    staff_log.addHandler(caplog.handler)
+    try:
+        refused = client.post("/console/sign-in", data={**form, "code": someone.code()})
+    finally:
+        staff_log.removeHandler(caplog.handler)
+    # The same answer as a wrong password: the right one is not confirmed without a code.
+    assert refused.status_code == 401 and "do not sign anybody in" in _text(refused)
+    assert "sealed with another key" in caplog.text and "flask staff reset" in caplog.text
+    # It counts as a failed attempt.
+    assert client.post("/console/sign-in", data={**form, "code": someone.code()}).status_code == 429
+    # A link issued under the old key is used up, not a 500.
+    assert client.get(pending).status_code == 410
+    # Reset issues a link under the new key, and the person enrols again.
+    reset = limited.test_cli_runner().invoke(args=["staff", "reset", someone.email])
+    path = reset.output.strip().splitlines()[-1].removeprefix("http://127.0.0.1:8000")
+    page = _text(client.get(path))
+    assert re.search(r'id="totp-secret">([A-Z2-7]{32})<', page), page
+
+
+def test_a_malformed_totp_key_stops_the_app_at_start(
+    app_factory: Callable[..., Flask],
+) -> None:
+    with pytest.raises(RuntimeError, match="CONSOLE_TOTP_KEY must be a Fernet key"):
+        app_factory(CONSOLE_TOTP_KEY="not-a-fernet-key")
 
 
 # --- sessions, cookies, CSRF, headers ------------------------------------------------------

@@ -8,6 +8,7 @@ Every change to an account is audited.
 from __future__ import annotations
 
 import hmac
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -93,8 +94,25 @@ def _member(session: Db, email: str) -> StaffMember:
     return member
 
 
+log = logging.getLogger(__name__)
+
+
 def _cipher() -> Fernet:
     return totp_secrets.fernet(current_app.config)
+
+
+def _totp_secret(sealed: str, member: StaffMember) -> str | None:
+    """The TOTP secret `sealed` holds; None, with a warning for the operator, when another
+    key sealed it (CONSOLE_TOTP_KEY, or SECRET_KEY while it is unset, has changed)."""
+    try:
+        return totp_secrets.unseal(_cipher(), sealed)
+    except ValueError:
+        log.warning(
+            "the authenticator secret of staff member %s was sealed with another key "
+            "(CONSOLE_TOTP_KEY or SECRET_KEY changed): reset them with `flask staff reset`",
+            member.id,
+        )
+        return None
 
 
 def _new_link(session: Db, member: StaffMember, ttl: timedelta) -> str:
@@ -219,7 +237,9 @@ def enrolment(session: Db, secret: str) -> Enrolment:
     """What a valid one-time link enrols (StaffLinkInvalid when used, expired or unknown)."""
     link, member = _usable_link(session, secret)
     session.rollback()
-    totp_secret = totp_secrets.unseal(_cipher(), link.totp_secret)
+    totp_secret = _totp_secret(link.totp_secret, member)
+    if totp_secret is None:
+        raise StaffLinkInvalid()
     return Enrolment(
         member.email, member.role, totp_secret, _otpauth_uri(member.email, totp_secret)
     )
@@ -249,7 +269,11 @@ def complete_enrolment(session: Db, secret: str, password: str, confirm: str, co
         )
     if password != confirm:
         raise EnrolmentRefused("The two passwords differ.")
-    step = _matching_step(totp_secrets.unseal(_cipher(), link.totp_secret), code, None, utcnow())
+    totp_secret = _totp_secret(link.totp_secret, member)
+    if totp_secret is None:
+        session.rollback()
+        raise StaffLinkInvalid()
+    step = _matching_step(totp_secret, code, None, utcnow())
     if step is None:
         raise EnrolmentRefused("That code is not the authenticator's current one; try again.")
     # Compare-and-set: of two submissions of one link, exactly one wins.
@@ -298,8 +322,12 @@ def sign_in(
         raise SignInRefused()
     assert member.totp_secret is not None  # a password is only ever set with it
     now = utcnow()
-    totp_secret = totp_secrets.unseal(_cipher(), member.totp_secret)
-    step = _matching_step(totp_secret, code, member.totp_last_step, now)
+    totp_secret = _totp_secret(member.totp_secret, member)
+    step = (
+        None
+        if totp_secret is None
+        else _matching_step(totp_secret, code, member.totp_last_step, now)
+    )
     if step is None:
         session.rollback()
         raise SignInRefused()

@@ -33,6 +33,18 @@ def fernet(config: Mapping[str, Any]) -> Fernet:
     return Fernet(base64.urlsafe_b64encode(derived))
 
 
+def check_key(configured: str) -> None:
+    """Refuse a CONSOLE_TOTP_KEY that is not a Fernet key, when the app starts rather than
+    at the first sign-in."""
+    try:
+        Fernet(configured)
+    except (ValueError, TypeError) as exc:
+        raise RuntimeError(
+            "CONSOLE_TOTP_KEY must be a Fernet key: 32 random bytes in URL-safe base64 "
+            "(see README: Configuration)"
+        ) from exc
+
+
 def seal(cipher: Fernet, totp_secret: str) -> str:
     """The stored form of a TOTP secret."""
     return cipher.encrypt(totp_secret.encode()).decode()
