@@ -8,9 +8,12 @@ undecided states (pending, sending) are one count, `pending` with no reason: cla
 releases and retries move rows between them and change no count.
 
 Several dispatchers add at once. Each `add` is one INSERT … ON CONFLICT DO UPDATE
-SET n = n + excluded.n (nothing read first), its rows in a fixed order, and the
-last statement of its transaction: two transactions take counter rows in the same
-order and wait for nothing else while they hold them, so they cannot deadlock.
+SET n = n + excluded.n (nothing read first), its rows in a fixed order, and after it
+its transaction waits for no lock that a transaction holding counter rows could
+hold: it commits, or writes the campaign row it locked before (enumerating a batch)
+and appends to the audit trail (cancelling), whose lock no `add` is made under. Two
+transactions take counter rows in the same order and wait for nothing else while
+they hold them, so they cannot deadlock.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ def forget(session: Db, rows: Iterable[tuple[str, str, str | None]]) -> None:
 
 
 def add(session: Db, changes: Mapping[Key, int]) -> None:
-    """Add the changes to the counts, in the caller's transaction (its last statement)."""
+    """Add the changes to the counts, in the caller's transaction (late in it: see above)."""
     rows = [
         {"campaign_id": campaign_id, "status": status, "reason": reason, "n": n}
         for (campaign_id, status, reason), n in sorted(changes.items())

@@ -10,8 +10,9 @@ send rate is shared with campaigns, and a dead dispatcher's claims are released 
 handed over again with the same collapse identity. Each device's deliverability and
 consent to the category are read in the query that claims it, at every hand-off.
 A notification's TTL counts from its creation (it is due at once): every hand-off,
-retries included, carries what is left of it, and one whose TTL ran out before its
-hand-off is not sent but suppressed `expired`.
+retries included, carries what was left of it when its claim was taken, and one whose
+TTL had run out by then is not sent but suppressed `expired` (a wait for the send
+rate after the claim is not taken off).
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def collapse_id(row: Any) -> str:
 
 
 def _expired(row: Any, now: datetime) -> bool:
-    """Whether the row's TTL ran out before this hand-off.
+    """Whether the row's TTL ran out before this claim.
 
     A TTL of 0 means "now or never" to FCM and APNs: it gets its first hand-off.
     """

@@ -99,12 +99,15 @@ class Listener:
         if not self._listens or self._stop.is_set():
             return None
         if self._raw is None and time.monotonic() >= self._retry_at:
+            raw = None
             try:
                 raw = self._engine.raw_connection()
                 raw.driver_connection.autocommit = True  # type: ignore[union-attr]
                 raw.driver_connection.execute(f"LISTEN {CHANNEL}")  # type: ignore[union-attr]
                 self._raw = raw
             except Exception:
+                if raw is not None:
+                    raw.invalidate()  # half set up (autocommit, maybe listening): not for the pool
                 log.warning("notification lane cannot LISTEN; polling", exc_info=True)
                 self._retry_at = time.monotonic() + RECONNECT_SECONDS
                 return None

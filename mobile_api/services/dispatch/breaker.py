@@ -106,9 +106,18 @@ def admit(
             .returning(PushBreaker.provider)
             .execution_options(synchronize_session=False)
         )
-        until[provider] = probe_lease
         if taken is not None:
             probing.add(provider)
+            until[provider] = probe_lease
+        else:
+            # Another hand-off took the probe, or tripped the breaker again, since the
+            # read above: hold the rows until what it set (read committed sees it).
+            until[provider] = (
+                session.scalar(
+                    sa.select(PushBreaker.open_until).where(PushBreaker.provider == provider)
+                )
+                or probe_lease
+            )
     admitted: list[Any] = []
     held: dict[datetime, list[int]] = defaultdict(list)
     for row in rows:
@@ -138,29 +147,47 @@ def update(
 ) -> None:
     """Open a provider's breaker after a failing hand-off, close it after a probe that got through.
 
-    Its own short transaction, after the record's. Only a closed or half-open
+    Its own short transactions, after the record's. Only a closed or half-open
     breaker trips (or the one this hand-off probed): hand-offs that went out before
     it opened must not lengthen the wait again.
+
+    The breaker row is committed before the held deliveries are re-timed, in a
+    transaction of their own that skips rows another dispatcher holds: a claim locks
+    its delivery rows first and the breaker row second (`admit`), so a trip that
+    held the breaker row while waiting for those rows would deadlock with it. A row
+    skipped so is in a claim, which hands it over or holds it by the breaker as it
+    reads it; one held to an earlier time is held again by the claim that finds it.
     """
     by_provider: dict[str, list[SendResult]] = defaultdict(list)
     for row, result in zip(rows, results, strict=True):
         if result is not None:
             by_provider[row.push_provider].append(result)
+    retime: dict[str, datetime] = {}
     changed = False
     for provider, handed in sorted(by_provider.items()):
         failing = [r for r in handed if r.outcome == Outcome.RETRY and r.error in OUTAGE_ERRORS]
         if len(failing) * 2 >= len(handed):
-            changed |= _trip(session, provider, provider in gate.probing, failing, settings)
-        elif provider in gate.probing:
-            _close(session, provider)
             changed = True
-    if changed:
+            until = _trip(session, provider, provider in gate.probing, failing, settings)
+            if until is not None:
+                retime[provider] = until
+        elif provider in gate.probing:
+            changed = True
+            retime[provider] = _close(session, provider)
+    if not changed:
+        return
+    session.commit()
+    now = utcnow()
+    for provider, when in retime.items():
+        _retime_held(session, provider, when, now)
         session.commit()
 
 
 def _trip(
     session: Db, provider: str, probed: bool, failing: list[SendResult], settings: Settings
-) -> bool:
+) -> datetime | None:
+    """Open (or reopen) the breaker: when its held deliveries are due now, or None if
+    it was open already."""
     now = utcnow()
     session.execute(
         dialect_insert(session)(PushBreaker)
@@ -176,7 +203,7 @@ def _trip(
         .execution_options(synchronize_session=False)
     )
     if trips is None:
-        return True  # already open: the insert (if any) is all there is to commit
+        return None  # already open: the insert (if any) is all there is to commit
     retry_after = max((r.retry_after or 0.0) for r in failing)
     wait = wait_seconds(trips, retry_after, settings)
     until = now + timedelta(seconds=wait)
@@ -186,7 +213,6 @@ def _trip(
         .values(open_until=until)
         .execution_options(synchronize_session=False)
     )
-    _retime_held(session, provider, until, now)
     log.warning(
         "push provider %s failing (%s: %s); holding its deliveries %.1f s",
         provider,
@@ -194,10 +220,11 @@ def _trip(
         failing[0].error,
         wait,
     )
-    return True
+    return until
 
 
-def _close(session: Db, provider: str) -> None:
+def _close(session: Db, provider: str) -> datetime:
+    """Close the breaker: when its held deliveries are due (now)."""
     now = utcnow()
     session.execute(
         sa.update(PushBreaker)
@@ -205,21 +232,28 @@ def _close(session: Db, provider: str) -> None:
         .values(trips=0, open_until=None)
         .execution_options(synchronize_session=False)
     )
-    _retime_held(session, provider, now, now)
     log.info("push provider %s answers again; its held deliveries resume", provider)
+    return now
 
 
 def _retime_held(session: Db, provider: str, when: datetime, now: datetime) -> None:
-    """Make every delivery held for `provider`, in every lane, due at `when`."""
+    """Make every delivery held for `provider`, in every lane, due at `when`; rows
+    another transaction holds locked are left to it (SKIP LOCKED: PostgreSQL only,
+    SQLite has no row locks)."""
     devices = sa.select(Device.id).where(Device.push_provider == provider)
     for table in _TABLES:
-        session.execute(
-            sa.update(table)
+        held = (
+            sa.select(table.c.id)
             .where(
                 table.c.status == DeliveryStatus.PENDING,
                 table.c.reason == HELD,
                 table.c.device_id.in_(devices),
             )
+            .with_for_update(skip_locked=True)
+        )
+        session.execute(
+            sa.update(table)
+            .where(table.c.id.in_(held))
             .values(next_attempt_at=when, updated_at=now)
             .execution_options(synchronize_session=False)
         )
